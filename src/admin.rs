@@ -1,0 +1,141 @@
+//! The admin listener: liveness, readiness, per-app status, and the
+//! "refresh now" entry WeChat asks a central token service to offer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::body::ProxyBody;
+use crate::error::json_response;
+use crate::token::{RefreshError, TokenManager};
+
+/// Serves the admin endpoints.
+pub struct Admin {
+    /// Every app's token, in config order.
+    apps: Vec<Arc<TokenManager>>,
+    /// Set when shutdown begins, so readiness fails while in-flight
+    /// requests drain.
+    draining: Arc<AtomicBool>,
+}
+
+impl Admin {
+    /// An admin service over `apps`; `draining` is flipped by the shutdown
+    /// path.
+    pub fn new(apps: Vec<Arc<TokenManager>>, draining: Arc<AtomicBool>) -> Admin {
+        Admin { apps, draining }
+    }
+
+    /// Serves one admin request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let path = request.uri().path();
+        match (request.method(), path) {
+            (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
+            (&Method::GET, "/readyz") => self.readiness(),
+            (&Method::GET, "/apps") => ok(Value::Array(
+                self.apps.iter().map(|t| app_status(t)).collect(),
+            )),
+            (&Method::POST, p) if p.starts_with("/apps/") && p.ends_with("/refresh") => {
+                let name = &p["/apps/".len()..p.len() - "/refresh".len()];
+                self.refresh(name).await
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                "error",
+                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, POST /apps/NAME/refresh")}),
+            ),
+        }
+    }
+
+    fn readiness(&self) -> Response<ProxyBody> {
+        if self.draining.load(Ordering::Relaxed) {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error",
+                &json!({"ready": false, "reason": "shutting down"}),
+            );
+        }
+        let waiting: Vec<Value> = self
+            .apps
+            .iter()
+            .filter(|t| t.current().is_none())
+            .map(|t| {
+                let status = t.status();
+                json!({
+                    "app": t.app().name,
+                    "reason": status.last_error.map_or_else(
+                        || "no token fetched yet".to_owned(),
+                        |e| e.to_string()),
+                })
+            })
+            .collect();
+        if waiting.is_empty() {
+            ok(json!({"ready": true}))
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error",
+                &json!({"ready": false, "apps": waiting}),
+            )
+        }
+    }
+
+    async fn refresh(&self, name: &str) -> Response<ProxyBody> {
+        let Some(tokens) = self.apps.iter().find(|t| t.app().name == name) else {
+            let names: Vec<&str> = self.apps.iter().map(|t| t.app().name.as_str()).collect();
+            return json_response(
+                StatusCode::NOT_FOUND,
+                "error",
+                &json!({"errcode": -1, "errmsg": format!("no app named '{name}'; apps: {}", names.join(", "))}),
+            );
+        };
+        match tokens.refresh_by_admin().await {
+            Ok((fetched, _)) => ok(json!({
+                "refreshed": fetched,
+                "expires_in": tokens.status().expires_in.map_or(0, |d| d.as_secs()),
+            })),
+            Err(e) => {
+                let errcode = match &e {
+                    RefreshError::Failed(f) => f.errcode(),
+                    _ => -1,
+                };
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "error",
+                    &json!({"refreshed": false, "errcode": errcode, "errmsg": format!("{name}: {e}")}),
+                )
+            }
+        }
+    }
+}
+
+fn ok(body: Value) -> Response<ProxyBody> {
+    let mut response = json_response(StatusCode::OK, "admin", &body);
+    response.headers_mut().remove(crate::error::LOCAL_ANSWER);
+    response
+}
+
+/// One app's entry on the status page: never the token or the secret.
+fn app_status(tokens: &TokenManager) -> Value {
+    let app = tokens.app();
+    let status = tokens.status();
+    let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    json!({
+        "name": app.name,
+        "kind": app.kind.as_str(),
+        "appid": app.appid,
+        "token_api": app.token_api.as_str(),
+        "base_url": app.base_url.to_string(),
+        "token": {
+            "state": if status.expires_in.is_some() { "valid" } else { "missing" },
+            "expires_in_s": status.expires_in.map(|d| d.as_secs()),
+        },
+        "last_refresh_unix": status.last_refresh.map(unix),
+        "refreshes": status.fetches,
+        "consecutive_failures": status.failures,
+        "last_error": status.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
+    })
+}

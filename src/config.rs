@@ -1,0 +1,635 @@
+//! Configuration: the raw TOML shape, and the validated [`Config`] the rest of
+//! the crate uses.
+//!
+//! Parse, then validate, then use: [`Config::load`] turns the file into
+//! `RawConfig` (serde, unknown keys refused), then checks every value and
+//! resolves every secret, so the serving code never sees an unchecked value.
+//! Every error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use serde::Deserialize;
+
+/// Where configuration values that live outside the file come from.
+///
+/// A trait so tests can hand in variables without touching the process
+/// environment.
+pub trait Environment {
+    /// The value of variable `name`, if it is set and valid Unicode.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// Why a configuration was refused. Always names the file, and the key when
+/// one is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file itself could not be read.
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type; the
+    /// message from `toml` carries the line and the key.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// `toml`'s message, with line, column and key.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{file}: {key}: {problem}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The dotted key at fault, e.g. `apps.mp.secret_env`.
+        key: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+}
+
+/// The product of validation: every value checked, every secret resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages and for re-reading secrets.
+    pub path: PathBuf,
+    /// Listener settings.
+    pub proxy: ProxySettings,
+    /// How to reach WeChat.
+    pub upstream: UpstreamSettings,
+    /// The apps, in the order of their names.
+    pub apps: Vec<AppConfig>,
+    /// Index into `apps` of the app that serves paths without an app prefix.
+    pub default_app: Option<usize>,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[proxy]`: the listeners and request handling.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Where applications send their WeChat calls.
+    pub listen: SocketAddr,
+    /// Health, status and admin endpoints.
+    pub admin_listen: SocketAddr,
+    /// Request bodies up to this size are kept so a token error can be retried.
+    pub max_replay_body_bytes: usize,
+    /// How long in-flight requests may run on after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// `[upstream]`: connections to WeChat and token fetching.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Extra PEM roots trusted besides the built-in ones (a test CA, a
+    /// corporate TLS-inspecting proxy).
+    pub ca_file: Option<PathBuf>,
+    /// TCP connect (and TLS handshake) limit for every upstream connection.
+    pub connect_timeout: Duration,
+    /// Limit from sending a request until WeChat's response headers arrive.
+    pub request_timeout: Duration,
+    /// Limit for one whole token fetch, so requests waiting on it are answered
+    /// in bounded time.
+    pub token_timeout: Duration,
+    /// First delay after a failed token fetch; doubled per failure.
+    pub token_retry_min: Duration,
+    /// Longest delay between token fetch attempts (errcodes that demand a
+    /// longer wait, such as 89506, still get theirs).
+    pub token_retry_max: Duration,
+}
+
+/// Which WeChat product an app belongs to: decides the token endpoint and
+/// which errcodes mean "token rejected".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// Official Account or Mini Program (api.weixin.qq.com).
+    Mp,
+    /// WeCom (qyapi.weixin.qq.com).
+    Wecom,
+}
+
+impl AppKind {
+    /// The name used in config, logs and the status page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Mp => "mp",
+            AppKind::Wecom => "wecom",
+        }
+    }
+}
+
+/// The token endpoint an app fetches from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenApi {
+    /// `POST /cgi-bin/stable_token`: the same token for every caller; safe
+    /// for several replicas.
+    Stable,
+    /// `GET /cgi-bin/token`: every call issues a new token and kills the
+    /// previous one five minutes later.
+    Classic,
+    /// `GET /cgi-bin/gettoken` on WeCom.
+    Wecom,
+}
+
+impl TokenApi {
+    /// The name used in logs and the status page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenApi::Stable => "stable",
+            TokenApi::Classic => "classic",
+            TokenApi::Wecom => "wecom",
+        }
+    }
+}
+
+/// An AppSecret. Its `Debug` never shows the value, and it has no `Display`,
+/// so it cannot end up in a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value, for the one place that sends it to WeChat.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Where an app's secret is read from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// An environment variable, read once at start.
+    Env(String),
+    /// A file (a mounted Kubernetes Secret), re-read when WeChat says the
+    /// secret is wrong, so a rotation needs no restart.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Reads the secret now. The error message names the variable or path and
+    /// never the value.
+    pub fn read(&self, env: &dyn Environment) -> Result<Secret, String> {
+        let value = match self {
+            SecretSource::Env(name) => env
+                .var(name)
+                .ok_or_else(|| format!("environment variable {name} is not set"))?,
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(match self {
+                SecretSource::Env(name) => format!("environment variable {name} is empty"),
+                SecretSource::File(path) => format!("{} is empty", path.display()),
+            });
+        }
+        Ok(Secret(value.to_owned()))
+    }
+}
+
+/// Where an app's API calls go: scheme and authority, plus an optional path
+/// prefix for stand-ins mounted under a path.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and port, also sent as `Host`.
+    pub authority: Authority,
+    /// Path prefix without a trailing slash; empty for WeChat itself.
+    pub path: String,
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.path)
+    }
+}
+
+/// One `[apps.NAME]` table, validated.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The table name; also the path prefix that routes to this app.
+    pub name: String,
+    /// Official Account / Mini Program, or WeCom.
+    pub kind: AppKind,
+    /// The appid (mp) or corpid (WeCom).
+    pub appid: String,
+    /// Where the secret came from, for re-reading on rotation.
+    pub secret_source: SecretSource,
+    /// The secret as read at start.
+    pub secret: Secret,
+    /// Which token endpoint to use.
+    pub token_api: TokenApi,
+    /// Where API calls and token fetches go.
+    pub base_url: BaseUrl,
+    /// Renew the token this long before it expires.
+    pub refresh_before_expiry: Duration,
+    /// Token errors trigger at most one fetch per this interval, so a flood
+    /// of rejected tokens cannot burn the daily quota.
+    pub min_refresh_interval: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// One line per request at info level.
+    pub access_log: bool,
+    /// Human-readable text or one JSON object per line.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `tracing`'s default text format.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    apps: BTreeMap<String, RawApp>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    default_app: Option<String>,
+    max_replay_body_bytes: Option<u64>,
+    shutdown_grace_s: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    ca_file: Option<PathBuf>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    token_timeout_ms: Option<u64>,
+    token_retry_min_ms: Option<u64>,
+    token_retry_max_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    kind: AppKind,
+    appid: Option<String>,
+    corpid: Option<String>,
+    /// Accepted only to refuse it with a helpful message.
+    secret: Option<toml::Value>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    token_api: Option<TokenApi>,
+    base_url: Option<String>,
+    refresh_before_expiry_s: Option<u64>,
+    min_refresh_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access_log: Option<bool>,
+    format: Option<LogFormat>,
+}
+
+/// Path segments WeChat's own APIs start with; an app of that name would
+/// capture real API paths.
+const RESERVED_APP_NAMES: &[&str] = &["cgi-bin", "wxa", "sns", "datacube", "card", "merchant"];
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, resolving secrets from
+    /// `env` and secret files.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text, env)
+    }
+
+    /// Parses and validates `text`; `path` is used for messages.
+    pub fn parse(path: &Path, text: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Validator { file: path, env }.config(raw)
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    env: &'a dyn Environment,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let proxy = ProxySettings {
+            listen: self.addr("proxy.listen", raw.proxy.listen, "127.0.0.1:8080")?,
+            admin_listen: self.addr(
+                "proxy.admin_listen",
+                raw.proxy.admin_listen,
+                "127.0.0.1:9090",
+            )?,
+            max_replay_body_bytes: raw.proxy.max_replay_body_bytes.unwrap_or(1 << 20) as usize,
+            shutdown_grace: Duration::from_secs(raw.proxy.shutdown_grace_s.unwrap_or(20)),
+        };
+        let upstream = self.upstream(raw.upstream)?;
+
+        if raw.apps.is_empty() {
+            return Err(self.err(
+                "apps",
+                "no apps configured: add at least one [apps.NAME] table",
+            ));
+        }
+        let apps = raw
+            .apps
+            .into_iter()
+            .map(|(name, app)| self.app(name, app))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let default_app = match raw.proxy.default_app {
+            Some(name) => Some(apps.iter().position(|a| a.name == name).ok_or_else(|| {
+                self.err(
+                    "proxy.default_app",
+                    format!("no app named '{name}' (apps: {})", app_names(&apps)),
+                )
+            })?),
+            None if apps.len() == 1 => Some(0),
+            None => None,
+        };
+
+        Ok(Config {
+            path: self.file.to_owned(),
+            proxy,
+            upstream,
+            apps,
+            default_app,
+            log: LogSettings {
+                access_log: raw.log.access_log.unwrap_or(true),
+                format: raw.log.format.unwrap_or(LogFormat::Text),
+            },
+        })
+    }
+
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let value = value.as_deref().unwrap_or(default);
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("'{value}' is not an address: write IP:PORT, e.g. 127.0.0.1:8080"),
+            )
+        })
+    }
+
+    fn millis(&self, key: &str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+        match value.unwrap_or(default) {
+            0 => Err(self.err(key, "must be greater than 0")),
+            ms => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    fn upstream(&self, raw: RawUpstream) -> Result<UpstreamSettings, ConfigError> {
+        if let Some(ca) = &raw.ca_file {
+            std::fs::metadata(ca).map_err(|e| {
+                self.err(
+                    "upstream.ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                )
+            })?;
+        }
+        let token_retry_min =
+            self.millis("upstream.token_retry_min_ms", raw.token_retry_min_ms, 1000)?;
+        let token_retry_max = self.millis(
+            "upstream.token_retry_max_ms",
+            raw.token_retry_max_ms,
+            300_000,
+        )?;
+        if token_retry_max < token_retry_min {
+            return Err(self.err(
+                "upstream.token_retry_max_ms",
+                "must not be less than token_retry_min_ms",
+            ));
+        }
+        Ok(UpstreamSettings {
+            ca_file: raw.ca_file,
+            connect_timeout: self.millis(
+                "upstream.connect_timeout_ms",
+                raw.connect_timeout_ms,
+                3000,
+            )?,
+            request_timeout: self.millis(
+                "upstream.request_timeout_ms",
+                raw.request_timeout_ms,
+                30_000,
+            )?,
+            token_timeout: self.millis(
+                "upstream.token_timeout_ms",
+                raw.token_timeout_ms,
+                10_000,
+            )?,
+            token_retry_min,
+            token_retry_max,
+        })
+    }
+
+    fn app(&self, name: String, raw: RawApp) -> Result<AppConfig, ConfigError> {
+        let key = |field: &str| format!("apps.{name}.{field}");
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(self.err(
+                format!("apps.{name}"),
+                "an app name is a path prefix: use letters, digits, '-' and '_' only",
+            ));
+        }
+        if RESERVED_APP_NAMES.contains(&name.as_str()) {
+            return Err(self.err(
+                format!("apps.{name}"),
+                "this name is a WeChat API path segment; an app of that name would capture API calls",
+            ));
+        }
+
+        let appid = match (raw.kind, raw.appid, raw.corpid) {
+            (AppKind::Mp, Some(id), None) => id,
+            (AppKind::Mp, _, Some(_)) => {
+                return Err(self.err(
+                    key("corpid"),
+                    "corpid is for kind = \"wecom\"; an mp app has an appid",
+                ))
+            }
+            (AppKind::Mp, None, None) => {
+                return Err(self.err(key("appid"), "missing: the app's appid (wx…) is required"))
+            }
+            (AppKind::Wecom, None, Some(id)) | (AppKind::Wecom, Some(id), None) => id,
+            (AppKind::Wecom, Some(_), Some(_)) => {
+                return Err(self.err(key("appid"), "give corpid or appid, not both"))
+            }
+            (AppKind::Wecom, None, None) => {
+                return Err(self.err(key("corpid"), "missing: the WeCom corpid (ww…) is required"))
+            }
+        };
+        if appid.trim().is_empty() || appid.trim() != appid {
+            return Err(self.err(
+                key("appid"),
+                "must be non-empty, without surrounding spaces",
+            ));
+        }
+
+        if raw.secret.is_some() {
+            return Err(self.err(
+                key("secret"),
+                "secrets are never written in the config file: use secret_env = \"VARIABLE\" or secret_file = \"PATH\"",
+            ));
+        }
+        let (secret_key, secret_source) = match (raw.secret_env, raw.secret_file) {
+            (Some(var), None) => (key("secret_env"), SecretSource::Env(var)),
+            (None, Some(path)) => (key("secret_file"), SecretSource::File(path)),
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    key("secret_env"),
+                    "give secret_env or secret_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    key("secret_env"),
+                    "missing: set secret_env = \"VARIABLE\" or secret_file = \"PATH\"",
+                ))
+            }
+        };
+        let secret = secret_source
+            .read(self.env)
+            .map_err(|problem| self.err(secret_key, problem))?;
+
+        let token_api = match (raw.kind, raw.token_api) {
+            (AppKind::Mp, api) => api.unwrap_or(TokenApi::Stable),
+            (AppKind::Wecom, None) => TokenApi::Wecom,
+            (AppKind::Wecom, Some(_)) => {
+                return Err(self.err(key("token_api"), "WeCom has one token API; remove this key"))
+            }
+        };
+        if raw.kind == AppKind::Mp && token_api == TokenApi::Wecom {
+            return Err(self.err(
+                key("token_api"),
+                "must be \"stable\" or \"classic\" for an mp app",
+            ));
+        }
+
+        let default_base = match raw.kind {
+            AppKind::Mp => "https://api.weixin.qq.com",
+            AppKind::Wecom => "https://qyapi.weixin.qq.com",
+        };
+        let base_url = self.base_url(
+            &key("base_url"),
+            raw.base_url.as_deref().unwrap_or(default_base),
+        )?;
+
+        Ok(AppConfig {
+            kind: raw.kind,
+            appid,
+            secret_source,
+            secret,
+            token_api,
+            base_url,
+            refresh_before_expiry: Duration::from_secs(raw.refresh_before_expiry_s.unwrap_or(300)),
+            min_refresh_interval: Duration::from_millis(
+                raw.min_refresh_interval_ms.unwrap_or(5000),
+            ),
+            name,
+        })
+    }
+
+    fn base_url(&self, key: &str, value: &str) -> Result<BaseUrl, ConfigError> {
+        let bad = |why: &str| self.err(key, format!("'{value}' {why}"));
+        let uri: http::Uri = value
+            .parse()
+            .map_err(|_| bad("is not a URL: write e.g. https://api.weixin.qq.com"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => {
+                return Err(bad(
+                    "is not an http(s) URL: write e.g. https://api.weixin.qq.com",
+                ))
+            }
+        };
+        let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("must not carry credentials"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("must not have a query"));
+        }
+        Ok(BaseUrl {
+            scheme,
+            authority,
+            path: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+fn app_names(apps: &[AppConfig]) -> String {
+    apps.iter()
+        .map(|a| a.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

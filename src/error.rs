@@ -1,0 +1,98 @@
+//! Answers the proxy makes itself when it cannot forward: WeChat-shaped JSON
+//! (`{"errcode":…,"errmsg":…}`) so SDKs report them like WeChat's own, with a
+//! fitting HTTP status, and marked by a header so nobody mistakes them for
+//! WeChat's.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Header on every answer the proxy makes itself; the value says which kind.
+pub const LOCAL_ANSWER: &str = "x-wechat-token-proxy";
+
+/// A request the proxy could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The first path segment names no app and there is no default app.
+    #[error("no app for path prefix '{prefix}': use one of {apps}")]
+    UnknownApp {
+        /// The first path segment as sent.
+        prefix: String,
+        /// The configured apps, comma-separated.
+        apps: String,
+    },
+    /// No valid token could be had.
+    #[error("{app}: no valid access_token: {reason}")]
+    TokenUnavailable {
+        /// The app's name.
+        app: String,
+        /// WeChat's errcode, or -1.
+        errcode: i64,
+        /// What went wrong, with WeChat's errmsg.
+        reason: String,
+    },
+    /// The client's request body broke off, or its path cannot be forwarded.
+    #[error("bad request: {0}")]
+    ClientBody(String),
+    /// The upstream could not be reached.
+    #[error("{app}: cannot reach WeChat: {reason}")]
+    UpstreamUnreachable {
+        /// The app's name.
+        app: String,
+        /// The connect or protocol error.
+        reason: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("{app}: WeChat did not answer within {ms} ms")]
+    UpstreamTimeout {
+        /// The app's name.
+        app: String,
+        /// The configured request timeout.
+        ms: u128,
+    },
+}
+
+impl LocalError {
+    /// HTTP status and errcode: the one place errors map to both.
+    fn status_and_errcode(&self) -> (StatusCode, i64) {
+        match self {
+            LocalError::UnknownApp { .. } => (StatusCode::NOT_FOUND, -1),
+            LocalError::TokenUnavailable { errcode, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, *errcode)
+            }
+            LocalError::ClientBody(_) => (StatusCode::BAD_REQUEST, -1),
+            LocalError::UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, -1),
+            LocalError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, -1),
+        }
+    }
+
+    /// The response to send.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let (status, errcode) = self.status_and_errcode();
+        json_response(
+            status,
+            "error",
+            &serde_json::json!({
+                "errcode": errcode,
+                "errmsg": self.to_string(),
+            }),
+        )
+    }
+}
+
+/// A JSON answer made by the proxy itself, marked with [`LOCAL_ANSWER`].
+pub fn json_response(
+    status: StatusCode,
+    kind: &'static str,
+    body: &serde_json::Value,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(LOCAL_ANSWER, HeaderValue::from_static(kind));
+    response
+}

@@ -1,0 +1,146 @@
+//! wechat-token-proxy: a sidecar that adds WeChat's access_token to every API
+//! call, so applications never hold the AppSecret.
+//!
+//! How a request flows:
+//! - [`server`] accepts connections and hands each request to [`proxy`].
+//! - [`proxy`] picks the app by the first path segment, answers SDKs' own
+//!   token requests with a placeholder, reads the app's current token from
+//!   its [`token`] slot (lock-free), rewrites the query ([`query`]) and
+//!   forwards through the pooled [`upstream`] client.
+//! - The answer's `errcode` is read by [`inspect`] when the body is small
+//!   JSON; a token error makes [`token`] fetch a new token once
+//!   (single-flight, through [`wechat`]) and the request is retried once with
+//!   the body kept by [`body`].
+//! - [`admin`] serves health, readiness, status and "refresh now".
+//!
+//! [`config`] turns config.toml into a validated [`config::Config`] before
+//! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
+//! JSON answers.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod inspect;
+pub mod proxy;
+pub mod query;
+pub mod server;
+pub mod token;
+pub mod upstream;
+pub mod wechat;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::config::{Config, Environment};
+use crate::proxy::{App, Proxy};
+use crate::token::TokenManager;
+
+/// The two bound listeners; bound by the caller so tests can use port 0.
+pub struct Listeners {
+    /// Application traffic.
+    pub proxy: TcpListener,
+    /// Health, status, admin.
+    pub admin: TcpListener,
+}
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The upstream client could not be built (bad `ca_file`).
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+}
+
+/// Serves until `shutdown` resolves, then drains and returns.
+///
+/// `env` is where secrets are re-read from on rotation; `reload` yields once
+/// per request to re-read secret files (SIGHUP).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    env: Arc<dyn Environment + Send + Sync>,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let client = upstream::client(&config.upstream)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut apps = Vec::with_capacity(config.apps.len());
+    for app in &config.apps {
+        let app = Arc::new(app.clone());
+        let tokens = Arc::new(TokenManager::new(
+            app.clone(),
+            &config.upstream,
+            client.clone(),
+            None,
+        ));
+        tokio::spawn(tokens.clone().run_refresher(env.clone(), stop_rx.clone()));
+        apps.push(App {
+            config: app,
+            tokens,
+        });
+    }
+    let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(Admin::new(managers.clone(), draining.clone()));
+    let proxy = Arc::new(Proxy::new(&config, apps, client));
+    let grace = config.proxy.shutdown_grace;
+
+    log_listening("proxy", &listeners.proxy);
+    log_listening("admin", &listeners.admin);
+    let proxy_server = tokio::spawn(server::serve(
+        "proxy",
+        listeners.proxy,
+        move |request| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(request).await }
+        },
+        stop_rx.clone(),
+        grace,
+    ));
+    let admin_server = tokio::spawn(server::serve(
+        "admin",
+        listeners.admin,
+        move |request| {
+            let admin = admin.clone();
+            async move { admin.handle(request).await }
+        },
+        stop_rx.clone(),
+        grace,
+    ));
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = reload.recv() => {
+                for tokens in &managers {
+                    if let Err(problem) = tokens.reload_secret(env.as_ref()) {
+                        tracing::warn!(app = %tokens.app().name, %problem, "cannot re-read the secret");
+                    }
+                }
+            }
+        }
+    }
+    draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = proxy_server.await;
+    let _ = admin_server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn log_listening(name: &'static str, listener: &TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = %name, addr = %addr, "listening");
+    }
+}

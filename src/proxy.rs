@@ -1,0 +1,384 @@
+//! The request path: route to an app, answer token requests locally, forward
+//! with the token, read WeChat's errcode, refresh and retry once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use crate::body::{buffer_up_to, Buffered, ProxyBody};
+use crate::config::{AppConfig, AppKind, Config};
+use crate::error::{json_response, LocalError};
+use crate::inspect::{self, INSPECT_LIMIT};
+use crate::query;
+use crate::token::{RefreshError, Token, TokenManager};
+use crate::upstream::HttpClient;
+use crate::wechat::describe_client_error;
+
+/// What SDKs get instead of a real token when they ask for one. They send it
+/// back on every call; the proxy drops it and puts in the real one.
+pub const PLACEHOLDER_TOKEN: &str = "WECHAT_TOKEN_PROXY_PLACEHOLDER";
+
+/// An app as the request path sees it.
+pub struct App {
+    /// Its validated config.
+    pub config: Arc<AppConfig>,
+    /// Its token.
+    pub tokens: Arc<TokenManager>,
+}
+
+/// Forwards requests; shared by every connection.
+pub struct Proxy {
+    /// The apps, in config order.
+    apps: Vec<App>,
+    /// Serves paths that name no app.
+    default_app: Option<usize>,
+    /// Upstream connection pool.
+    client: HttpClient,
+    /// Request bodies up to this size are kept for a retry.
+    max_replay: usize,
+    /// Until WeChat's response headers arrive.
+    request_timeout: Duration,
+    /// Whether to log one line per request.
+    access_log: bool,
+    /// "mp, work": for the unknown-app answer.
+    app_list: String,
+}
+
+/// What a request came to, for the access log.
+struct Outcome {
+    app: Option<usize>,
+    errcode: Option<i64>,
+    retried: bool,
+}
+
+impl Proxy {
+    /// A proxy for `apps` (one per `config.apps`, in that order).
+    pub fn new(config: &Config, apps: Vec<App>, client: HttpClient) -> Proxy {
+        Proxy {
+            app_list: apps
+                .iter()
+                .map(|a| a.config.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            apps,
+            default_app: config.default_app,
+            client,
+            max_replay: config.proxy.max_replay_body_bytes,
+            request_timeout: config.upstream.request_timeout,
+            access_log: config.log.access_log,
+        }
+    }
+
+    /// Serves one request; never fails (errors become JSON answers).
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (parts, body) = request.into_parts();
+        let mut outcome = Outcome {
+            app: None,
+            errcode: None,
+            retried: false,
+        };
+        let response = match self.serve(&parts, body, &mut outcome).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        };
+        if self.access_log {
+            tracing::info!(
+                target: "wechat_token_proxy::access",
+                app = outcome.app.map_or("-", |i| self.apps[i].config.name.as_str()),
+                method = %parts.method,
+                path = parts.uri.path(),
+                status = response.status().as_u16(),
+                errcode = outcome.errcode,
+                retried = outcome.retried,
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        response
+    }
+
+    async fn serve(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, LocalError> {
+        let (index, path) = self.route(parts.uri.path())?;
+        outcome.app = Some(index);
+        let app = &self.apps[index];
+        if let Some(answer) = placeholder_answer(app.config.kind, path) {
+            return Ok(answer);
+        }
+        let token = app
+            .tokens
+            .token()
+            .await
+            .map_err(|e| token_unavailable(&app.config, e))?;
+
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        let (body, replay) = self.prepare_body(body).await?;
+
+        let request = Forward {
+            app: &app.config,
+            parts,
+            path,
+        };
+        // The first attempt keeps a copy of headers and body only when a
+        // retry is possible.
+        let first_headers = if replay.is_some() {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let response = self.send(&request, first_headers, &token, body).await?;
+        let (response, errcode) = self.inspect(&app.config, response).await?;
+        outcome.errcode = errcode;
+        if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
+            return Ok(response);
+        }
+
+        let Some(replay) = replay else {
+            // The body is gone: hand the token error back, but renew the
+            // token so the client's next call works.
+            let tokens = app.tokens.clone();
+            tokio::spawn(async move { tokens.replace(&token).await });
+            return Ok(response);
+        };
+        let fresh = match app.tokens.replace(&token).await {
+            Ok(fresh) => fresh,
+            Err(RefreshError::RateLimited | RefreshError::NotRenewed) => return Ok(response),
+            Err(e) => return Err(token_unavailable(&app.config, e)),
+        };
+        outcome.retried = true;
+        let retry = self
+            .send(&request, headers, &fresh, ProxyBody::full(replay))
+            .await?;
+        let (retry, errcode) = self.inspect(&app.config, retry).await?;
+        outcome.errcode = errcode;
+        Ok(retry)
+    }
+
+    /// Picks the app by the first path segment, else the default app.
+    /// Returns the app's index and the path to forward.
+    fn route<'p>(&self, path: &'p str) -> Result<(usize, &'p str), LocalError> {
+        let after = path.strip_prefix('/').unwrap_or(path);
+        let end = after.find('/').unwrap_or(after.len());
+        let segment = &after[..end];
+        if let Some(i) = self.apps.iter().position(|a| a.config.name == segment) {
+            let rest = &after[end..];
+            return Ok((i, if rest.is_empty() { "/" } else { rest }));
+        }
+        match self.default_app {
+            Some(i) => Ok((i, path)),
+            None => Err(LocalError::UnknownApp {
+                prefix: segment.to_owned(),
+                apps: self.app_list.clone(),
+            }),
+        }
+    }
+
+    /// Reads a request body of up to `max_replay` bytes into memory so it can
+    /// be sent twice; a larger one streams (and cannot be retried).
+    async fn prepare_body(&self, body: Incoming) -> Result<(ProxyBody, Option<Bytes>), LocalError> {
+        match buffer_up_to(body, self.max_replay).await {
+            Ok(Buffered::Complete(bytes)) => Ok((ProxyBody::full(bytes.clone()), Some(bytes))),
+            Ok(Buffered::Partial(body)) => Ok((body, None)),
+            Err(e) => Err(LocalError::ClientBody(e.to_string())),
+        }
+    }
+
+    async fn send(
+        &self,
+        request: &Forward<'_>,
+        headers: HeaderMap,
+        token: &Token,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, LocalError> {
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = request.parts.method.clone();
+        *upstream.uri_mut() = request.uri(token)?;
+        *upstream.headers_mut() = headers;
+        let app = &request.app.name;
+        match tokio::time::timeout(self.request_timeout, self.client.request(upstream)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(LocalError::UpstreamUnreachable {
+                app: app.clone(),
+                reason: describe_client_error(&e),
+            }),
+            Err(_) => Err(LocalError::UpstreamTimeout {
+                app: app.clone(),
+                ms: self.request_timeout.as_millis(),
+            }),
+        }
+    }
+
+    /// Reads the errcode of a small JSON-ish answer; streams anything else
+    /// untouched.
+    async fn inspect(
+        &self,
+        app: &AppConfig,
+        response: Response<Incoming>,
+    ) -> Result<(Response<ProxyBody>, Option<i64>), LocalError> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if !worth_inspecting(&parts.headers) {
+            let body = ProxyBody::Stream {
+                prefix: None,
+                rest: body,
+            };
+            return Ok((Response::from_parts(parts, body), None));
+        }
+        match buffer_up_to(body, INSPECT_LIMIT).await {
+            Ok(Buffered::Complete(bytes)) => {
+                let errcode = inspect::looks_like_json(&bytes)
+                    .then(|| inspect::errcode(&bytes))
+                    .flatten();
+                Ok((Response::from_parts(parts, ProxyBody::full(bytes)), errcode))
+            }
+            Ok(Buffered::Partial(body)) => Ok((Response::from_parts(parts, body), None)),
+            Err(e) => Err(LocalError::UpstreamUnreachable {
+                app: app.name.clone(),
+                reason: format!("the answer broke off: {e}"),
+            }),
+        }
+    }
+}
+
+/// The parts of a client request that every attempt shares.
+struct Forward<'a> {
+    app: &'a AppConfig,
+    parts: &'a Parts,
+    /// The path after the app prefix.
+    path: &'a str,
+}
+
+impl Forward<'_> {
+    /// The upstream URI: the app's base URL, the path, the client's query
+    /// without its `access_token`, and the real token.
+    fn uri(&self, token: &Token) -> Result<Uri, LocalError> {
+        let base = &self.app.base_url;
+        let query = self.parts.uri.query();
+        let mut pq = String::with_capacity(
+            base.path.len()
+                + self.path.len()
+                + query.map_or(0, str::len)
+                + token.value().len()
+                + 16,
+        );
+        pq.push_str(&base.path);
+        pq.push_str(self.path);
+        pq.push('?');
+        query::with_token(query, token.value(), &mut pq);
+        Uri::builder()
+            .scheme(base.scheme.clone())
+            .authority(base.authority.clone())
+            .path_and_query(pq)
+            .build()
+            // Only a token with bytes a URI cannot hold gets here, and those
+            // are percent-encoded; so this is a path hyper let in but `http`
+            // refuses. Do not echo it: it may carry the token.
+            .map_err(|_| LocalError::ClientBody("the request path cannot be forwarded".into()))
+    }
+}
+
+/// Whether `errcode` means "this token is no good" for an app of `kind`.
+/// In WeCom 40001 means a bad secret, not a bad token.
+fn is_token_error(kind: AppKind, errcode: i64) -> bool {
+    matches!(
+        (kind, errcode),
+        (AppKind::Mp, 40001 | 40014 | 42001) | (AppKind::Wecom, 40014 | 42001)
+    )
+}
+
+/// Media, images and downloads are never inspected, whatever their size.
+fn worth_inspecting(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::CONTENT_DISPOSITION) {
+        return false;
+    }
+    let binary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start();
+            ["image/", "audio/", "video/", "application/octet-stream"]
+                .iter()
+                .any(|p| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p))
+        });
+    let large = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > INSPECT_LIMIT as u64);
+    !binary && !large
+}
+
+/// The token requests SDKs make on their own, answered with a placeholder so
+/// they work unmodified without the secret.
+fn placeholder_answer(kind: AppKind, path: &str) -> Option<Response<ProxyBody>> {
+    let body = match (kind, path) {
+        (AppKind::Mp, "/cgi-bin/token" | "/cgi-bin/stable_token") => serde_json::json!({
+            "access_token": PLACEHOLDER_TOKEN,
+            "expires_in": 7200,
+        }),
+        (AppKind::Wecom, "/cgi-bin/gettoken") => serde_json::json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "access_token": PLACEHOLDER_TOKEN,
+            "expires_in": 7200,
+        }),
+        _ => return None,
+    };
+    Some(json_response(StatusCode::OK, "placeholder", &body))
+}
+
+fn token_unavailable(app: &AppConfig, e: RefreshError) -> LocalError {
+    let errcode = match &e {
+        RefreshError::Failed(f) => f.errcode(),
+        _ => -1,
+    };
+    LocalError::TokenUnavailable {
+        app: app.name.clone(),
+        errcode,
+        reason: e.to_string(),
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+/// `Transfer-Encoding` goes too: hyper frames the body itself.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}

@@ -1,0 +1,122 @@
+//! The query rewrite: drop every `access_token` the client sent, keep every
+//! other parameter byte for byte and in order, append the real token.
+
+/// Appends to `out` the query `query` without its `access_token` parameters,
+/// followed by `access_token=<token>` (percent-encoded where needed).
+pub fn with_token(query: Option<&str>, token: &str, out: &mut String) {
+    if let Some(query) = query {
+        for part in query.split('&') {
+            if part.is_empty() || is_access_token(part) {
+                continue;
+            }
+            out.push_str(part);
+            out.push('&');
+        }
+    }
+    out.push_str("access_token=");
+    encode_into(token, out);
+}
+
+/// Whether a `name=value` pair names `access_token`, however the client
+/// percent-encoded the name.
+fn is_access_token(part: &str) -> bool {
+    let name = part.split_once('=').map_or(part, |(n, _)| n);
+    if name == "access_token" {
+        return true;
+    }
+    // Encoded forms are longer than the plain name; anything shorter or
+    // without '%' cannot be one.
+    name.len() > "access_token".len() && name.contains('%') && decoded_eq(name, b"access_token")
+}
+
+fn decoded_eq(name: &str, want: &[u8]) -> bool {
+    let bytes = name.as_bytes();
+    let (mut i, mut j) = (0, 0);
+    while i < bytes.len() {
+        let b = if bytes[i] == b'%' {
+            let Some(v) = bytes.get(i + 1..i + 3).and_then(hex_pair) else {
+                return false;
+            };
+            i += 3;
+            v
+        } else {
+            i += 1;
+            bytes[i - 1]
+        };
+        if want.get(j) != Some(&b) {
+            return false;
+        }
+        j += 1;
+    }
+    j == want.len()
+}
+
+fn hex_pair(h: &[u8]) -> Option<u8> {
+    let d = |c: u8| (c as char).to_digit(16);
+    Some((d(h[0])? * 16 + d(h[1])?) as u8)
+}
+
+/// Percent-encodes everything outside RFC 3986's unreserved set. WeChat's
+/// tokens are plain `[A-Za-z0-9_-]`, so the loop usually copies.
+fn encode_into(value: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+}
+
+/// Percent-encodes a query value (for token fetch URLs).
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    encode_into(value, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(q: Option<&str>) -> String {
+        let mut s = String::new();
+        with_token(q, "TOK", &mut s);
+        s
+    }
+
+    #[test]
+    fn appends_token_and_keeps_others_in_order() {
+        assert_eq!(rewrite(None), "access_token=TOK");
+        assert_eq!(rewrite(Some("")), "access_token=TOK");
+        assert_eq!(rewrite(Some("b=2&a=1")), "b=2&a=1&access_token=TOK");
+        assert_eq!(
+            rewrite(Some("x=%E4%B8%AD&flag")),
+            "x=%E4%B8%AD&flag&access_token=TOK"
+        );
+    }
+
+    #[test]
+    fn removes_every_client_token_however_spelled() {
+        assert_eq!(
+            rewrite(Some(
+                "access_token=PLACEHOLDER&a=1&access%5Ftoken=x&access_token"
+            )),
+            "a=1&access_token=TOK"
+        );
+        assert_eq!(
+            rewrite(Some("access_tokens=1")),
+            "access_tokens=1&access_token=TOK"
+        );
+    }
+
+    #[test]
+    fn encodes_unusual_token_bytes() {
+        let mut s = String::new();
+        with_token(None, "a+b/c=", &mut s);
+        assert_eq!(s, "access_token=a%2Bb%2Fc%3D");
+    }
+}

@@ -1,0 +1,197 @@
+//! WeChat's token endpoints: building the fetch, reading the answer, and what
+//! each refusal means.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request};
+use serde::Deserialize;
+
+use crate::body::{buffer_up_to, Buffered, ProxyBody};
+use crate::config::{AppConfig, Secret, TokenApi};
+use crate::query::encode;
+use crate::upstream::HttpClient;
+
+/// A token as WeChat granted it.
+pub struct Grant {
+    /// The access_token itself.
+    pub token: String,
+    /// Its lifetime as WeChat stated it.
+    pub expires_in: Duration,
+}
+
+/// Why a token fetch failed. Messages name what happened and what to do;
+/// none holds the secret or a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// WeChat answered with an errcode.
+    #[error("WeChat refused the token: {errcode} {errmsg}{}", hint(*.errcode))]
+    Refused {
+        /// WeChat's errcode.
+        errcode: i64,
+        /// WeChat's errmsg, as sent.
+        errmsg: String,
+    },
+    /// An HTTP status other than 200.
+    #[error("the token endpoint answered HTTP {0}")]
+    Status(u16),
+    /// 200, but not a token answer.
+    #[error("the token endpoint answered something that is not a token ({0})")]
+    BadAnswer(String),
+    /// Connecting or talking to WeChat failed.
+    #[error("cannot reach the token endpoint: {0}")]
+    Transport(String),
+    /// The whole fetch took longer than `token_timeout_ms`.
+    #[error("the token fetch timed out after {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// The secret file could not be read.
+    #[error("cannot read the secret: {0}")]
+    Secret(String),
+}
+
+fn hint(errcode: i64) -> &'static str {
+    match errcode {
+        40164 | 60020 => " — add this server's egress IP to the account's IP whitelist",
+        40125 | 40001 => " — the AppSecret is wrong: check the secret (a rotated secret_file is re-read)",
+        40243 => " — the AppSecret is frozen: unfreeze or reset it in the WeChat console",
+        40013 => " — the appid is wrong",
+        45009 => " — the daily token quota is used up: clear it with /cgi-bin/clear_quota or wait for tomorrow",
+        45011 => " — the per-minute quota is used up",
+        89503 | 89501 => " — an administrator must approve this IP in the WeChat console",
+        89506 | 89507 => " — the administrator rejected this IP; WeChat blocks retries for a while",
+        _ => "",
+    }
+}
+
+impl FetchError {
+    /// The errcode to show clients: WeChat's, or -1 when WeChat gave none.
+    pub fn errcode(&self) -> i64 {
+        match self {
+            FetchError::Refused { errcode, .. } => *errcode,
+            _ => -1,
+        }
+    }
+
+    /// The shortest wait WeChat's rules demand before the next attempt.
+    pub fn min_retry_delay(&self) -> Duration {
+        const MIN: u64 = 60;
+        match self.errcode() {
+            45011 => Duration::from_secs(MIN),
+            45009 => Duration::from_secs(10 * MIN),
+            89503 | 89501 => Duration::from_secs(5 * MIN),
+            89507 => Duration::from_secs(60 * MIN),
+            89506 => Duration::from_secs(24 * 60 * MIN),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Whether WeChat said the secret itself is wrong, so a rotated secret
+    /// file is worth re-reading.
+    pub fn is_bad_secret(&self) -> bool {
+        matches!(self.errcode(), 40001 | 40125 | 40243)
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+}
+
+/// Fetches a token for `app` once. `force` asks the stable API to revoke the
+/// current token and issue a new one.
+pub async fn fetch(
+    client: &HttpClient,
+    app: &AppConfig,
+    secret: &Secret,
+    force: bool,
+) -> Result<Grant, FetchError> {
+    let base = &app.base_url;
+    let (appid, secret) = (app.appid.as_str(), secret.expose());
+    let builder = Request::builder().header(
+        header::USER_AGENT,
+        concat!("wechat-token-proxy/", env!("CARGO_PKG_VERSION")),
+    );
+    let request = match app.token_api {
+        TokenApi::Classic => builder.method(Method::GET).uri(format!(
+            "{base}/cgi-bin/token?grant_type=client_credential&appid={}&secret={}",
+            encode(appid),
+            encode(secret)
+        )),
+        TokenApi::Wecom => builder.method(Method::GET).uri(format!(
+            "{base}/cgi-bin/gettoken?corpid={}&corpsecret={}",
+            encode(appid),
+            encode(secret)
+        )),
+        TokenApi::Stable => builder
+            .method(Method::POST)
+            .uri(format!("{base}/cgi-bin/stable_token"))
+            .header(header::CONTENT_TYPE, "application/json"),
+    };
+    let body = match app.token_api {
+        TokenApi::Stable => ProxyBody::full(Bytes::from(
+            serde_json::json!({
+                "grant_type": "client_credential",
+                "appid": appid,
+                "secret": secret,
+                "force_refresh": force,
+            })
+            .to_string(),
+        )),
+        _ => ProxyBody::empty(),
+    };
+    let request = request
+        .body(body)
+        .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
+
+    // Errors are described without the URL: for the classic API it holds the
+    // secret.
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| FetchError::Transport(describe_client_error(&e)))?;
+    let status = response.status();
+    if status != http::StatusCode::OK {
+        return Err(FetchError::Status(status.as_u16()));
+    }
+    let body = match buffer_up_to(response.into_body(), 64 * 1024).await {
+        Ok(Buffered::Complete(bytes)) => bytes,
+        Ok(Buffered::Partial(_)) => return Err(FetchError::BadAnswer("more than 64 KiB".into())),
+        Err(e) => return Err(FetchError::Transport(e.to_string())),
+    };
+    let answer: Answer = serde_json::from_slice(&body)
+        .map_err(|_| FetchError::BadAnswer(format!("{} bytes that are not JSON", body.len())))?;
+    if answer.errcode != 0 {
+        return Err(FetchError::Refused {
+            errcode: answer.errcode,
+            errmsg: answer.errmsg,
+        });
+    }
+    match (answer.access_token, answer.expires_in) {
+        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+            token,
+            expires_in: Duration::from_secs(secs),
+        }),
+        _ => Err(FetchError::BadAnswer(
+            "no access_token or expires_in".into(),
+        )),
+    }
+}
+
+/// A client error with its causes, which name the failing step (connect,
+/// TLS, reset) but never the URL.
+pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
