@@ -1,0 +1,327 @@
+//! A fake WeChat API server for black-box tests of the proxy.
+//!
+//! It issues and checks access tokens by the rules of `WECHAT.md` (classic, stable and WeCom
+//! endpoints), answers every other path as an API call, records what it saw, and fails on
+//! demand. It speaks HTTPS with a throwaway CA (see [`super::tls`]) or plain HTTP.
+//!
+//! The server runs on its own thread and runtime, so a test may block its own thread (for
+//! example in `Proxy::start`, which waits for the proxy's log) while the proxy talks to the
+//! fake. Layout: `tokens` holds the rules, `handler` turns requests into answers, `body`
+//! makes the answer bodies, `net` accepts connections.
+
+mod body;
+mod handler;
+mod net;
+mod tokens;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::{self, TestCa};
+pub use body::pattern_byte;
+use tokens::Tokens;
+
+/// Which WeChat product an app belongs to: decides its token endpoint and error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppKind {
+    /// Official account / mini program: `/cgi-bin/token` and `/cgi-bin/stable_token`.
+    Mp,
+    /// WeCom (企业微信): `/cgi-bin/gettoken` with corpid and corpsecret.
+    WeCom,
+}
+
+/// How the fake behaves; the defaults are WeChat's rules with the minutes shrunk to
+/// seconds so tests can cross every boundary quickly.
+#[derive(Clone, Debug)]
+pub struct FakeOptions {
+    /// HTTPS with the test CA (true) or plain HTTP.
+    pub tls: bool,
+    /// Seconds reported as `expires_in` for a new token.
+    pub expires_in: u64,
+    /// How long a token really works (42001 after). `Duration::ZERO`, the default, means
+    /// `expires_in` seconds; set it shorter to model WeChat ending tokens early.
+    pub token_lifetime: Duration,
+    /// Classic API: how long the previous token keeps working after a refetch (WeChat: 5 min).
+    pub classic_grace: Duration,
+    /// Stable API normal mode: a call gets a new token only when the current one has less
+    /// than this left (WeChat: 5 min).
+    pub stable_window: Duration,
+    /// Stable `force_refresh` calls closer together than this get 45011.
+    pub force_min_interval: Duration,
+}
+
+impl Default for FakeOptions {
+    fn default() -> Self {
+        FakeOptions {
+            tls: true,
+            expires_in: 7200,
+            token_lifetime: Duration::ZERO,
+            classic_grace: Duration::from_secs(2),
+            stable_window: Duration::from_secs(2),
+            force_min_interval: Duration::ZERO,
+        }
+    }
+}
+
+/// A failure injected into every token endpoint, to test how the proxy copes.
+#[derive(Clone, Debug)]
+pub enum FetchFailure {
+    /// HTTP 200 with `{"errcode":N,"errmsg":"…"}`, e.g. 40164 for a missing IP whitelist entry.
+    Errcode(i64, String),
+    /// HTTP 500 with body `internal error`.
+    Http500,
+    /// HTTP 200, `text/html` body `<html>gateway</html>` (a captive gateway or CDN page).
+    NotJson,
+    /// Never answers; the connection stays open.
+    Hang,
+    /// Resets the TCP connection (RST) without answering.
+    Reset,
+}
+
+/// One API (non-token) request as the fake received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Request method.
+    pub method: Method,
+    /// Path without the query.
+    pub path: String,
+    /// The raw query exactly as sent, to check the proxy's rewriting byte for byte.
+    pub query: Option<String>,
+    /// All request headers, `Host` included.
+    pub headers: HeaderMap,
+    /// The full request body.
+    pub body: Bytes,
+    /// Whether the fake accepted its `access_token`.
+    pub token_ok: bool,
+}
+
+impl Recorded {
+    /// Every `access_token` value in the query (the proxy must send exactly one).
+    pub fn access_tokens(&self) -> Vec<String> {
+        handler::query_values(self.query.as_deref(), "access_token")
+    }
+}
+
+/// Everything the fake knows, behind one mutex: never held across an await.
+struct State {
+    /// Apps, tokens and the issuing rules.
+    tokens: Tokens,
+    /// Calls to any token endpoint, failed ones included.
+    token_fetches: usize,
+    /// The same, by appid / corpid as sent.
+    fetches_by_appid: HashMap<String, usize>,
+    /// Stable calls with `force_refresh:true`, refused ones included.
+    force_refreshes: usize,
+    /// TCP connections accepted.
+    connections: usize,
+    /// Every API request, in arrival order.
+    requests: Vec<Recorded>,
+    /// The failure every token endpoint answers with, if any.
+    failure: Option<FetchFailure>,
+    /// Wait before every API answer.
+    api_delay: Duration,
+}
+
+/// Locks the state; a panicking test thread must not make every later call panic too.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running fake WeChat server. Dropping it stops the server and removes the CA file.
+pub struct FakeWeChat {
+    /// Where it listens (always 127.0.0.1).
+    pub addr: SocketAddr,
+    /// `https://localhost:PORT` (TLS) or `http://127.0.0.1:PORT`: the proxy's upstream base.
+    pub base_url: String,
+    /// PEM of the test CA, for the proxy's `ca_file` (written in plain mode too).
+    pub ca_file: PathBuf,
+    /// The CA in DER, for in-process TLS clients ([`FakeWeChat::tls_client_config`]).
+    pub ca_der: rustls::pki_types::CertificateDer<'static>,
+    /// Shared with the server thread.
+    state: Arc<Mutex<State>>,
+    /// Tells the server thread to stop; taken on drop.
+    stop: Option<oneshot::Sender<()>>,
+    /// The server thread, joined on drop so the port is closed when drop returns.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeWeChat {
+    /// HTTPS with default options.
+    pub async fn start() -> FakeWeChat {
+        FakeWeChat::start_with(FakeOptions::default()).await
+    }
+
+    /// Starts a server with `opts` on 127.0.0.1 and an ephemeral port.
+    pub async fn start_with(opts: FakeOptions) -> FakeWeChat {
+        let ca = TestCa::generate();
+        let ca_file = unique_ca_path();
+        std::fs::write(&ca_file, &ca.ca_pem).expect("write the test CA file");
+        let acceptor = opts
+            .tls
+            .then(|| TlsAcceptor::from(ca.server_config.clone()));
+        let scheme_host = if opts.tls {
+            "https://localhost"
+        } else {
+            "http://127.0.0.1"
+        };
+        let state = Arc::new(Mutex::new(State {
+            tokens: Tokens::new(opts),
+            token_fetches: 0,
+            fetches_by_appid: HashMap::new(),
+            force_refreshes: 0,
+            connections: 0,
+            requests: Vec::new(),
+            failure: None,
+            api_delay: Duration::ZERO,
+        }));
+
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server_state = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("fake-wechat".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build the fake's runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("bind the fake WeChat server");
+                    let _ = ready_tx.send(listener.local_addr().expect("local addr"));
+                    tokio::select! {
+                        () = net::accept_loop(listener, acceptor, server_state) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+                // Dropping the runtime here cancels every connection task, hung ones too.
+            })
+            .expect("spawn the fake's thread");
+        let addr = ready_rx
+            .await
+            .expect("the fake's thread reports its address");
+
+        FakeWeChat {
+            addr,
+            base_url: format!("{scheme_host}:{}", addr.port()),
+            ca_file,
+            ca_der: ca.ca_der,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `base_url` + `path_and_query`, for direct requests in tests.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.base_url)
+    }
+
+    /// A rustls client config that trusts this fake's CA (for tests that bypass the proxy).
+    pub fn tls_client_config(&self) -> Arc<rustls::ClientConfig> {
+        tls::client_config(&self.ca_der)
+    }
+
+    /// Registers an app and the secret its fetches must present (re-adding starts it over).
+    pub fn add_app(&self, kind: AppKind, appid: &str, secret: &str) {
+        lock(&self.state).tokens.add_app(kind, appid, secret);
+    }
+
+    /// Rotates an app's secret: fetches with the old one fail from now on.
+    pub fn set_secret(&self, appid: &str, secret: &str) {
+        lock(&self.state).tokens.set_secret(appid, secret);
+    }
+
+    /// Calls to any token endpoint so far, failed ones included.
+    pub fn token_fetches(&self) -> usize {
+        lock(&self.state).token_fetches
+    }
+
+    /// Token endpoint calls naming `appid` (or corpid), failed ones included.
+    pub fn token_fetches_for(&self, appid: &str) -> usize {
+        let st = lock(&self.state);
+        st.fetches_by_appid.get(appid).copied().unwrap_or(0)
+    }
+
+    /// Stable calls with `force_refresh:true`, refused ones included.
+    pub fn force_refreshes(&self) -> usize {
+        lock(&self.state).force_refreshes
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        lock(&self.state).connections
+    }
+
+    /// Every API (non-token) request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// Every token ever issued, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.state).tokens.issued()
+    }
+
+    /// The app's most recently issued token (any endpoint); `None` before the first fetch
+    /// and after `revoke`. After `invalidate_in_place` it is the dead token stable still hands out.
+    pub fn current_token(&self, appid: &str) -> Option<String> {
+        lock(&self.state).tokens.current(appid)
+    }
+
+    /// Every token of `appid` stops working now (40001 mp, 40014 WeCom), as if someone
+    /// force-refreshed elsewhere; the next fetch of any kind issues a new one.
+    pub fn revoke(&self, appid: &str) {
+        lock(&self.state).tokens.revoke(appid, Instant::now());
+    }
+
+    /// The current stable token stops working for API calls, but normal-mode
+    /// `stable_token` keeps returning it; only `force_refresh:true` issues a new one.
+    /// Panics if the app has no stable token yet.
+    pub fn invalidate_in_place(&self, appid: &str) {
+        lock(&self.state)
+            .tokens
+            .invalidate_in_place(appid, Instant::now());
+    }
+
+    /// Makes every token endpoint fail this way until called with `None`.
+    pub fn set_fetch_failure(&self, failure: Option<FetchFailure>) {
+        lock(&self.state).failure = failure;
+    }
+
+    /// Every API (non-token) answer waits this long first.
+    pub fn set_api_delay(&self, delay: Duration) {
+        lock(&self.state).api_delay = delay;
+    }
+}
+
+impl Drop for FakeWeChat {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
+}
+
+/// A CA file name no other fake (in this or another test process) uses.
+fn unique_ca_path() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("fake-wechat-ca-{}-{n}.pem", std::process::id()))
+}

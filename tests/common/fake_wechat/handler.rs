@@ -1,0 +1,353 @@
+//! What the fake answers to each request: the three token endpoints, injected fetch
+//! failures, and every other path as an API call checked against the issued tokens.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::body::{pattern_byte, Payload};
+use super::tokens::{FetchRequest, Flavor, Grant, Verdict};
+use super::{lock, FetchFailure, Recorded, State};
+
+/// How WeChat labels token answers and successful JSON API answers.
+const JSON_UTF8: &str = "application/json; encoding=utf-8";
+
+/// Size of the fake mini-program code image.
+const WXACODE_LEN: usize = 100 * 1024;
+
+/// Announced length of `/test/reset_mid_body`.
+const BROKEN_ANNOUNCED: u64 = 1024 * 1024;
+
+/// What `/test/reset_mid_body` really sends before dropping the connection.
+const BROKEN_SENT: u64 = 64 * 1024;
+
+/// A handler's request to drop the connection without answering; hyper closes it, and for
+/// `FetchFailure::Reset` the stream first arms an RST.
+#[derive(Debug)]
+pub(super) struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fake WeChat drops this connection on purpose")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+/// The answer type of every handler.
+type Answer = Result<Response<Payload>, DropConnection>;
+
+/// Routes one request; `reset` belongs to its connection.
+pub(super) async fn handle(
+    state: Arc<Mutex<State>>,
+    reset: Arc<AtomicBool>,
+    req: Request<Incoming>,
+) -> Answer {
+    let flavor = match req.uri().path() {
+        "/cgi-bin/token" => Some(Flavor::Classic),
+        "/cgi-bin/stable_token" => Some(Flavor::Stable),
+        "/cgi-bin/gettoken" => Some(Flavor::WeCom),
+        _ => None,
+    };
+    match flavor {
+        Some(flavor) => token_endpoint(&state, &reset, flavor, req).await,
+        None => api_call(&state, req).await,
+    }
+}
+
+/// A token fetch: counted first (failed ones too), then failed on purpose or answered by
+/// the token rules.
+async fn token_endpoint(
+    state: &Mutex<State>,
+    reset: &AtomicBool,
+    flavor: Flavor,
+    req: Request<Incoming>,
+) -> Answer {
+    let fetch = match parse_fetch(flavor, req).await {
+        Ok(fetch) => fetch,
+        Err(answer) => {
+            lock(state).token_fetches += 1;
+            return Ok(answer);
+        }
+    };
+    let failure = {
+        let mut st = lock(state);
+        st.token_fetches += 1;
+        if let Some(appid) = &fetch.appid {
+            *st.fetches_by_appid.entry(appid.clone()).or_default() += 1;
+        }
+        if fetch.force_refresh {
+            st.force_refreshes += 1;
+        }
+        st.failure.clone()
+    };
+    if let Some(failure) = failure {
+        return fail(failure, reset).await;
+    }
+    let grant = lock(state).tokens.grant(&fetch, Instant::now());
+    let body = match (grant, flavor) {
+        (Grant::Token { token, expires_in }, Flavor::WeCom) => json!({
+            "errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in
+        }),
+        (Grant::Token { token, expires_in }, _) => {
+            json!({ "access_token": token, "expires_in": expires_in })
+        }
+        (Grant::Refused { errcode, errmsg }, _) => json!({ "errcode": errcode, "errmsg": errmsg }),
+    };
+    Ok(respond(StatusCode::OK, JSON_UTF8, body.to_string()))
+}
+
+/// Reads a fetch's parameters from the query (classic, WeCom) or the JSON body (stable).
+/// A stable body that is not a JSON object is answered right away (47001, like WeChat).
+async fn parse_fetch(
+    flavor: Flavor,
+    req: Request<Incoming>,
+) -> Result<FetchRequest, Response<Payload>> {
+    let query = req.uri().query().map(str::to_string);
+    let param = |name: &str| query_values(query.as_deref(), name).into_iter().next();
+    match flavor {
+        Flavor::Classic => Ok(FetchRequest {
+            flavor,
+            appid: param("appid"),
+            secret: param("secret"),
+            grant_type: param("grant_type"),
+            force_refresh: false,
+        }),
+        Flavor::WeCom => Ok(FetchRequest {
+            flavor,
+            appid: param("corpid"),
+            secret: param("corpsecret"),
+            grant_type: None,
+            force_refresh: false,
+        }),
+        Flavor::Stable => {
+            let body = collect(req).await;
+            let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(&body) else {
+                let refusal =
+                    json!({ "errcode": 47001, "errmsg": "data format error rid: 0008-fake" });
+                return Err(respond(StatusCode::OK, JSON_UTF8, refusal.to_string()));
+            };
+            let text = |name: &str| {
+                fields
+                    .get(name)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
+            Ok(FetchRequest {
+                flavor,
+                appid: text("appid"),
+                secret: text("secret"),
+                grant_type: text("grant_type"),
+                force_refresh: fields.get("force_refresh") == Some(&serde_json::Value::Bool(true)),
+            })
+        }
+    }
+}
+
+/// Answers a token fetch with the injected failure.
+async fn fail(failure: FetchFailure, reset: &AtomicBool) -> Answer {
+    match failure {
+        FetchFailure::Errcode(errcode, errmsg) => {
+            let body = json!({ "errcode": errcode, "errmsg": errmsg });
+            Ok(respond(StatusCode::OK, JSON_UTF8, body.to_string()))
+        }
+        FetchFailure::Http500 => Ok(respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "internal error",
+        )),
+        FetchFailure::NotJson => Ok(respond(StatusCode::OK, "text/html", "<html>gateway</html>")),
+        FetchFailure::Hang => {
+            // Longer than any test; the fake's shutdown cancels it.
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+            Err(DropConnection)
+        }
+        FetchFailure::Reset => {
+            reset.store(true, Ordering::Relaxed);
+            Err(DropConnection)
+        }
+    }
+}
+
+/// Any other path: record it, judge its token, wait the configured API delay, answer.
+async fn api_call(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
+    let (parts, body) = req.into_parts();
+    let body = collect_body(body).await;
+    let query = parts.uri.query().map(str::to_string);
+    let path = parts.uri.path().to_string();
+    let given = query_values(query.as_deref(), "access_token");
+    let (verdict, delay) = {
+        let mut st = lock(state);
+        let verdict = st.tokens.check(&given, Instant::now());
+        st.requests.push(Recorded {
+            method: parts.method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            headers: parts.headers,
+            body: body.clone(),
+            token_ok: matches!(verdict, Verdict::Valid),
+        });
+        (verdict, st.api_delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Verdict::Rejected { errcode, errmsg } = verdict {
+        let body = json!({ "errcode": errcode, "errmsg": errmsg });
+        return Ok(respond(StatusCode::OK, "text/plain", body.to_string()));
+    }
+    let number = |name: &str, default: u64| {
+        query_values(query.as_deref(), name)
+            .first()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let answer = match path.as_str() {
+        "/cgi-bin/media/get" => media(number("size", 1024)),
+        "/wxa/getwxacodeunlimit" => wxacode(),
+        "/test/big_json" => big_json(number("size", 100 * 1024)),
+        "/test/reset_mid_body" => broken_download(),
+        // Any errcode on demand, as WeChat sends it (HTTP 200, text/plain).
+        "/test/errcode" => {
+            let code = query_values(query.as_deref(), "code")
+                .first()
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(-1);
+            let body = json!({ "errcode": code, "errmsg": "on demand" });
+            respond(StatusCode::OK, "text/plain", body.to_string())
+        }
+        _ => {
+            if path == "/test/slow" {
+                tokio::time::sleep(Duration::from_millis(number("ms", 0))).await;
+            }
+            // Written by hand to keep WeChat's field order (errcode first).
+            let echo = format!(
+                r#"{{"errcode":0,"errmsg":"ok","path":{},"method":"{}","body_len":{}}}"#,
+                serde_json::Value::from(path.as_str()),
+                parts.method,
+                body.len()
+            );
+            respond(StatusCode::OK, JSON_UTF8, echo)
+        }
+    };
+    Ok(answer)
+}
+
+/// `media/get`: `size` generated bytes as an attachment, streamed.
+fn media(size: u64) -> Response<Payload> {
+    let mut resp = Response::new(Payload::pattern(size));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"x.bin\""),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    resp
+}
+
+/// The mini-program code: `image/jpeg` whose bytes begin like a JSON token error, so only a
+/// proxy that goes by `Content-Type` leaves it alone.
+fn wxacode() -> Response<Payload> {
+    let mut bytes = br#"{"errcode":40001,"errmsg":"this is a jpeg, not an error"}"#.to_vec();
+    bytes.extend((bytes.len()..WXACODE_LEN).map(|i| pattern_byte(i as u64)));
+    respond(StatusCode::OK, "image/jpeg", bytes)
+}
+
+/// `size` bytes of JSON carrying errcode 40001: a proxy must only act on it when small
+/// enough to be inspected.
+fn big_json(size: u64) -> Response<Payload> {
+    let head = br#"{"errcode":40001,"pad":""#;
+    let tail = br#""}"#;
+    let size = usize::try_from(size).expect("size fits memory");
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut bytes = Vec::with_capacity(head.len() + pad + tail.len());
+    bytes.extend_from_slice(head);
+    bytes.resize(head.len() + pad, b'x');
+    bytes.extend_from_slice(tail);
+    respond(StatusCode::OK, "application/json", bytes)
+}
+
+/// Announces 1 MiB, sends 64 KiB, then drops the connection.
+fn broken_download() -> Response<Payload> {
+    let mut resp = Response::new(Payload::break_after(BROKEN_SENT));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(BROKEN_ANNOUNCED));
+    resp
+}
+
+/// A complete answer with a fixed body.
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Payload> {
+    let mut resp = Response::new(Payload::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The whole request body (a body cut short by the client counts as what arrived).
+async fn collect(req: Request<Incoming>) -> Bytes {
+    collect_body(req.into_body()).await
+}
+
+/// See [`collect`].
+async fn collect_body(body: Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default()
+}
+
+/// Every value of `name` in a raw query, percent-decoded, in order. Keys are compared raw.
+pub(super) fn query_values(query: Option<&str>, name: &str) -> Vec<String> {
+    let Some(query) = query else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| percent_decode(value))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` and `+` in a query value; malformed escapes stay as they are.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,48 @@
+//! Shared harness for the black-box tests: a fake WeChat server ([`fake_wechat`]), the real
+//! proxy binary as a child process ([`Proxy`]), and a small HTTP client ([`Http`]).
+//!
+//! A typical test starts a `FakeWeChat`, writes a config pointing the proxy at its
+//! `base_url` and `ca_file` ([`setup`] knows the config format), starts the `Proxy`, sends
+//! requests with `Http`, and checks what the fake recorded.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod fake_wechat;
+pub mod proxy;
+pub mod setup;
+pub mod tls;
+
+use std::time::{Duration, Instant};
+
+// Each test binary uses some of these; the rest would warn as unused.
+#[allow(unused_imports)]
+pub use client::{Download, Http, Resp};
+#[allow(unused_imports)]
+pub use proxy::{run_binary, write_temp, Proxy};
+
+/// Polls `f` every 20 ms until it holds, for effects that happen in another process;
+/// panics naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`wait_until`], for conditions that need a request to check.
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,175 @@
+//! A bad config is refused at start, naming the file and the key, with a
+//! non-zero exit; `check` validates without serving.
+
+mod common;
+
+use common::setup::{SECRET, SECRET_VAR};
+use common::{run_binary, write_temp};
+
+const GOOD_APP: &str = r#"
+[apps.mp]
+kind = "mp"
+appid = "wx1234567890abcdef"
+secret_env = "TEST_APP_SECRET"
+"#;
+
+/// Runs `check` on `config` (and, for the first cases, the server itself)
+/// and returns stderr, asserting a non-zero exit.
+fn refused(config: &str, env: &[(&str, &str)]) -> (String, String) {
+    let path = write_temp("bad.toml", config);
+    let path_str = path.to_str().unwrap().to_owned();
+    for args in [
+        vec!["check", "--config", &path_str],
+        vec!["--config", &path_str],
+    ] {
+        let (status, _out, err) = run_binary(&args, env);
+        assert!(!status.success(), "{args:?} accepted:\n{config}");
+        assert!(
+            err.contains(&path_str),
+            "the message does not name the file: {err}"
+        );
+        assert!(!err.contains(SECRET), "the message shows the secret: {err}");
+    }
+    let (_, _, err) = run_binary(&["check", "--config", &path_str], env);
+    (err, path_str)
+}
+
+fn assert_says(err: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(err.contains(part), "{part:?} missing in: {err}");
+    }
+}
+
+const ENV: &[(&str, &str)] = &[(SECRET_VAR, SECRET)];
+
+#[test]
+fn invalid_toml_names_the_line() {
+    let (err, _) = refused("[proxy]\nlisten = \"127.0.0.1:8080\n", ENV);
+    assert_says(&err, &["line 2"]);
+}
+
+#[test]
+fn a_missing_appid_is_named() {
+    let (err, _) = refused(
+        "[apps.mp]\nkind = \"mp\"\nsecret_env = \"TEST_APP_SECRET\"\n",
+        ENV,
+    );
+    assert_says(&err, &["apps.mp.appid", "missing"]);
+}
+
+#[test]
+fn an_unknown_kind_is_named() {
+    let (err, _) = refused(&GOOD_APP.replace("kind = \"mp\"", "kind = \"mpp\""), ENV);
+    assert_says(&err, &["kind", "mpp", "`mp`", "`wecom`"]);
+}
+
+#[test]
+fn an_unset_secret_env_names_the_variable() {
+    let (err, _) = refused(GOOD_APP, &[]);
+    assert_says(&err, &["apps.mp.secret_env", "TEST_APP_SECRET", "not set"]);
+}
+
+#[test]
+fn an_unreadable_secret_file_names_the_path() {
+    let config = GOOD_APP.replace(
+        "secret_env = \"TEST_APP_SECRET\"",
+        "secret_file = \"/nonexistent/wechat-secret\"",
+    );
+    let (err, _) = refused(&config, ENV);
+    assert_says(&err, &["apps.mp.secret_file", "/nonexistent/wechat-secret"]);
+}
+
+#[test]
+fn a_secret_written_inline_is_refused() {
+    let config = GOOD_APP.replace(
+        "secret_env = \"TEST_APP_SECRET\"",
+        &format!("secret = \"{SECRET}\""),
+    );
+    let (err, _) = refused(&config, ENV);
+    assert_says(&err, &["apps.mp.secret", "secret_env", "secret_file"]);
+}
+
+#[test]
+fn an_address_that_does_not_parse_is_named() {
+    let (err, _) = refused(
+        &format!("[proxy]\nlisten = \"localhost:80:80\"\n{GOOD_APP}"),
+        ENV,
+    );
+    assert_says(&err, &["proxy.listen", "localhost:80:80"]);
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let (err, _) = refused(
+        &format!("[proxy]\nlisen = \"127.0.0.1:8080\"\n{GOOD_APP}"),
+        ENV,
+    );
+    assert_says(&err, &["unknown field `lisen`"]);
+    let (err, _) = refused(&format!("{GOOD_APP}refresh_before_expiry = 300\n"), ENV);
+    assert_says(&err, &["unknown field `refresh_before_expiry`"]);
+}
+
+#[test]
+fn no_apps_is_refused() {
+    let (err, _) = refused("[proxy]\nlisten = \"127.0.0.1:8080\"\n", ENV);
+    assert_says(&err, &["apps", "no apps"]);
+}
+
+#[test]
+fn a_base_url_that_is_not_http_is_named() {
+    let (err, _) = refused(
+        &format!("{GOOD_APP}base_url = \"ftp://api.weixin.qq.com\"\n"),
+        ENV,
+    );
+    assert_says(
+        &err,
+        &["apps.mp.base_url", "ftp://api.weixin.qq.com", "http(s)"],
+    );
+}
+
+#[test]
+fn an_unknown_default_app_is_named() {
+    let (err, _) = refused(&format!("[proxy]\ndefault_app = \"oa\"\n{GOOD_APP}"), ENV);
+    assert_says(&err, &["proxy.default_app", "'oa'", "mp"]);
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let (status, _, err) = run_binary(&["check", "--config", "/nonexistent/config.toml"], ENV);
+    assert!(!status.success());
+    assert_says(&err, &["/nonexistent/config.toml", "cannot read"]);
+}
+
+#[test]
+fn a_taken_listen_address_is_a_clear_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let path = write_temp(
+        "taken.toml",
+        &format!("[proxy]\nlisten = \"{addr}\"\nadmin_listen = \"127.0.0.1:0\"\n{GOOD_APP}"),
+    );
+    let (status, _, err) = run_binary(&["--config", path.to_str().unwrap()], ENV);
+    assert!(!status.success());
+    assert_says(&err, &["proxy.listen", &addr.to_string(), "cannot listen"]);
+}
+
+#[test]
+fn check_accepts_the_repository_config() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let (status, out, err) = run_binary(
+        &["check", "--config", config],
+        &[("WECHAT_MP_SECRET", "dummy")],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("OK (1 app: mp)"), "{out}");
+}
+
+#[test]
+fn help_and_version_work() {
+    let (status, out, _) = run_binary(&["--help"], &[]);
+    assert!(status.success());
+    assert_says(&out, &["--config", "check"]);
+    let (status, out, _) = run_binary(&["--version"], &[]);
+    assert!(status.success());
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+}
