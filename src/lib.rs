@@ -82,8 +82,9 @@ pub async fn run(
             &config.upstream,
             client.clone(),
             None,
+            env.clone(),
         ));
-        tokio::spawn(tokens.clone().run_refresher(env.clone(), stop_rx.clone()));
+        tokio::spawn(tokens.clone().run_refresher(stop_rx.clone()));
         apps.push(App {
             config: app,
             tokens,
@@ -124,7 +125,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(()) = reload.recv() => {
                 for tokens in &managers {
-                    if let Err(problem) = tokens.reload_secret(env.as_ref()) {
+                    if let Err(problem) = tokens.reload_secret() {
                         tracing::warn!(app = %tokens.app().name, %problem, "cannot re-read the secret");
                     }
                 }

@@ -176,6 +176,8 @@ pub struct TokenManager {
     limits: FetchLimits,
     /// Told about every fetch.
     observer: Option<Arc<dyn RefreshObserver>>,
+    /// Where a rotated secret is re-read from.
+    env: Arc<dyn Environment + Send + Sync>,
 }
 
 /// The `[upstream]` values the token manager needs.
@@ -194,6 +196,7 @@ impl TokenManager {
         upstream: &UpstreamSettings,
         client: HttpClient,
         observer: Option<Arc<dyn RefreshObserver>>,
+        env: Arc<dyn Environment + Send + Sync>,
     ) -> TokenManager {
         TokenManager {
             secret: ArcSwap::from_pointee(app.secret.clone()),
@@ -212,6 +215,7 @@ impl TokenManager {
                 retry_max: upstream.token_retry_max,
             },
             observer,
+            env,
         }
     }
 
@@ -269,8 +273,8 @@ impl TokenManager {
 
     /// Re-reads a file secret (SIGHUP, or WeChat said the secret is wrong).
     /// When it changed, the backoff is dropped so the next fetch uses it now.
-    pub fn reload_secret(&self, env: &dyn Environment) -> Result<bool, String> {
-        let fresh = self.app.secret_source.read(env)?;
+    pub fn reload_secret(&self) -> Result<bool, String> {
+        let fresh = self.app.secret_source.read(self.env.as_ref())?;
         if **self.secret.load() == fresh {
             return Ok(false);
         }
@@ -383,6 +387,12 @@ impl TokenManager {
             Err(e) => {
                 let retry_in = self.record_failure(&e);
                 self.report(reason, false, Some((&e, retry_in)));
+                if e.is_bad_secret() {
+                    // A rotated secret file takes effect without a restart.
+                    if let Err(problem) = self.reload_secret() {
+                        tracing::warn!(app = %self.app.name, %problem, "cannot re-read the secret");
+                    }
+                }
                 Err(RefreshError::Failed(e))
             }
         }
@@ -471,22 +481,13 @@ impl TokenManager {
 
     /// Fetches at start, renews ahead of expiry, retries after failures;
     /// returns when `shutdown` flips.
-    pub async fn run_refresher(
-        self: Arc<Self>,
-        env: Arc<dyn Environment + Send + Sync>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run_refresher(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
             let (at, reason) = self.next_background_fetch();
             tokio::select! {
                 _ = tokio::time::sleep_until(at.into()) => {
-                    if let Err(RefreshError::Failed(e)) = self.refresh(reason, None).await {
-                        if e.is_bad_secret() {
-                            if let Err(problem) = self.reload_secret(env.as_ref()) {
-                                tracing::warn!(app = %self.app.name, %problem, "cannot re-read the secret");
-                            }
-                        }
-                    }
+                    // Failures are logged and scheduled inside.
+                    let _ = self.refresh(reason, None).await;
                 }
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => return,
