@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# wechat-token-proxy against nginx doing the simpler job (issue 5), on this machine, in one run.
+#
+#   bench/run.sh                      # full run: 3 rounds x 2 concurrencies x 5 series x 10 s (~6 min)
+#   DURATION=2s ROUNDS=1 bench/run.sh # smoke run
+#
+# Series, run interleaved (A B C B-log C-log, round after round) so machine drift hits all alike:
+#   A      wrk -> upstream nginx                      (the ceiling)
+#   B      wrk -> wechat-token-proxy -> upstream      (access_log = false)
+#   C      wrk -> nginx proxy_pass + fixed token -> upstream (access_log off, keepalive 64)
+#   B-log  as B, access_log = true, stderr to a file
+#   C-log  as C, nginx access_log to a file
+# The upstream is nginx (one worker, access_log off) answering a fixed ~100-byte WeChat JSON body,
+# and a fixed token at /cgi-bin/stable_token so the proxy's real token path runs.
+#
+# Environment:
+#   ROUNDS=3         rounds; the table shows the median over rounds (peak RSS: the maximum)
+#   DURATION=10s     wrk -d per run
+#   CONNS="64 256"   wrk -c values, one series each
+#   ONLY=A,B,C,B-log,C-log   subset of series (A,C need no proxy build)
+#   PROXY_BIN=path   use this binary instead of running cargo build --release
+#   KEEP=1           keep the work directory (configs, logs, raw wrk output)
+#   BENCH_RUST_LOG=info  RUST_LOG for the proxy
+# The table goes to stdout, progress to stderr: bench/run.sh > table.md
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64 256}
+ONLY=${ONLY:-A,B,C,B-log,C-log}
+THREADS=1
+ALL_SERIES=(A B C B-log C-log)
+
+[[ $ROUNDS =~ ^[1-9][0-9]?$ ]] || die "ROUNDS must be 1..99, not '$ROUNDS'"
+[[ $DURATION =~ ^([1-9][0-9]*)([smh]?)$ ]] || die "DURATION must look like 10s, 2s or 1m, not '$DURATION'"
+case ${BASH_REMATCH[2]} in
+m) DURATION_S=$((BASH_REMATCH[1] * 60)) ;;
+h) DURATION_S=$((BASH_REMATCH[1] * 3600)) ;;
+*) DURATION_S=${BASH_REMATCH[1]} ;;
+esac
+for c in $CONNS; do [[ $c =~ ^[1-9][0-9]{0,4}$ ]] || die "CONNS must be numbers, not '$CONNS'"; done
+SERIES=()
+for s in "${ALL_SERIES[@]}"; do [[ ",$ONLY," == *",$s,"* ]] && SERIES+=("$s"); done
+for s in ${ONLY//,/ }; do [[ " ${ALL_SERIES[*]} " == *" $s "* ]] || die "ONLY: unknown series '$s' (known: ${ALL_SERIES[*]})"; done
+((${#SERIES[@]})) || die "ONLY selects no series"
+want() { [[ " ${SERIES[*]} " == *" $1 "* ]]; }
+
+ensure_deps nginx wrk
+if want B || want B-log; then build_proxy; fi
+max_c=0
+for c in $CONNS; do ((c > max_c)) && max_c=$c; done
+raise_nofile $((max_c * 4 + 256))
+make_workdir
+CLK_TCK=$(getconf CLK_TCK)
+
+declare -A PORT=() PID=() LOGF=()
+
+start_upstream
+PORT[A]=$UPSTREAM_PORT
+
+if want C || want C-log; then
+	start_nginx_proxy
+	PORT[C]=$NGINX_PROXY_PORT
+	PORT[C-log]=$NGINX_PROXY_LOG_PORT
+	PID[C]=$NGINX_PROXY_PID
+	PID[C-log]=$NGINX_PROXY_PID
+	LOGF[C-log]=$WORK/nginx-proxy-access.log
+fi
+
+if want B; then
+	start_proxy proxy-b false
+	PORT[B]=$PROXY_PORT
+	PID[B]=$PROXY_PID
+fi
+if want B-log; then
+	start_proxy proxy-b-log true
+	PORT[B-log]=$PROXY_PORT
+	PID[B-log]=$PROXY_PID
+	LOGF[B-log]=$WORK/proxy-b-log.log
+fi
+
+for s in "${SERIES[@]}"; do
+	[[ $s == A ]] || check_token_appended "127.0.0.1:${PORT[$s]}" "series $s"
+done
+
+url() { echo "http://127.0.0.1:${PORT[$1]}$BENCH_PATH"; }
+
+# run_wrk SERIES CONNS SECONDS OUTFILE
+run_wrk() {
+	timeout $(($3 + 30)) wrk -t"$THREADS" -c"$2" -d"$3s" --latency "$(url "$1")" >"$4" 2>&1 ||
+		die "wrk failed for series $1 at -c$2: $(tail -n 5 "$4")"
+}
+
+# parse_wrk FILE: "req/s p50_ms p99_ms requests errors" (errors: socket errors + non-2xx/3xx).
+parse_wrk() {
+	awk '
+		function ms(v, n) {
+			n = v + 0
+			if (v ~ /us$/) return n / 1000
+			if (v ~ /ms$/) return n
+			if (v ~ /m$/) return n * 60000
+			if (v ~ /s$/) return n * 1000
+			return n
+		}
+		$1 == "50%" { p50 = ms($2) }
+		$1 == "99%" { p99 = ms($2) }
+		/ requests in / { req = $1 }
+		/^Requests\/sec:/ { rps = $2 }
+		/Non-2xx or 3xx responses:/ { err += $NF }
+		/Socket errors:/ { err += $4 + $6 + $8 + $10 }
+		END {
+			if (rps == "" || p99 == "") exit 1
+			printf "%.0f %.3f %.3f %d %d\n", rps, p50, p99, req, err
+		}' "$1"
+}
+
+# Warm-up (not recorded): connection pools, page cache, CPU frequency.
+for s in "${SERIES[@]}"; do
+	run_wrk "$s" "$max_c" 2 "$WORK/warmup-$s.txt"
+	[[ -z ${LOGF[$s]:-} ]] || : >"${LOGF[$s]}"
+done
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+log "$ROUNDS round(s) x c=[$CONNS] x ${SERIES[*]}, ${DURATION_S}s each"
+for ((round = 1; round <= ROUNDS; round++)); do
+	for c in $CONNS; do
+		for s in "${SERIES[@]}"; do
+			out=$WORK/wrk-$s-c$c-r$round.txt
+			pid=${PID[$s]:-}
+			# Peak RSS per run: reset the high-water mark to the current RSS (Linux >= 4.0).
+			if [[ $s == B* ]]; then echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; fi
+			t0=0
+			[[ -z $pid ]] || t0=$(tree_ticks "$pid")
+			run_wrk "$s" "$c" "$DURATION_S" "$out"
+			t1=0
+			[[ -z $pid ]] || t1=$(tree_ticks "$pid")
+			read -r rps p50 p99 req err < <(parse_wrk "$out") || die "cannot parse wrk output $out"
+			rss=- cpu=- note=""
+			if [[ $s == B* ]]; then
+				kill -0 "$pid" 2>/dev/null || die "proxy for $s died; see $WORK"
+				rss=$(kib_to_mib "$(proc_kib "$pid" VmHWM)")
+				note+=" peak RSS ${rss} MiB"
+			fi
+			if [[ -n $pid ]] && ((req > 0)); then
+				cpu=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+				note+=" cpu ${cpu} us/req"
+			fi
+			if [[ -n ${LOGF[$s]:-} ]]; then
+				note+=" log $(wc -l <"${LOGF[$s]}") lines"
+				: >"${LOGF[$s]}" # logs are opened O_APPEND: truncating keeps the disk small
+			fi
+			((err == 0)) || note+=" ERRORS $err"
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$c" "$round" "$rps" "$p50" "$p99" "$rss" "$cpu" "$err" >>"$RESULTS"
+			log "round $round/$ROUNDS c$c $s: $rps req/s p50 ${p50} ms p99 ${p99} ms$note"
+			sleep 1
+		done
+	done
+done
+
+# The report: medians over rounds, ratios of B to C (and B-log to C-log) at each concurrency.
+commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+if [[ -n $(git -C "$REPO_DIR" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then commit+=" + local changes"; fi
+echo "### wechat-token-proxy vs nginx as a token-adding proxy"
+echo
+echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit${PROXY_BIN:+, $("$PROXY_BIN" --version 2>/dev/null | head -n 1)}"
+machine_info
+echo "- wrk -t$THREADS -c{${CONNS// /,}} -d${DURATION_S}s --latency, GET $BENCH_PATH; $ROUNDS interleaved round(s); each cell is the median over rounds"
+echo "- proxy peak RSS: VmHWM of wechat-token-proxy during a run (reset before each), the highest over rounds"
+echo "- proxy-tier CPU: user+system time of wechat-token-proxy, or of nginx master+worker, per request"
+echo "- B-log and C-log write their access logs to a file; all other series log no requests"
+echo
+awk -F'\t' -v series="${SERIES[*]}" -v conns="$CONNS" '
+	function med(arr, k,    m, i, j, t, a) {
+		m = n[k]
+		for (i = 1; i <= m; i++) a[i] = arr[k, i] + 0
+		for (i = 2; i <= m; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+		return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+	}
+	{
+		k = $1 SUBSEP $2; i = ++n[k]
+		rps[k, i] = $4; p99[k, i] = $6; p50[k, i] = $5; cpu[k, i] = $8
+		if ($7 != "-" && (!(k in rss) || $7 + 0 > rss[k] + 0)) rss[k] = $7
+		hascpu[k] = ($8 != "-"); err[k] += $9
+	}
+	END {
+		label["A"] = "A: nginx direct (ceiling)"
+		label["B"] = "B: wechat-token-proxy"
+		label["C"] = "C: nginx proxy_pass + fixed token"
+		label["B-log"] = "B-log: wechat-token-proxy, access log on"
+		label["C-log"] = "C-log: nginx proxy, access log on"
+		ref["B"] = "C"; ref["B-log"] = "C-log"
+		print "| series | conns | req/s | p50 ms | p99 ms | req/s vs C | p99 vs C | proxy peak RSS MiB | proxy-tier CPU µs/req | errors |"
+		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		ns = split(series, S, " "); nc = split(conns, C, " ")
+		for (ci = 1; ci <= nc; ci++) for (si = 1; si <= ns; si++) {
+			s = S[si]; c = C[ci]; k = s SUBSEP c
+			if (!(k in n)) continue
+			r = med(rps, k); q99 = med(p99, k)
+			rr = "—"; rp = "—"
+			if (s in ref && ((ref[s] SUBSEP c) in n)) {
+				rk = ref[s] SUBSEP c
+				rr = sprintf("%.2f", r / med(rps, rk))
+				rp = sprintf("%.2f", q99 / med(p99, rk))
+			}
+			printf "| %s | %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %d |\n", label[s], c, r, med(p50, k), q99, rr, rp,
+				(k in rss) ? rss[k] : "—", hascpu[k] ? sprintf("%.1f", med(cpu, k)) : "—", err[k]
+		}
+	}' "$RESULTS"
+echo
+echo "Targets (issue 5): req/s vs C ≥ 1.00, p99 vs C ≤ 1.00, proxy peak RSS ≤ 32 MiB. (\"vs C\" for B-log is vs C-log.)"
