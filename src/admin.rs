@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::body::ProxyBody;
 use crate::error::json_response;
+use crate::metrics::Metrics;
 use crate::token::{RefreshError, TokenManager};
 
 /// Serves the admin endpoints.
@@ -20,13 +21,23 @@ pub struct Admin {
     /// Set when shutdown begins, so readiness fails while in-flight
     /// requests drain.
     draining: Arc<AtomicBool>,
+    /// Exported at `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
     /// An admin service over `apps`; `draining` is flipped by the shutdown
     /// path.
-    pub fn new(apps: Vec<Arc<TokenManager>>, draining: Arc<AtomicBool>) -> Admin {
-        Admin { apps, draining }
+    pub fn new(
+        apps: Vec<Arc<TokenManager>>,
+        draining: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Admin {
+        Admin {
+            apps,
+            draining,
+            metrics,
+        }
     }
 
     /// Serves one admin request.
@@ -35,6 +46,16 @@ impl Admin {
         match (request.method(), path) {
             (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
             (&Method::GET, "/readyz") => self.readiness(),
+            (&Method::GET, "/metrics") => {
+                let mut response = Response::new(ProxyBody::full(self.metrics.encode(&self.apps)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
             (&Method::GET, "/apps") => ok(Value::Array(
                 self.apps.iter().map(|t| app_status(t)).collect(),
             )),
@@ -45,7 +66,7 @@ impl Admin {
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 "error",
-                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, POST /apps/NAME/refresh")}),
+                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, /metrics, POST /apps/NAME/refresh")}),
             ),
         }
     }

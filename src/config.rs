@@ -114,6 +114,27 @@ pub struct UpstreamSettings {
     /// Longest delay between token fetch attempts (errcodes that demand a
     /// longer wait, such as 89506, still get theirs).
     pub token_retry_max: Duration,
+    /// Forward proxy every upstream connection goes through, unless an app
+    /// names its own.
+    pub proxy: Option<EgressProxy>,
+}
+
+/// A fixed-IP forward proxy for upstream traffic (WeChat's IP whitelist):
+/// every connection is an HTTP CONNECT tunnel through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressProxy {
+    /// `http://host:port` of the proxy, without credentials.
+    pub uri: http::Uri,
+    /// `Proxy-Authorization: Basic …` from `user:password@` in the URL;
+    /// marked sensitive so it is never printed.
+    pub auth: Option<http::HeaderValue>,
+}
+
+impl fmt::Display for EgressProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the credentials.
+        write!(f, "{}", self.uri.authority().map_or("?", |a| a.as_str()))
+    }
 }
 
 /// Which WeChat product an app belongs to: decides the token endpoint and
@@ -257,6 +278,9 @@ pub struct AppConfig {
     /// Token errors trigger at most one fetch per this interval, so a flood
     /// of rejected tokens cannot burn the daily quota.
     pub min_refresh_interval: Duration,
+    /// The forward proxy this app's traffic goes through: its own `proxy`,
+    /// else `[upstream] proxy`.
+    pub egress: Option<EgressProxy>,
 }
 
 /// `[log]`.
@@ -310,6 +334,7 @@ struct RawUpstream {
     token_timeout_ms: Option<u64>,
     token_retry_min_ms: Option<u64>,
     token_retry_max_ms: Option<u64>,
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +351,7 @@ struct RawApp {
     base_url: Option<String>,
     refresh_before_expiry_s: Option<u64>,
     min_refresh_interval_ms: Option<u64>,
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -396,7 +422,7 @@ impl Validator<'_> {
         let apps = raw
             .apps
             .into_iter()
-            .map(|(name, app)| self.app(name, app))
+            .map(|(name, app)| self.app(name, app, upstream.proxy.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
 
         let default_app = match raw.proxy.default_app {
@@ -486,10 +512,61 @@ impl Validator<'_> {
             )?,
             token_retry_min,
             token_retry_max,
+            proxy: raw
+                .proxy
+                .map(|url| self.egress("upstream.proxy", &url))
+                .transpose()?,
         })
     }
 
-    fn app(&self, name: String, raw: RawApp) -> Result<AppConfig, ConfigError> {
+    fn egress(&self, key: &str, url: &str) -> Result<EgressProxy, ConfigError> {
+        // Messages show the URL without its credentials.
+        let shown = match (url.split_once("://"), url.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+            (None, Some((_, host))) => format!("…@{host}"),
+            _ => url.to_owned(),
+        };
+        let bad = |why: &str| self.err(key, format!("'{shown}' {why}"));
+        let uri: http::Uri = url.parse().map_err(|_| {
+            bad("is not a URL: write http://host:port or http://user:password@host:port")
+        })?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad(
+                "must be an http:// proxy URL (the tunnel inside is TLS)",
+            ));
+        }
+        let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+        if authority.port_u16().is_none() {
+            return Err(bad("needs a port, e.g. http://10.0.0.1:3128"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("must not have a path or query"));
+        }
+        let (userinfo, host) = match authority.as_str().rsplit_once('@') {
+            Some((userinfo, host)) => (Some(userinfo), host),
+            None => (None, authority.as_str()),
+        };
+        let auth = userinfo
+            .map(|userinfo| {
+                let decoded =
+                    percent_decode(userinfo).ok_or_else(|| bad("has badly escaped credentials"))?;
+                let mut value = http::HeaderValue::try_from(format!("Basic {}", base64(&decoded)))
+                    .map_err(|_| bad("has credentials that cannot be sent"))?;
+                value.set_sensitive(true);
+                Ok::<_, ConfigError>(value)
+            })
+            .transpose()?;
+        let uri =
+            http::Uri::try_from(format!("http://{host}")).map_err(|_| bad("has a bad host"))?;
+        Ok(EgressProxy { uri, auth })
+    }
+
+    fn app(
+        &self,
+        name: String,
+        raw: RawApp,
+        global_proxy: Option<&EgressProxy>,
+    ) -> Result<AppConfig, ConfigError> {
         let key = |field: &str| format!("apps.{name}.{field}");
         let name_ok = !name.is_empty()
             && name
@@ -583,7 +660,13 @@ impl Validator<'_> {
             raw.base_url.as_deref().unwrap_or(default_base),
         )?;
 
+        let egress = match &raw.proxy {
+            Some(url) => Some(self.egress(&key("proxy"), url)?),
+            None => global_proxy.cloned(),
+        };
+
         Ok(AppConfig {
+            egress,
             kind: raw.kind,
             appid,
             secret_source,
@@ -627,9 +710,68 @@ impl Validator<'_> {
     }
 }
 
+/// Decodes `%XX` escapes (credentials in a URL's userinfo).
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Standard base64 with padding, for `Proxy-Authorization: Basic`.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn app_names(apps: &[AppConfig]) -> String {
     apps.iter()
         .map(|a| a.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
 }

@@ -11,7 +11,8 @@
 //!   JSON; a token error makes [`token`] fetch a new token once
 //!   (single-flight, through [`wechat`]) and the request is retried once with
 //!   the body kept by [`body`].
-//! - [`admin`] serves health, readiness, status and "refresh now".
+//! - [`admin`] serves health, readiness, status, [`metrics`] and "refresh
+//!   now".
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
 //! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
@@ -25,6 +26,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod inspect;
+pub mod metrics;
 pub mod proxy;
 pub mod query;
 pub mod server;
@@ -41,6 +43,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::{Config, Environment};
+use crate::metrics::Metrics;
 use crate::proxy::{App, Proxy};
 use crate::token::TokenManager;
 
@@ -71,29 +74,45 @@ pub async fn run(
     mut reload: tokio::sync::mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let client = upstream::client(&config.upstream)?;
+    // One pool per egress route; most configs have exactly one.
+    let mut clients: Vec<(Option<config::EgressProxy>, upstream::HttpClient)> = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new();
 
     let mut apps = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
+        let client = match clients.iter().find(|(egress, _)| *egress == app.egress) {
+            Some((_, client)) => client.clone(),
+            None => {
+                let client = upstream::client(&config.upstream, app.egress.as_ref())?;
+                clients.push((app.egress.clone(), client.clone()));
+                client
+            }
+        };
         let app = Arc::new(app.clone());
         let tokens = Arc::new(TokenManager::new(
             app.clone(),
             &config.upstream,
             client.clone(),
-            None,
+            Some(metrics.clone() as Arc<dyn token::RefreshObserver>),
             env.clone(),
         ));
         tokio::spawn(tokens.clone().run_refresher(stop_rx.clone()));
         apps.push(App {
+            metrics: metrics.app(&app.name),
             config: app,
             tokens,
+            client,
         });
     }
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(Admin::new(managers.clone(), draining.clone()));
-    let proxy = Arc::new(Proxy::new(&config, apps, client));
+    let admin = Arc::new(Admin::new(
+        managers.clone(),
+        draining.clone(),
+        metrics.clone(),
+    ));
+    let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;
 
     log_listening("proxy", &listeners.proxy);
@@ -108,6 +127,9 @@ pub async fn run(
         stop_rx.clone(),
         grace,
     ));
+    // The admin listener outlives the drain, so probes see /readyz turn 503
+    // while in-flight requests finish.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_server = tokio::spawn(server::serve(
         "admin",
         listeners.admin,
@@ -115,7 +137,7 @@ pub async fn run(
             let admin = admin.clone();
             async move { admin.handle(request).await }
         },
-        stop_rx.clone(),
+        admin_stop_rx,
         grace,
     ));
 
@@ -135,6 +157,7 @@ pub async fn run(
     draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = proxy_server.await;
+    let _ = admin_stop_tx.send(true);
     let _ = admin_server.await;
     tracing::info!("stopped");
     Ok(())

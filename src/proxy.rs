@@ -14,6 +14,7 @@ use crate::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::config::{AppConfig, AppKind, Config};
 use crate::error::{json_response, LocalError};
 use crate::inspect::{self, INSPECT_LIMIT};
+use crate::metrics::{AppMetrics, Metrics};
 use crate::query;
 use crate::token::{RefreshError, Token, TokenManager};
 use crate::upstream::HttpClient;
@@ -29,6 +30,10 @@ pub struct App {
     pub config: Arc<AppConfig>,
     /// Its token.
     pub tokens: Arc<TokenManager>,
+    /// Its request, retry and latency metrics.
+    pub metrics: AppMetrics,
+    /// The connection pool for its egress route.
+    pub client: HttpClient,
 }
 
 /// Forwards requests; shared by every connection.
@@ -37,8 +42,6 @@ pub struct Proxy {
     apps: Vec<App>,
     /// Serves paths that name no app.
     default_app: Option<usize>,
-    /// Upstream connection pool.
-    client: HttpClient,
     /// Request bodies up to this size are kept for a retry.
     max_replay: usize,
     /// Until WeChat's response headers arrive.
@@ -47,6 +50,8 @@ pub struct Proxy {
     access_log: bool,
     /// "mp, work": for the unknown-app answer.
     app_list: String,
+    /// For requests that match no app.
+    metrics: Arc<Metrics>,
 }
 
 /// What a request came to, for the access log.
@@ -58,7 +63,7 @@ struct Outcome {
 
 impl Proxy {
     /// A proxy for `apps` (one per `config.apps`, in that order).
-    pub fn new(config: &Config, apps: Vec<App>, client: HttpClient) -> Proxy {
+    pub fn new(config: &Config, apps: Vec<App>, metrics: Arc<Metrics>) -> Proxy {
         Proxy {
             app_list: apps
                 .iter()
@@ -67,10 +72,10 @@ impl Proxy {
                 .join(", "),
             apps,
             default_app: config.default_app,
-            client,
             max_replay: config.proxy.max_replay_body_bytes,
             request_timeout: config.upstream.request_timeout,
             access_log: config.log.access_log,
+            metrics,
         }
     }
 
@@ -87,13 +92,18 @@ impl Proxy {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
+        let status = response.status().as_u16();
+        match outcome.app {
+            Some(i) => self.apps[i].metrics.request(status),
+            None => self.metrics.unrouted(status),
+        }
         if self.access_log {
             tracing::info!(
                 target: "wechat_token_proxy::access",
                 app = outcome.app.map_or("-", |i| self.apps[i].config.name.as_str()),
                 method = %parts.method,
                 path = parts.uri.path(),
-                status = response.status().as_u16(),
+                status,
                 errcode = outcome.errcode,
                 retried = outcome.retried,
                 latency_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -121,25 +131,10 @@ impl Proxy {
             .await
             .map_err(|e| token_unavailable(&app.config, e))?;
 
-        let mut headers = parts.headers.clone();
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
         let (body, replay) = self.prepare_body(body).await?;
-
-        let request = Forward {
-            app: &app.config,
-            parts,
-            path,
-        };
-        // The first attempt keeps a copy of headers and body only when a
-        // retry is possible.
-        let first_headers = if replay.is_some() {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
-        let response = self.send(&request, first_headers, &token, body).await?;
-        let (response, errcode) = self.inspect(&app.config, response).await?;
+        let request = Forward { app, parts, path };
+        let response = self.send(&request, &token, body).await?;
+        let (response, errcode) = self.inspect(app, response).await?;
         outcome.errcode = errcode;
         if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
             return Ok(response);
@@ -158,10 +153,9 @@ impl Proxy {
             Err(e) => return Err(token_unavailable(&app.config, e)),
         };
         outcome.retried = true;
-        let retry = self
-            .send(&request, headers, &fresh, ProxyBody::full(replay))
-            .await?;
-        let (retry, errcode) = self.inspect(&app.config, retry).await?;
+        app.metrics.retry();
+        let retry = self.send(&request, &fresh, ProxyBody::full(replay)).await?;
+        let (retry, errcode) = self.inspect(app, retry).await?;
         outcome.errcode = errcode;
         Ok(retry)
     }
@@ -198,16 +192,19 @@ impl Proxy {
     async fn send(
         &self,
         request: &Forward<'_>,
-        headers: HeaderMap,
         token: &Token,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, LocalError> {
         let mut upstream = Request::new(body);
         *upstream.method_mut() = request.parts.method.clone();
         *upstream.uri_mut() = request.uri(token)?;
-        *upstream.headers_mut() = headers;
-        let app = &request.app.name;
-        match tokio::time::timeout(self.request_timeout, self.client.request(upstream)).await {
+        *upstream.headers_mut() = forward_headers(&request.parts.headers);
+        let app = &request.app.config.name;
+        let sent = Instant::now();
+        let answer =
+            tokio::time::timeout(self.request_timeout, request.app.client.request(upstream)).await;
+        request.app.metrics.upstream(sent.elapsed());
+        match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(LocalError::UpstreamUnreachable {
                 app: app.clone(),
@@ -224,7 +221,7 @@ impl Proxy {
     /// untouched.
     async fn inspect(
         &self,
-        app: &AppConfig,
+        app: &App,
         response: Response<Incoming>,
     ) -> Result<(Response<ProxyBody>, Option<i64>), LocalError> {
         let (mut parts, body) = response.into_parts();
@@ -241,11 +238,14 @@ impl Proxy {
                 let errcode = inspect::looks_like_json(&bytes)
                     .then(|| inspect::errcode(&bytes))
                     .flatten();
+                if let Some(code) = errcode {
+                    app.metrics.errcode(code);
+                }
                 Ok((Response::from_parts(parts, ProxyBody::full(bytes)), errcode))
             }
             Ok(Buffered::Partial(body)) => Ok((Response::from_parts(parts, body), None)),
             Err(e) => Err(LocalError::UpstreamUnreachable {
-                app: app.name.clone(),
+                app: app.config.name.clone(),
                 reason: format!("the answer broke off: {e}"),
             }),
         }
@@ -254,7 +254,7 @@ impl Proxy {
 
 /// The parts of a client request that every attempt shares.
 struct Forward<'a> {
-    app: &'a AppConfig,
+    app: &'a App,
     parts: &'a Parts,
     /// The path after the app prefix.
     path: &'a str,
@@ -264,7 +264,7 @@ impl Forward<'_> {
     /// The upstream URI: the app's base URL, the path, the client's query
     /// without its `access_token`, and the real token.
     fn uri(&self, token: &Token) -> Result<Uri, LocalError> {
-        let base = &self.app.base_url;
+        let base = &self.app.config.base_url;
         let query = self.parts.uri.query();
         let mut pq = String::with_capacity(
             base.path.len()
@@ -362,6 +362,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::UPGRADE,
 ];
+
+/// The client's headers as sent upstream: hop-by-hop headers and `Host`
+/// dropped (hyper sets `Host` from the upstream URI).
+fn forward_headers(client: &HeaderMap) -> HeaderMap {
+    let mut headers = client.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers
+}
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// `Transfer-Encoding` goes too: hyper frames the body itself.

@@ -272,16 +272,25 @@ impl TokenManager {
     }
 
     /// Re-reads a file secret (SIGHUP, or WeChat said the secret is wrong).
-    /// When it changed, the backoff is dropped so the next fetch uses it now.
+    /// When it changed after a failed fetch, the backoff is cut short so the
+    /// new secret is tried now.
     pub fn reload_secret(&self) -> Result<bool, String> {
         let fresh = self.app.secret_source.read(self.env.as_ref())?;
         if **self.secret.load() == fresh {
             return Ok(false);
         }
         self.secret.store(Arc::new(fresh));
-        tracing::info!(app = %self.app.name, "secret changed; fetching with the new one");
-        self.lock_state().retry_at = None;
-        self.wake.notify_one();
+        let mut st = self.lock_state();
+        if st.last_error.is_some() {
+            // The last fetch failed, perhaps for this very secret: try the
+            // new one now instead of after the backoff.
+            tracing::info!(app = %self.app.name, "secret changed; fetching with the new one");
+            st.retry_at = Some(Instant::now());
+            drop(st);
+            self.wake.notify_one();
+        } else {
+            tracing::info!(app = %self.app.name, "secret changed; the next refresh uses it");
+        }
         Ok(true)
     }
 
@@ -324,7 +333,11 @@ impl TokenManager {
             match (reason, current) {
                 // A fetch for another reason rescheduled the renewal while
                 // the refresher waited at the gate.
-                (Reason::Startup | Reason::Ahead, Some(cur)) if renewal_not_due => return Ok(cur),
+                (Reason::Startup | Reason::Ahead, Some(cur))
+                    if renewal_not_due && st.last_error.is_none() =>
+                {
+                    return Ok(cur)
+                }
                 (Reason::TokenError, _)
                     if within(st.last_token_error_fetch, self.app.min_refresh_interval) =>
                 {

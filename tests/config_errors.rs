@@ -173,3 +173,16 @@ fn help_and_version_work() {
     assert!(status.success());
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
 }
+
+#[test]
+fn a_bad_egress_proxy_is_named_without_its_password() {
+    let config = format!("[upstream]\nproxy = \"socks5://user:hunter2@10.0.0.1:1080\"\n{GOOD_APP}");
+    let (err, _) = refused(&config, ENV);
+    assert_says(&err, &["upstream.proxy", "http://"]);
+    assert!(!err.contains("hunter2"), "the password was printed: {err}");
+
+    let config = format!("{GOOD_APP}proxy = \"http://user:hunter2@10.0.0.1\"\n");
+    let (err, _) = refused(&config, ENV);
+    assert_says(&err, &["apps.mp.proxy", "port"]);
+    assert!(!err.contains("hunter2"), "the password was printed: {err}");
+}

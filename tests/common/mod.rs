@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod connect_proxy;
 pub mod fake_wechat;
 pub mod proxy;
 pub mod setup;

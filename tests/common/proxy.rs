@@ -302,6 +302,13 @@ pub fn listening_addr(lines: &[String], which: &str) -> Option<SocketAddr> {
         if !line.contains("listening") {
             return None;
         }
+        // `[log] format = "json"` lines.
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&line) {
+            if fields.get("listener")?.as_str()? != which {
+                return None;
+            }
+            return fields.get("addr")?.as_str()?.parse().ok();
+        }
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|word| word.strip_prefix(key))

@@ -63,6 +63,15 @@ impl ConfigBuilder {
         self
     }
 
+    /// Adds the mp app `mp` with [`MP_APPID`], its secret read from `file`.
+    pub fn mp_file_secret(mut self, token_api: &str, file: &std::path::Path) -> ConfigBuilder {
+        self = self.mp(token_api);
+        let app = self.apps.last_mut().unwrap();
+        app.retain(|l| !l.starts_with("secret_env"));
+        app.push(format!("secret_file = {:?}", file.display().to_string()));
+        self
+    }
+
     /// Adds the mp app `mp` with [`MP_APPID`].
     pub fn mp(self, token_api: &str) -> ConfigBuilder {
         self.mp_app("mp", MP_APPID, token_api)
@@ -82,28 +91,28 @@ impl ConfigBuilder {
 
     /// Adds a line to the last app's table.
     pub fn app_line(mut self, line: &str) -> ConfigBuilder {
-        self.apps
-            .last_mut()
-            .expect("add an app before its lines")
-            .push(line.into());
+        set_line(
+            self.apps.last_mut().expect("add an app before its lines"),
+            line,
+        );
         self
     }
 
     /// Adds a line to `[proxy]`.
     pub fn proxy_line(mut self, line: &str) -> ConfigBuilder {
-        self.proxy.push(line.into());
+        set_line(&mut self.proxy, line);
         self
     }
 
     /// Adds a line to `[upstream]`.
     pub fn upstream_line(mut self, line: &str) -> ConfigBuilder {
-        self.upstream.push(line.into());
+        set_line(&mut self.upstream, line);
         self
     }
 
     /// Adds a line to `[log]`.
     pub fn log_line(mut self, line: &str) -> ConfigBuilder {
-        self.log.push(line.into());
+        set_line(&mut self.log, line);
         self
     }
 
@@ -123,6 +132,14 @@ impl ConfigBuilder {
         }
         out
     }
+}
+
+/// Adds `key = value` to a section, replacing an earlier line for the same
+/// key (TOML refuses duplicates).
+fn set_line(section: &mut Vec<String>, line: &str) {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+    section.retain(|l| key(l) != key(line));
+    section.push(line.into());
 }
 
 /// A fake WeChat server, a proxy in front of it, and a client.
