@@ -60,7 +60,29 @@ fn hex_pair(h: &[u8]) -> Option<u8> {
 /// tokens are plain `[A-Za-z0-9_-]`, so the loop usually copies.
 fn encode_into(value: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in value.as_bytes() {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
+    let mut rest = value;
+    while let Some(i) = rest.bytes().position(|b| !unreserved(b)) {
+        out.push_str(&rest[..i]);
+        let b = rest.as_bytes()[i];
+        out.push('%');
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+        // `b` is ASCII or the first byte of a UTF-8 sequence; either way the
+        // encoding goes on byte by byte, so step over exactly one byte.
+        rest = match rest.get(i + 1..) {
+            Some(tail) => tail,
+            None => return encode_bytes(&rest.as_bytes()[i + 1..], out),
+        };
+    }
+    out.push_str(rest);
+}
+
+/// The slow path for a value whose multi-byte characters are split by the
+/// byte-wise walk above.
+fn encode_bytes(bytes: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in bytes {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
         } else {
@@ -111,6 +133,13 @@ mod tests {
             rewrite(Some("access_tokens=1")),
             "access_tokens=1&access_token=TOK"
         );
+    }
+
+    #[test]
+    fn encodes_non_ascii_byte_by_byte() {
+        let mut s = String::new();
+        with_token(None, "a中b", &mut s);
+        assert_eq!(s, "access_token=a%E4%B8%ADb");
     }
 
     #[test]
