@@ -12,6 +12,8 @@
 //!   (single-flight, through [`wechat`]) and the request is retried once with
 //!   the body kept by [`body`].
 //! - [`admin`] serves health, readiness, status and "refresh now".
+//! - Before fetching, [`token`] asks the [`store`] for a token saved by an
+//!   earlier run (file) or another replica (Redis), and saves what it fetches.
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
 //! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
@@ -28,6 +30,7 @@ pub mod inspect;
 pub mod proxy;
 pub mod query;
 pub mod server;
+pub mod store;
 pub mod token;
 pub mod upstream;
 pub mod wechat;
@@ -58,6 +61,9 @@ pub enum RunError {
     /// The upstream client could not be built (bad `ca_file`).
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    /// The token store could not be prepared.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Serves until `shutdown` resolves, then drains and returns.
@@ -73,17 +79,20 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let client = upstream::client(&config.upstream)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let store = Arc::new(store::Store::open(&config.store)?);
+    log_store(&config.store);
 
     let mut apps = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
         let app = Arc::new(app.clone());
-        let tokens = Arc::new(TokenManager::new(
+        let tokens = TokenManager::new(
             app.clone(),
             &config.upstream,
             client.clone(),
             None,
             env.clone(),
-        ));
+        );
+        let tokens = Arc::new(tokens.with_store(store.clone()));
         tokio::spawn(tokens.clone().run_refresher(stop_rx.clone()));
         apps.push(App {
             config: app,
@@ -138,6 +147,18 @@ pub async fn run(
     let _ = admin_server.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn log_store(settings: &config::StoreSettings) {
+    match settings {
+        config::StoreSettings::Memory => tracing::info!(store = "memory", "token store"),
+        config::StoreSettings::File { path } => {
+            tracing::info!(store = "file", path = %path.display(), "token store")
+        }
+        config::StoreSettings::Redis(redis) => {
+            tracing::info!(store = "redis", url = %redis.url, key_prefix = %redis.key_prefix, "token store")
+        }
+    }
 }
 
 fn log_listening(name: &'static str, listener: &TcpListener) {
