@@ -209,6 +209,33 @@ async fn renewal_ahead_of_expiry_is_one_fetch_per_lifetime_for_the_fleet() {
     assert_eq!(seen.len(), 50, "no request met a dead token");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_connects_over_tls_and_checks_the_servers_certificate() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let redis = RedisServer::start_tls();
+    let http = Http::new();
+    let text = format!(
+        "{}[store]\n{}\n",
+        ConfigBuilder::new(&fake).mp("stable").render(),
+        store_lines(&redis)
+    );
+    let ca_file = redis.ca_file().display().to_string();
+    let (var, secret) = env()[0];
+
+    // Trusting the server's CA (through the system trust store's SSL_CERT_FILE): shared.
+    let trusting = Proxy::start(&text, &[(var, secret), ("SSL_CERT_FILE", &ca_file)]);
+    wait_ready(&trusting, &http).await;
+    assert!(!trusting.has_log("token store unreachable"));
+    let key = format!("wechat-token-proxy:{MP_APPID}:stable:token");
+    assert_eq!(redis.keys("*"), vec![key]);
+
+    // Not trusting it: the certificate is refused, so Redis counts as unreachable.
+    let distrusting = Proxy::start(&text, &env());
+    wait_ready(&distrusting, &http).await;
+    assert!(distrusting.has_log("token store unreachable"));
+    assert_eq!(fake.token_fetches(), 2);
+}
+
 /// The `[store]` lines for `redis`.
 fn store_lines(redis: &RedisServer) -> String {
     format!("kind = \"redis\"\nurl = {:?}", redis.url())

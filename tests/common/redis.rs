@@ -3,7 +3,9 @@
 //!
 //! The server keeps nothing on disk (`--save '' --appendonly no`), so a stop and start
 //! loses every key, like a restarted cache. `stop` and `start` reuse the same port, so a
-//! proxy configured with the URL sees an outage and then Redis coming back.
+//! proxy configured with the URL sees an outage and then Redis coming back. With
+//! [`RedisServer::start_tls`] it speaks only TLS, with a certificate for `localhost` from a
+//! throwaway CA whose PEM file ([`RedisServer::ca_file`]) a proxy trusts via `SSL_CERT_FILE`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -21,6 +23,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// The process while it runs.
     child: Option<Child>,
+    /// TLS only (`rediss://`), with the certificate files in `dir`.
+    tls: bool,
     /// Its working directory (nothing is written there, but it must exist).
     dir: PathBuf,
 }
@@ -28,24 +32,34 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server without a password.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(None)
+        RedisServer::start_with(None, false)
     }
 
     /// Starts a server that requires `password`.
     pub fn start_with_password(password: &str) -> RedisServer {
-        RedisServer::start_with(Some(password.to_owned()))
+        RedisServer::start_with(Some(password.to_owned()), false)
     }
 
-    fn start_with(password: Option<String>) -> RedisServer {
+    /// Starts a server that speaks only TLS, with a certificate for `localhost` signed by a
+    /// fresh CA (see [`RedisServer::ca_file`]).
+    pub fn start_tls() -> RedisServer {
+        RedisServer::start_with(None, true)
+    }
+
+    fn start_with(password: Option<String>, tls: bool) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("wtp-redis-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("create the Redis working directory");
+        if tls {
+            write_certificates(&dir);
+        }
         // Another process may grab the free port before redis-server binds it; try again.
         for _ in 0..5 {
             let mut server = RedisServer {
                 port: free_port(),
                 password: password.clone(),
                 child: None,
+                tls,
                 dir: dir.clone(),
             };
             if server.try_start() {
@@ -55,11 +69,32 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
-    /// `redis://[:password@]127.0.0.1:PORT/0`, for the proxy's `[store] url`.
+    /// `redis://[:password@]127.0.0.1:PORT/0` (`rediss://localhost:PORT/0` with TLS), for
+    /// the proxy's `[store] url`.
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+        match (&self.password, self.tls) {
+            (_, true) => format!("rediss://localhost:{}/0", self.port),
+            (Some(p), false) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            (None, false) => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A client for this server, trusting its CA when it speaks TLS.
+    fn client(&self) -> redis::Client {
+        if self.tls {
+            let ca = std::fs::read(self.ca_file()).expect("read the test CA");
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            };
+            redis::Client::build_with_tls(self.url(), certs).expect("the test URL parses")
+        } else {
+            redis::Client::open(self.url()).expect("the test URL parses")
         }
     }
 
@@ -83,8 +118,7 @@ impl RedisServer {
 
     /// A synchronous connection, for looking at what the proxies stored.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .expect("the test URL parses")
+        self.client()
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect to the test Redis")
     }
@@ -130,8 +164,21 @@ impl RedisServer {
     /// taken). Panics with a clear message if `redis-server` is not installed.
     fn try_start(&mut self) -> bool {
         let mut command = Command::new("redis-server");
+        let port = self.port.to_string();
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port", &port])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.ca_file());
+        } else {
+            command.args(["--port", &port]);
+        }
         command
-            .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -176,10 +223,10 @@ impl RedisServer {
     }
 
     fn pings(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+        let Ok(mut conn) = self
+            .client()
+            .get_connection_with_timeout(Duration::from_millis(200))
+        else {
             return false;
         };
         redis::cmd("PING")
@@ -193,6 +240,26 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes `ca.pem`, and `server.pem` / `server.key` for `localhost` signed by it, to `dir`.
+fn write_certificates(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("generate CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("self-sign CA");
+    let key = KeyPair::generate().expect("generate server key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("server params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("sign the server certificate");
+    let write = |name: &str, pem: String| {
+        std::fs::write(dir.join(name), pem).unwrap_or_else(|e| panic!("write {name}: {e}"))
+    };
+    write("ca.pem", ca.pem());
+    write("server.pem", leaf.pem());
+    write("server.key", key.serialize_pem());
 }
 
 /// A loopback port nobody listens on right now.
