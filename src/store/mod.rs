@@ -8,9 +8,9 @@
 //!   every token it fetches. Requests never touch the store: they read the
 //!   manager's slot as before.
 //! - [`Store::Memory`] keeps nothing; [`Store::File`] keeps every app's token
-//!   in one JSON file (see [`file`]); [`Store::Redis`] keeps one key per app
+//!   in one JSON file (see [`mod@file`]); [`Store::Redis`] keeps one key per app
 //!   plus a fleet-wide lock, so only one replica fetches at a time (see
-//!   [`redis`]).
+//!   [`mod@redis`]).
 //!
 //! What is stored per app: the token, its absolute expiry (unix ms, so it
 //! means the same in another process), the appid and the token API. Entries
