@@ -81,6 +81,8 @@ pub struct Config {
     pub default_app: Option<usize>,
     /// Logging.
     pub log: LogSettings,
+    /// Where tokens are kept besides memory: a file, or Redis shared by replicas.
+    pub store: StoreSettings,
 }
 
 /// `[proxy]`: the listeners and request handling.
@@ -302,6 +304,110 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[store]`: where tokens are kept besides this process's memory.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// Memory only: a restart fetches anew.
+    Memory,
+    /// A JSON file, read at start and rewritten after every refresh, so a
+    /// restart within the token's life needs no fetch.
+    File {
+        /// The file; its directory exists (checked at start).
+        path: PathBuf,
+    },
+    /// A Redis server shared by every replica of the proxy.
+    Redis(RedisSettings),
+}
+
+/// `[store]` with `kind = "redis"`.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Where Redis is; may carry a password.
+    pub url: RedisUrl,
+    /// Put in front of every key, so several deployments can share a Redis.
+    pub key_prefix: String,
+}
+
+/// A `redis://` or `rediss://` URL. It may hold a password, so `Debug` and
+/// `Display` show it with the password replaced by `***`.
+#[derive(Clone)]
+pub struct RedisUrl {
+    /// The URL as configured, for the one place that connects.
+    url: String,
+    /// The URL without its password, for messages and logs.
+    shown: String,
+    /// The password as written in the URL, to scrub from error messages.
+    password: Option<String>,
+}
+
+impl RedisUrl {
+    /// Checks `value` and prepares its redacted form. The error never repeats
+    /// `value`, which may hold a password.
+    pub fn parse(value: &str) -> Result<RedisUrl, String> {
+        if !(value.starts_with("redis://") || value.starts_with("rediss://")) {
+            return Err("must start with redis:// (or rediss:// for TLS)".into());
+        }
+        let url = redis::parse_redis_url(value)
+            .ok_or("is not a URL: write redis://[user:password@]host[:port][/db]")?;
+        let password = url.password().map(str::to_owned);
+        let userinfo = match (url.username(), &password) {
+            ("", None) => String::new(),
+            (user, None) => format!("{user}@"),
+            (user, Some(_)) => format!("{user}:***@"),
+        };
+        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let shown = format!(
+            "{}://{userinfo}{}{port}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.path()
+        );
+        if url.fragment().is_some() {
+            return Err(format!(
+                "'{shown}': a #fragment (#insecure) is not supported: certificates are always verified"
+            ));
+        }
+        if url.query().is_some() {
+            return Err(format!("'{shown}' must not have a query"));
+        }
+        if let Err(e) = redis::Client::open(value) {
+            return Err(format!("'{shown}' is not a usable Redis URL: {e}"));
+        }
+        Ok(RedisUrl {
+            url: value.to_owned(),
+            shown,
+            password,
+        })
+    }
+
+    /// The URL with its password, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// `text` with the URL's password, should it appear, replaced by `***`.
+    pub fn scrub(&self, text: String) -> String {
+        match &self.password {
+            Some(p) if !p.is_empty() && text.contains(p.as_str()) => {
+                text.replace(p.as_str(), "***")
+            }
+            _ => text,
+        }
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.shown)
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -313,6 +419,8 @@ struct RawConfig {
     apps: BTreeMap<String, RawApp>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    store: RawStore,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,6 +467,24 @@ struct RawApp {
 struct RawLog {
     access_log: Option<bool>,
     format: Option<LogFormat>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<StoreKind>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    url_env: Option<String>,
+    key_prefix: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    Memory,
+    File,
+    Redis,
 }
 
 /// Path segments WeChat's own APIs start with; an app of that name would
@@ -412,6 +538,7 @@ impl Validator<'_> {
             shutdown_grace: Duration::from_secs(raw.proxy.shutdown_grace_s.unwrap_or(20)),
         };
         let upstream = self.upstream(raw.upstream)?;
+        let store = self.store(raw.store)?;
 
         if raw.apps.is_empty() {
             return Err(self.err(
@@ -446,6 +573,7 @@ impl Validator<'_> {
                 access_log: raw.log.access_log.unwrap_or(true),
                 format: raw.log.format.unwrap_or(LogFormat::Text),
             },
+            store,
         })
     }
 
@@ -559,6 +687,95 @@ impl Validator<'_> {
         let uri =
             http::Uri::try_from(format!("http://{host}")).map_err(|_| bad("has a bad host"))?;
         Ok(EgressProxy { uri, auth })
+    }
+
+    fn store(&self, raw: RawStore) -> Result<StoreSettings, ConfigError> {
+        let kind = raw.kind.unwrap_or(StoreKind::Memory);
+        let kind_name = match kind {
+            StoreKind::Memory => "memory",
+            StoreKind::File => "file",
+            StoreKind::Redis => "redis",
+        };
+        // A key for another kind is a mistake worth naming, not ignoring.
+        let foreign = [
+            ("path", raw.path.is_some(), StoreKind::File),
+            ("url", raw.url.is_some(), StoreKind::Redis),
+            ("url_env", raw.url_env.is_some(), StoreKind::Redis),
+            ("key_prefix", raw.key_prefix.is_some(), StoreKind::Redis),
+        ];
+        if let Some((key, _, owner)) = foreign
+            .iter()
+            .find(|(_, set, owner)| *set && *owner != kind)
+        {
+            let owner = if *owner == StoreKind::File {
+                "file"
+            } else {
+                "redis"
+            };
+            return Err(self.err(
+                format!("store.{key}"),
+                format!("only for kind = \"{owner}\", not \"{kind_name}\""),
+            ));
+        }
+        match kind {
+            StoreKind::Memory => Ok(StoreSettings::Memory),
+            StoreKind::File => {
+                let path = raw.path.ok_or_else(|| {
+                    self.err(
+                        "store.path",
+                        "missing: kind = \"file\" needs path = \"/var/lib/wechat-token-proxy/tokens.json\"",
+                    )
+                })?;
+                if path.is_dir() {
+                    return Err(self.err(
+                        "store.path",
+                        format!("{} is a directory: name a file in it", path.display()),
+                    ));
+                }
+                let dir = match path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                if !dir.is_dir() {
+                    return Err(self.err(
+                        "store.path",
+                        format!("the directory {} does not exist", dir.display()),
+                    ));
+                }
+                Ok(StoreSettings::File { path })
+            }
+            StoreKind::Redis => {
+                let (key, value) = match (raw.url, raw.url_env) {
+                    (Some(url), None) => ("store.url", url),
+                    (None, Some(var)) => {
+                        let url = self.env.var(&var).ok_or_else(|| {
+                            self.err(
+                                "store.url_env",
+                                format!("environment variable {var} is not set"),
+                            )
+                        })?;
+                        ("store.url_env", url.trim().to_owned())
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(self.err("store.url", "give url or url_env, not both"))
+                    }
+                    (None, None) => {
+                        return Err(self.err(
+                            "store.url",
+                            "missing: kind = \"redis\" needs url = \"redis://HOST:6379/0\" or url_env = \"VARIABLE\"",
+                        ))
+                    }
+                };
+                let url = RedisUrl::parse(&value).map_err(|problem| self.err(key, problem))?;
+                let key_prefix = raw
+                    .key_prefix
+                    .unwrap_or_else(|| "wechat-token-proxy:".to_owned());
+                if key_prefix.chars().any(char::is_whitespace) {
+                    return Err(self.err("store.key_prefix", "must not contain spaces"));
+                }
+                Ok(StoreSettings::Redis(RedisSettings { url, key_prefix }))
+            }
+        }
     }
 
     fn app(

@@ -13,6 +13,8 @@
 //!   the body kept by [`body`].
 //! - [`admin`] serves health, readiness, status, [`metrics`] and "refresh
 //!   now".
+//! - Before fetching, [`token`] asks the [`store`] for a token saved by an
+//!   earlier run (file) or another replica (Redis), and saves what it fetches.
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
 //! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod query;
 pub mod server;
+pub mod store;
 pub mod token;
 pub mod upstream;
 pub mod wechat;
@@ -61,6 +64,9 @@ pub enum RunError {
     /// The upstream client could not be built (bad `ca_file`).
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    /// The token store could not be prepared.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Serves until `shutdown` resolves, then drains and returns.
@@ -78,6 +84,8 @@ pub async fn run(
     let mut clients: Vec<(Option<config::EgressProxy>, upstream::HttpClient)> = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
+    let store = Arc::new(store::Store::open(&config.store)?);
+    log_store(&config.store);
 
     let mut apps = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
@@ -90,13 +98,14 @@ pub async fn run(
             }
         };
         let app = Arc::new(app.clone());
-        let tokens = Arc::new(TokenManager::new(
+        let tokens = TokenManager::new(
             app.clone(),
             &config.upstream,
             client.clone(),
             Some(metrics.clone() as Arc<dyn token::RefreshObserver>),
             env.clone(),
-        ));
+        );
+        let tokens = Arc::new(tokens.with_store(store.clone()));
         tokio::spawn(tokens.clone().run_refresher(stop_rx.clone()));
         apps.push(App {
             metrics: metrics.app(&app.name),
@@ -161,6 +170,18 @@ pub async fn run(
     let _ = admin_server.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn log_store(settings: &config::StoreSettings) {
+    match settings {
+        config::StoreSettings::Memory => tracing::info!(store = "memory", "token store"),
+        config::StoreSettings::File { path } => {
+            tracing::info!(store = "file", path = %path.display(), "token store")
+        }
+        config::StoreSettings::Redis(redis) => {
+            tracing::info!(store = "redis", url = %redis.url, key_prefix = %redis.key_prefix, "token store")
+        }
+    }
 }
 
 fn log_listening(name: &'static str, listener: &TcpListener) {

@@ -14,6 +14,11 @@
 //!
 //! The background task fetches at start, renews ahead of expiry and retries
 //! failed fetches with capped, jittered exponential backoff.
+//!
+//! With a [`Store`] other than memory, a fetch first asks the store (gate
+//! held): a usable token saved by an earlier run or another replica is taken
+//! instead of fetching. With Redis the fetch also holds the fleet lock, so
+//! one replica fetches for all; see [`TokenManager`]'s `obtain`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +27,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{AppConfig, Environment, Secret, TokenApi, UpstreamSettings};
+use crate::store::{unix_ms, Lock, Saved, Store, StoreError};
 use crate::upstream::HttpClient;
 use crate::wechat::{self, FetchError, Grant};
 
@@ -29,6 +35,13 @@ use crate::wechat::{self, FetchError, Grant};
 const FORCE_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// The admin refresh endpoint causes at most one fetch per this interval.
 const ADMIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a replica waiting for another's fetch looks for its token.
+const FLEET_POLL: Duration = Duration::from_millis(50);
+/// Added to the fetch time for the fleet lock's expiry: the lock holder's
+/// Redis calls after the fetch.
+const FLEET_LOCK_MARGIN: Duration = Duration::from_secs(1);
+/// A stored token with less life than this is not worth taking.
+const MIN_ADOPT_LIFE: Duration = Duration::from_secs(1);
 
 /// One access_token as the proxy holds it.
 pub struct Token {
@@ -178,6 +191,9 @@ pub struct TokenManager {
     observer: Option<Arc<dyn RefreshObserver>>,
     /// Where a rotated secret is re-read from.
     env: Arc<dyn Environment + Send + Sync>,
+    /// Where tokens are shared with earlier runs or other replicas; only
+    /// used with `gate` held.
+    store: Arc<Store>,
 }
 
 /// The `[upstream]` values the token manager needs.
@@ -216,7 +232,15 @@ impl TokenManager {
             },
             observer,
             env,
+            store: Arc::new(Store::Memory),
         }
+    }
+
+    /// Uses `store` to take saved tokens and save fetched ones (memory only
+    /// without this).
+    pub fn with_store(mut self, store: Arc<Store>) -> TokenManager {
+        self.store = store;
+        self
     }
 
     /// The app this token belongs to.
@@ -349,7 +373,143 @@ impl TokenManager {
                 _ => {}
             }
         }
-        self.fetch_and_store(reason, rejected, now).await
+        self.obtain(reason, rejected).await
+    }
+
+    /// A new token from the store if it holds a usable one, else fetched
+    /// (and saved). Gate held.
+    ///
+    /// With Redis, the fetch happens under the fleet lock: the holder reads
+    /// Redis again (the previous holder may have saved a token between our
+    /// read and our lock), fetches, saves and releases; the others poll until
+    /// the new token appears, or the lock is gone (its holder failed or died)
+    /// and they take it themselves. Redis unreachable: fetch alone.
+    async fn obtain(
+        &self,
+        reason: Reason,
+        rejected: Option<&Token>,
+    ) -> Result<Arc<Token>, RefreshError> {
+        // Two fetches (the stable API's force_refresh) plus the margin.
+        let lock_ttl = self.limits.timeout * 2 + FLEET_LOCK_MARGIN;
+        let give_up_at = Instant::now() + lock_ttl + FLEET_LOCK_MARGIN;
+        loop {
+            match self.store.load(&self.app).await {
+                Ok(Some(saved)) if self.usable(&saved, reason, rejected) => {
+                    return Ok(self.adopt(saved, reason))
+                }
+                Ok(_) => {}
+                Err(e) => return self.fetch_alone(&e, reason, rejected).await,
+            }
+            match self.store.lock(&self.app, lock_ttl).await {
+                Ok(Lock::Unshared) => return self.fetch_and_save(reason, rejected).await,
+                Ok(Lock::Acquired(lock)) => {
+                    let result = match self.store.load(&self.app).await {
+                        Ok(Some(saved)) if self.usable(&saved, reason, rejected) => {
+                            Ok(self.adopt(saved, reason))
+                        }
+                        _ => self.fetch_and_save(reason, rejected).await,
+                    };
+                    if let Err(e) = self.store.unlock(lock).await {
+                        tracing::warn!(app = %self.app.name, error = %e, "cannot release the fleet lock; it expires by itself");
+                    }
+                    return result;
+                }
+                Ok(Lock::Busy) if Instant::now() < give_up_at => {
+                    tokio::time::sleep(FLEET_POLL).await;
+                }
+                Ok(Lock::Busy) => {
+                    tracing::warn!(
+                        app = %self.app.name,
+                        waited_ms = lock_ttl.as_millis() as u64,
+                        "other replicas kept the fleet lock without saving a token; fetching without it"
+                    );
+                    return self.fetch_and_save(reason, rejected).await;
+                }
+                Err(e) => return self.fetch_alone(&e, reason, rejected).await,
+            }
+        }
+    }
+
+    /// Whether a stored token may replace ours for this `reason`.
+    fn usable(&self, saved: &Saved, reason: Reason, rejected: Option<&Token>) -> bool {
+        let left = saved.life_left(SystemTime::now());
+        let held = self.slot.load();
+        let differs = |t: Option<&Token>| t.is_none_or(|t| *t.value != *saved.token);
+        match reason {
+            // Not itself due for renewal, and (ahead) not the token we hold.
+            Reason::Startup => left > self.app.refresh_before_expiry,
+            Reason::Ahead => left > self.app.refresh_before_expiry && differs(held.as_deref()),
+            Reason::OnDemand => left >= MIN_ADOPT_LIFE,
+            Reason::TokenError => left >= MIN_ADOPT_LIFE && differs(rejected),
+            // The operator asked for a fetch.
+            Reason::Admin => false,
+        }
+    }
+
+    /// Fetches, and saves the token when the fetch brought a usable one.
+    async fn fetch_and_save(
+        &self,
+        reason: Reason,
+        rejected: Option<&Token>,
+    ) -> Result<Arc<Token>, RefreshError> {
+        let token = self
+            .fetch_and_store(reason, rejected, Instant::now())
+            .await?;
+        if !matches!(*self.store, Store::Memory) {
+            let left = token.expires_at.saturating_duration_since(Instant::now());
+            let saved = Saved {
+                appid: self.app.appid.clone(),
+                api: self.app.token_api.as_str().to_owned(),
+                token: token.value.to_string(),
+                expires_at_ms: unix_ms(SystemTime::now() + left),
+            };
+            if let Err(e) = self.store.save(&self.app, saved).await {
+                tracing::warn!(app = %self.app.name, store = self.store.kind(), error = %e, "cannot save the token");
+            }
+        }
+        Ok(token)
+    }
+
+    /// The store cannot be reached: fetch without it rather than fail.
+    async fn fetch_alone(
+        &self,
+        e: &StoreError,
+        reason: Reason,
+        rejected: Option<&Token>,
+    ) -> Result<Arc<Token>, RefreshError> {
+        let consequence = match self.app.token_api {
+            TokenApi::Stable => "none: the stable API hands every replica the same token",
+            TokenApi::Classic => {
+                "this fetch invalidates, 5 minutes from now, the token other replicas hold"
+            }
+            TokenApi::Wecom => "other replicas may fetch too; WeCom throttles frequent fetches",
+        };
+        tracing::warn!(
+            app = %self.app.name,
+            reason = reason.as_str(),
+            error = %e,
+            consequence,
+            "token store unreachable; fetching without the fleet lock"
+        );
+        self.fetch_and_store(reason, rejected, Instant::now()).await
+    }
+
+    /// Puts a stored token in the slot and schedules its renewal; no fetch.
+    fn adopt(&self, saved: Saved, reason: Reason) -> Arc<Token> {
+        let left = saved.life_left(SystemTime::now());
+        let now = Instant::now();
+        tracing::info!(
+            app = %self.app.name,
+            reason = reason.as_str(),
+            store = self.store.kind(),
+            expires_in_s = left.as_secs(),
+            "token taken from the store"
+        );
+        self.install(
+            saved.token,
+            now + left,
+            now + renew_after(left, self.app.refresh_before_expiry),
+        )
     }
 
     /// Fetches (and for the stable API, force-refreshes when WeChat hands
@@ -425,27 +585,37 @@ impl TokenManager {
 
     /// Puts a granted token in the slot and schedules its renewal.
     fn store(&self, grant: Grant, sent_at: Instant) -> Arc<Token> {
-        let expires_at = sent_at + grant.expires_in;
+        let token = self.install(
+            grant.token,
+            sent_at + grant.expires_in,
+            sent_at + renew_after(grant.expires_in, self.app.refresh_before_expiry),
+        );
+        self.lock_state().fetches += 1;
+        token
+    }
+
+    /// Puts a token (fetched or taken from the store) in the slot, schedules
+    /// its renewal and clears the failure record.
+    fn install(&self, value: String, expires_at: Instant, renew_at: Instant) -> Arc<Token> {
         let mut st = self.lock_state();
         let generation = match self.slot.load().as_ref() {
-            Some(held) if *held.value == *grant.token => held.generation,
+            Some(held) if *held.value == *value => held.generation,
             _ => {
                 st.next_generation += 1;
                 st.next_generation - 1
             }
         };
         let token = Arc::new(Token {
-            value: grant.token.into_boxed_str(),
+            value: value.into_boxed_str(),
             expires_at,
             generation,
         });
         self.slot.store(Some(token.clone()));
-        st.renew_at = Some(sent_at + renew_after(grant.expires_in, self.app.refresh_before_expiry));
+        st.renew_at = Some(renew_at);
         st.retry_at = None;
         st.failures = 0;
         st.last_error = None;
         st.last_refresh = Some(SystemTime::now());
-        st.fetches += 1;
         drop(st);
         self.wake.notify_one();
         token
@@ -509,12 +679,13 @@ impl TokenManager {
     }
 
     fn next_background_fetch(&self) -> (Instant, Reason) {
-        let st = self.lock_state();
-        let reason = if st.fetches == 0 {
+        // A token taken from the store counts as held: renewing it is "ahead".
+        let reason = if self.slot.load().is_none() {
             Reason::Startup
         } else {
             Reason::Ahead
         };
+        let st = self.lock_state();
         let at = st.retry_at.or(st.renew_at).unwrap_or_else(Instant::now);
         (at, reason)
     }

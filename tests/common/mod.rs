@@ -10,6 +10,7 @@ pub mod client;
 pub mod connect_proxy;
 pub mod fake_wechat;
 pub mod proxy;
+pub mod redis;
 pub mod setup;
 pub mod tls;
 

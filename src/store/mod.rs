@@ -1,0 +1,180 @@
+//! Where tokens live besides the process's memory: a file that outlives a
+//! restart, or Redis shared by every replica.
+//!
+//! Who holds what:
+//! - The [`crate::token::TokenManager`] of each app stays the only place that
+//!   fetches. With its single-flight gate held, it asks the store for a token
+//!   saved by an earlier run or another replica before fetching, and saves
+//!   every token it fetches. Requests never touch the store: they read the
+//!   manager's slot as before.
+//! - [`Store::Memory`] keeps nothing; [`Store::File`] keeps every app's token
+//!   in one JSON file (see [`mod@file`]); [`Store::Redis`] keeps one key per app
+//!   plus a fleet-wide lock, so only one replica fetches at a time (see
+//!   [`mod@redis`]).
+//!
+//! What is stored per app: the token, its absolute expiry (unix ms, so it
+//! means the same in another process), the appid and the token API. Entries
+//! are found by appid and API, never by the secret, and an entry saved for
+//! another appid or API is never used.
+
+pub mod file;
+pub mod redis;
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AppConfig, StoreSettings};
+
+pub use self::file::FileStore;
+pub use self::redis::{FleetLock, RedisStore};
+
+/// One app's token as a store holds it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    /// The appid (or corpid) the token belongs to.
+    pub appid: String,
+    /// The token API that issued it (`stable`, `classic`, `wecom`).
+    pub api: String,
+    /// The token itself. Never logged.
+    pub token: String,
+    /// When it expires, in milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+impl Saved {
+    /// Whether this entry is for `app`: same appid and same token API.
+    pub fn belongs_to(&self, app: &AppConfig) -> bool {
+        self.appid == app.appid && self.api == app.token_api.as_str()
+    }
+
+    /// Life left at `now` (zero once expired).
+    pub fn life_left(&self, now: SystemTime) -> Duration {
+        Duration::from_millis(self.expires_at_ms.saturating_sub(unix_ms(now)))
+    }
+}
+
+impl fmt::Debug for Saved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Saved")
+            .field("appid", &self.appid)
+            .field("api", &self.api)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// Why the store could not answer. Messages never hold a token or the Redis
+/// password.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer in time.
+    #[error("Redis at {url} did not answer within {} ms", .after.as_millis())]
+    Timeout {
+        /// The Redis URL, password redacted.
+        url: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// Redis answered with an error, or the connection failed.
+    #[error("Redis at {url}: {problem}")]
+    Redis {
+        /// The Redis URL, password redacted.
+        url: String,
+        /// What redis-rs said, password scrubbed.
+        problem: String,
+    },
+    /// The token file could not be written.
+    #[error("cannot write the token file {file}: {problem}")]
+    Write {
+        /// The file.
+        file: String,
+        /// What the OS said.
+        problem: String,
+    },
+}
+
+/// The outcome of asking for the fleet-wide fetch lock.
+pub enum Lock {
+    /// The store is not shared with other processes: fetch without a lock.
+    Unshared,
+    /// This process holds the lock; release it with [`Store::unlock`].
+    Acquired(FleetLock),
+    /// Another replica holds it and is fetching.
+    Busy,
+}
+
+/// The configured store, shared by every app's token manager.
+pub enum Store {
+    /// Nothing kept beyond the process.
+    Memory,
+    /// A JSON file.
+    File(FileStore),
+    /// Redis, shared by replicas.
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// Opens the store: reads the token file (a missing or broken one is
+    /// reported and ignored), or prepares the Redis connection, which is made
+    /// on first use, so an unreachable Redis does not stop the start.
+    pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+        Ok(match settings {
+            StoreSettings::Memory => Store::Memory,
+            StoreSettings::File { path } => Store::File(FileStore::open(path.clone())),
+            StoreSettings::Redis(redis) => Store::Redis(RedisStore::open(redis)?),
+        })
+    }
+
+    /// The name used in logs: `memory`, `file` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::File(_) => "file",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// The token saved for `app`, if any (it may have expired).
+    pub async fn load(&self, app: &AppConfig) -> Result<Option<Saved>, StoreError> {
+        let saved = match self {
+            Store::Memory => None,
+            Store::File(file) => file.load(app),
+            Store::Redis(redis) => redis.load(app).await?,
+        };
+        Ok(saved.filter(|s| s.belongs_to(app)))
+    }
+
+    /// Saves `saved` as `app`'s token.
+    pub async fn save(&self, app: &AppConfig, saved: Saved) -> Result<(), StoreError> {
+        match self {
+            Store::Memory => Ok(()),
+            Store::File(file) => file.save(saved).await,
+            Store::Redis(redis) => redis.save(app, &saved).await,
+        }
+    }
+
+    /// Takes the fleet-wide lock on fetching `app`'s token, expiring after
+    /// `ttl` should its holder die.
+    pub async fn lock(&self, app: &AppConfig, ttl: Duration) -> Result<Lock, StoreError> {
+        match self {
+            Store::Memory | Store::File(_) => Ok(Lock::Unshared),
+            Store::Redis(redis) => redis.lock(app, ttl).await,
+        }
+    }
+
+    /// Releases a lock taken by [`Store::lock`], if this process still owns it.
+    pub async fn unlock(&self, lock: FleetLock) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(redis) => redis.unlock(lock).await,
+            Store::Memory | Store::File(_) => Ok(()),
+        }
+    }
+}

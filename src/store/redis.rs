@@ -1,0 +1,188 @@
+//! The Redis store: one token per app shared by every replica, and a lock so
+//! that one replica at a time fetches it.
+//!
+//! Keys (the prefix defaults to `wechat-token-proxy:`):
+//! - `{prefix}{appid}:{api}:token` holds the token as JSON ([`Saved`]), with
+//!   a Redis expiry equal to the token's remaining life.
+//! - `{prefix}{appid}:{api}:lock` exists while a replica fetches: set with
+//!   `SET NX PX` to a random owner id, deleted only by that owner (a Lua
+//!   compare-and-delete), and expiring by itself if the owner dies.
+//!
+//! The secret is in no key and no value. Every operation has a deadline of
+//! [`OP_TIMEOUT`], so a slow or unreachable Redis delays a token fetch by at
+//! most that much and never a request that already has a token. The
+//! connection is redis-rs's `ConnectionManager`, which reconnects by itself.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue, RedisError};
+
+use super::{unix_ms, Lock, Saved, StoreError};
+use crate::config::{AppConfig, RedisSettings, RedisUrl};
+
+/// The longest any one Redis operation may take, retry included.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Deletes the lock only if it still holds this owner's id: a holder whose
+/// lock expired must not delete the next holder's.
+const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+/// A Redis server shared by the replicas.
+pub struct RedisStore {
+    /// Multiplexed and self-reconnecting; cheap to clone per operation.
+    conn: ConnectionManager,
+    /// Put in front of every key.
+    prefix: String,
+    /// The URL, redacted in messages, and used to scrub the password from
+    /// redis-rs's errors.
+    url: RedisUrl,
+}
+
+/// The fleet lock, as held by this process.
+pub struct FleetLock {
+    /// The lock's key.
+    key: String,
+    /// The random id stored in it, so only this holder deletes it.
+    owner: String,
+}
+
+impl RedisStore {
+    /// Prepares the connection without making it: it is made on first use, so
+    /// the proxy starts (and fetches by itself) while Redis is down.
+    pub fn open(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
+        let url = settings.url.clone();
+        let fail = |e: RedisError| StoreError::Redis {
+            url: url.to_string(),
+            problem: url.scrub(e.to_string()),
+        };
+        let client = redis::Client::open(url.expose()).map_err(fail)?;
+        // Connection attempts fail fast and are retried on the next
+        // operation, rather than in a long backoff that operations would wait
+        // behind.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(fail)?;
+        Ok(RedisStore {
+            conn,
+            prefix: settings.key_prefix.clone(),
+            url: settings.url.clone(),
+        })
+    }
+
+    /// The token saved for `app`, if any. A value that is not ours (not
+    /// JSON of the right shape) counts as none.
+    pub async fn load(&self, app: &AppConfig) -> Result<Option<Saved>, StoreError> {
+        let value: Option<String> = self
+            .run(redis::cmd("GET").arg(self.key(app, "token")))
+            .await?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Saves `saved`, expiring when the token does.
+    pub async fn save(&self, app: &AppConfig, saved: &Saved) -> Result<(), StoreError> {
+        let left = saved.life_left(SystemTime::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let value = serde_json::to_string(saved).expect("plain strings and numbers serialize");
+        self.run::<()>(
+            redis::cmd("SET")
+                .arg(self.key(app, "token"))
+                .arg(value)
+                .arg("PX")
+                .arg(millis(left)),
+        )
+        .await
+    }
+
+    /// `SET lock owner NX PX ttl`: acquired, or busy when another replica
+    /// holds it.
+    pub async fn lock(&self, app: &AppConfig, ttl: Duration) -> Result<Lock, StoreError> {
+        let lock = FleetLock {
+            key: self.key(app, "lock"),
+            owner: owner_id(),
+        };
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&lock.key)
+                    .arg(&lock.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl)),
+            )
+            .await?;
+        Ok(match set {
+            Some(_) => Lock::Acquired(lock),
+            None => Lock::Busy,
+        })
+    }
+
+    /// Deletes the lock if it still holds our owner id.
+    pub async fn unlock(&self, lock: FleetLock) -> Result<(), StoreError> {
+        self.run::<i64>(
+            redis::cmd("EVAL")
+                .arg(UNLOCK)
+                .arg(1)
+                .arg(&lock.key)
+                .arg(&lock.owner),
+        )
+        .await
+        .map(drop)
+    }
+
+    fn key(&self, app: &AppConfig, what: &str) -> String {
+        format!(
+            "{}{}:{}:{what}",
+            self.prefix,
+            app.appid,
+            app.token_api.as_str()
+        )
+    }
+
+    /// Runs `cmd` within [`OP_TIMEOUT`]. The first command after Redis came
+    /// back fails on the dead connection and makes the manager reconnect, so
+    /// a connection error is retried once.
+    async fn run<T: FromRedisValue>(&self, cmd: &mut Cmd) -> Result<T, StoreError> {
+        let attempt = async {
+            let mut conn = self.conn.clone();
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                result => result,
+            }
+        };
+        match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Redis {
+                url: self.url.to_string(),
+                problem: self.url.scrub(e.to_string()),
+            }),
+            Err(_) => Err(StoreError::Timeout {
+                url: self.url.to_string(),
+                after: OP_TIMEOUT,
+            }),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX).max(1)
+}
+
+/// An id no other lock holder uses: random per process (std's hasher keys
+/// are seeded from the OS), plus the pid and a counter.
+fn owner_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u64(unix_ms(SystemTime::now()));
+    format!("{}-{:016x}", std::process::id(), h.finish())
+}
