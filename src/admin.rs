@@ -9,8 +9,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use crate::auth::InboundKey;
 use crate::body::ProxyBody;
-use crate::error::json_response;
+use crate::error::{json_response, LocalError};
 use crate::token::{RefreshError, TokenManager};
 
 /// Serves the admin endpoints.
@@ -20,18 +21,40 @@ pub struct Admin {
     /// Set when shutdown begins, so readiness fails while in-flight
     /// requests drain.
     draining: Arc<AtomicBool>,
+    /// Callers but probes must present this key, if set.
+    key: Option<InboundKey>,
 }
 
 impl Admin {
     /// An admin service over `apps`; `draining` is flipped by the shutdown
     /// path.
     pub fn new(apps: Vec<Arc<TokenManager>>, draining: Arc<AtomicBool>) -> Admin {
-        Admin { apps, draining }
+        Admin {
+            apps,
+            draining,
+            key: None,
+        }
+    }
+
+    /// Requires `key` on every endpoint but `/healthz` and `/readyz`, which
+    /// probes must reach without one and which show nothing sensitive.
+    pub fn with_key(mut self, key: Option<InboundKey>) -> Admin {
+        self.key = key;
+        self
     }
 
     /// Serves one admin request.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let path = request.uri().path();
+        let probe = matches!(path, "/healthz" | "/readyz");
+        if !probe
+            && self
+                .key
+                .as_ref()
+                .is_some_and(|k| !k.admits(request.headers()))
+        {
+            return LocalError::Unauthorized.into_response();
+        }
         match (request.method(), path) {
             (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
             (&Method::GET, "/readyz") => self.readiness(),

@@ -12,6 +12,9 @@
 //!   (single-flight, through [`wechat`]) and the request is retried once with
 //!   the body kept by [`body`].
 //! - [`admin`] serves health, readiness, status and "refresh now".
+//! - Before any of that, [`server`] holds each connection to the [`limits`]
+//!   (its [`watchdog`] cuts off slow and idle clients), and [`proxy`] checks
+//!   the caller's key ([`auth`]) and the app's path rules ([`policy`]).
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
 //! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
@@ -21,15 +24,19 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod inspect;
+pub mod limits;
+pub mod policy;
 pub mod proxy;
 pub mod query;
 pub mod server;
 pub mod token;
 pub mod upstream;
+pub mod watchdog;
 pub mod wechat;
 
 use std::future::Future;
@@ -92,9 +99,12 @@ pub async fn run(
     }
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(Admin::new(managers.clone(), draining.clone()));
+    let admin = Arc::new(
+        Admin::new(managers.clone(), draining.clone()).with_key(config.proxy.admin_key.clone()),
+    );
     let proxy = Arc::new(Proxy::new(&config, apps, client));
     let grace = config.proxy.shutdown_grace;
+    let limits = config.proxy.limits;
 
     log_listening("proxy", &listeners.proxy);
     log_listening("admin", &listeners.admin);
@@ -107,6 +117,7 @@ pub async fn run(
         },
         stop_rx.clone(),
         grace,
+        limits,
     ));
     let admin_server = tokio::spawn(server::serve(
         "admin",
@@ -117,6 +128,7 @@ pub async fn run(
         },
         stop_rx.clone(),
         grace,
+        limits,
     ));
 
     tokio::pin!(shutdown);

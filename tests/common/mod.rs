@@ -9,6 +9,7 @@
 pub mod client;
 pub mod fake_wechat;
 pub mod proxy;
+pub mod raw;
 pub mod setup;
 pub mod tls;
 
