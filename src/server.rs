@@ -100,7 +100,7 @@ pub async fn serve<H, F>(
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
-                        tracing::debug!(listener = name, error = %e, "connection ended with an error");
+                        tracing::debug!(listener = name, error = %with_causes(&e), "connection ended with an error");
                     }
                     drop(slot);
                 });
@@ -115,6 +115,19 @@ pub async fn serve<H, F>(
             tracing::warn!(listener = name, grace_s = grace.as_secs(), "grace period over; closing the remaining connections");
         }
     }
+}
+
+/// An error and its causes: hyper's own message ("connection error") does
+/// not say that the watchdog cut the connection off, or why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
