@@ -10,6 +10,7 @@ pub mod client;
 pub mod fake_wechat;
 pub mod proxy;
 pub mod raw;
+pub mod relay;
 pub mod setup;
 pub mod tls;
 
