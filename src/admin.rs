@@ -9,8 +9,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use crate::auth::InboundKey;
 use crate::body::ProxyBody;
-use crate::error::json_response;
+use crate::error::{json_response, LocalError};
 use crate::metrics::Metrics;
 use crate::token::{RefreshError, TokenManager};
 
@@ -23,6 +24,8 @@ pub struct Admin {
     draining: Arc<AtomicBool>,
     /// Exported at `/metrics`.
     metrics: Arc<Metrics>,
+    /// Callers but probes must present this key, if set.
+    key: Option<InboundKey>,
 }
 
 impl Admin {
@@ -37,12 +40,29 @@ impl Admin {
             apps,
             draining,
             metrics,
+            key: None,
         }
+    }
+
+    /// Requires `key` on every endpoint but `/healthz` and `/readyz`, which
+    /// probes must reach without one and which show nothing sensitive.
+    pub fn with_key(mut self, key: Option<InboundKey>) -> Admin {
+        self.key = key;
+        self
     }
 
     /// Serves one admin request.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let path = request.uri().path();
+        let probe = matches!(path, "/healthz" | "/readyz");
+        if !probe
+            && self
+                .key
+                .as_ref()
+                .is_some_and(|k| !k.admits(request.headers()))
+        {
+            return LocalError::Unauthorized.into_response();
+        }
         match (request.method(), path) {
             (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
             (&Method::GET, "/readyz") => self.readiness(),

@@ -13,6 +13,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::limits::Cap;
+
+/// Errors a forwarded body can end with: the peer's (`hyper::Error`), or a
+/// limit the proxy enforces ([`crate::limits::BodyTooLarge`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request or response body as the proxy forwards it.
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -24,6 +30,14 @@ pub enum ProxyBody {
         prefix: Option<Bytes>,
         /// What is still to come from the peer.
         rest: Incoming,
+    },
+    /// A client's body streamed under `max_request_body_bytes`: it fails
+    /// (and so aborts the upstream request) once it passes the cap.
+    Capped {
+        /// Bytes still allowed.
+        cap: Cap,
+        /// The body being counted.
+        inner: Box<ProxyBody>,
     },
 }
 
@@ -46,19 +60,26 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Stream { prefix, rest } => {
                 if let Some(b) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
-                Pin::new(rest).poll_frame(cx)
+                Pin::new(rest).poll_frame(cx).map_err(Into::into)
+            }
+            ProxyBody::Capped { cap, inner } => {
+                let frame = std::task::ready!(Pin::new(inner.as_mut()).poll_frame(cx));
+                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                    cap.take(data.len())?;
+                }
+                Poll::Ready(frame)
             }
         }
     }
@@ -67,6 +88,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Stream { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            ProxyBody::Capped { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -85,6 +107,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
+            ProxyBody::Capped { inner, .. } => inner.size_hint(),
         }
     }
 }

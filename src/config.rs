@@ -15,6 +15,10 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
+use crate::auth::InboundKey;
+use crate::limits::Limits;
+use crate::policy::PathPolicy;
+
 /// Where configuration values that live outside the file come from.
 ///
 /// A trait so tests can hand in variables without touching the process
@@ -96,6 +100,13 @@ pub struct ProxySettings {
     pub max_replay_body_bytes: usize,
     /// How long in-flight requests may run on after SIGTERM.
     pub shutdown_grace: Duration,
+    /// The key callers of `listen` must present; `None`: anyone may call.
+    pub client_key: Option<InboundKey>,
+    /// The key callers of `admin_listen` must present (but for `/healthz`
+    /// and `/readyz`); `None`: anyone may call.
+    pub admin_key: Option<InboundKey>,
+    /// Sizes, timeouts and connections clients may use.
+    pub limits: Limits,
 }
 
 /// `[upstream]`: connections to WeChat and token fetching.
@@ -283,6 +294,8 @@ pub struct AppConfig {
     /// The forward proxy this app's traffic goes through: its own `proxy`,
     /// else `[upstream] proxy`.
     pub egress: Option<EgressProxy>,
+    /// Which paths callers may reach through this app.
+    pub policy: PathPolicy,
 }
 
 /// `[log]`.
@@ -431,6 +444,17 @@ struct RawProxy {
     default_app: Option<String>,
     max_replay_body_bytes: Option<u64>,
     shutdown_grace_s: Option<u64>,
+    // Who may call, and limits (issue 6).
+    client_key_env: Option<String>,
+    client_key_file: Option<PathBuf>,
+    admin_key_env: Option<String>,
+    admin_key_file: Option<PathBuf>,
+    allow_unauthenticated: Option<bool>,
+    max_request_header_bytes: Option<u64>,
+    max_request_body_bytes: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -460,6 +484,8 @@ struct RawApp {
     refresh_before_expiry_s: Option<u64>,
     min_refresh_interval_ms: Option<u64>,
     proxy: Option<String>,
+    allow_paths: Option<Vec<String>>,
+    deny_paths: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -526,7 +552,18 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    fn config(&self, mut raw: RawConfig) -> Result<Config, ConfigError> {
+        let client_key = self.inbound_key(
+            "proxy.client_key",
+            raw.proxy.client_key_env.take(),
+            raw.proxy.client_key_file.take(),
+        )?;
+        let admin_key = self.inbound_key(
+            "proxy.admin_key",
+            raw.proxy.admin_key_env.take(),
+            raw.proxy.admin_key_file.take(),
+        )?;
+        let limits = self.limits(&raw.proxy)?;
         let proxy = ProxySettings {
             listen: self.addr("proxy.listen", raw.proxy.listen, "127.0.0.1:8080")?,
             admin_listen: self.addr(
@@ -536,7 +573,11 @@ impl Validator<'_> {
             )?,
             max_replay_body_bytes: raw.proxy.max_replay_body_bytes.unwrap_or(1 << 20) as usize,
             shutdown_grace: Duration::from_secs(raw.proxy.shutdown_grace_s.unwrap_or(20)),
+            client_key,
+            admin_key,
+            limits,
         };
+        self.exposure(&proxy, raw.proxy.allow_unauthenticated.unwrap_or(false))?;
         let upstream = self.upstream(raw.upstream)?;
         let store = self.store(raw.store)?;
 
@@ -876,6 +917,10 @@ impl Validator<'_> {
             &key("base_url"),
             raw.base_url.as_deref().unwrap_or(default_base),
         )?;
+        let policy = PathPolicy::new(
+            self.path_rules(&key("allow_paths"), raw.allow_paths)?,
+            self.path_rules(&key("deny_paths"), raw.deny_paths)?,
+        );
 
         let egress = match &raw.proxy {
             Some(url) => Some(self.egress(&key("proxy"), url)?),
@@ -894,6 +939,7 @@ impl Validator<'_> {
             min_refresh_interval: Duration::from_millis(
                 raw.min_refresh_interval_ms.unwrap_or(5000),
             ),
+            policy,
             name,
         })
     }
@@ -963,6 +1009,123 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Who may call, limits and path rules (issue 6).
+impl Validator<'_> {
+    /// Reads `<prefix>_env` or `<prefix>_file`, checking the key's form.
+    fn inbound_key(
+        &self,
+        prefix: &str,
+        env: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Option<InboundKey>, ConfigError> {
+        let (key, source) = match (env, file) {
+            (None, None) => return Ok(None),
+            (Some(var), None) => (format!("{prefix}_env"), SecretSource::Env(var)),
+            (None, Some(path)) => (format!("{prefix}_file"), SecretSource::File(path)),
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    format!("{prefix}_env"),
+                    format!("give {prefix}_env or {prefix}_file, not both"),
+                ))
+            }
+        };
+        let secret = source
+            .read(self.env)
+            .map_err(|problem| self.err(&key, problem))?;
+        if let Some(problem) = crate::auth::key_problem(&secret) {
+            return Err(self.err(key, problem));
+        }
+        Ok(Some(InboundKey::new(secret)))
+    }
+
+    /// Refuses a listener reachable from other hosts without a key, unless
+    /// `allow_unauthenticated` says that is meant.
+    fn exposure(&self, proxy: &ProxySettings, allow: bool) -> Result<(), ConfigError> {
+        if allow {
+            return Ok(());
+        }
+        let open =
+            |addr: SocketAddr, key: &Option<InboundKey>| !addr.ip().is_loopback() && key.is_none();
+        for (listen, addr, key, name) in [
+            (
+                "proxy.listen",
+                proxy.listen,
+                &proxy.client_key,
+                "client_key",
+            ),
+            (
+                "proxy.admin_listen",
+                proxy.admin_listen,
+                &proxy.admin_key,
+                "admin_key",
+            ),
+        ] {
+            if open(addr, key) {
+                return Err(self.err(
+                    listen,
+                    format!(
+                        "{addr} is reachable from other hosts and no key is set: set proxy.{name}_env or proxy.{name}_file, \
+                         or allow_unauthenticated = true if anyone who can reach the port may use it"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn limits(&self, raw: &RawProxy) -> Result<Limits, ConfigError> {
+        let default = Limits::default();
+        let header_bytes = raw
+            .max_request_header_bytes
+            .unwrap_or(default.max_header_bytes as u64);
+        if !(1024..=256 * 1024).contains(&header_bytes) {
+            return Err(self.err(
+                "proxy.max_request_header_bytes",
+                "must be between 1024 and 262144",
+            ));
+        }
+        let body_bytes = raw.max_request_body_bytes.unwrap_or(default.max_body_bytes);
+        if body_bytes == 0 {
+            return Err(self.err("proxy.max_request_body_bytes", "must be greater than 0"));
+        }
+        let max_connections = raw
+            .max_connections
+            .unwrap_or(default.max_connections as u64);
+        if max_connections == 0 || max_connections > 1 << 20 {
+            return Err(self.err("proxy.max_connections", "must be between 1 and 1048576"));
+        }
+        Ok(Limits {
+            max_header_bytes: header_bytes as usize,
+            max_body_bytes: body_bytes,
+            header_read_timeout: self.millis(
+                "proxy.header_read_timeout_ms",
+                raw.header_read_timeout_ms,
+                default.header_read_timeout.as_millis() as u64,
+            )?,
+            idle_timeout: self.millis(
+                "proxy.idle_timeout_ms",
+                raw.idle_timeout_ms,
+                default.idle_timeout.as_millis() as u64,
+            )?,
+            max_connections: max_connections as usize,
+        })
+    }
+
+    fn path_rules(
+        &self,
+        key: &str,
+        rules: Option<Vec<String>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let rules = rules.unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            if let Some(problem) = crate::policy::rule_problem(rule) {
+                return Err(self.err(format!("{key}[{i}]"), format!("\"{rule}\" {problem}")));
+            }
+        }
+        Ok(rules)
+    }
 }
 
 fn app_names(apps: &[AppConfig]) -> String {

@@ -50,6 +50,34 @@ pub enum LocalError {
         /// The configured request timeout.
         ms: u128,
     },
+    /// The caller did not present the proxy's key.
+    #[error("missing or wrong key: send Authorization: Bearer <key> or X-Wechat-Proxy-Key: <key>")]
+    Unauthorized,
+    /// The app's path policy refuses the path.
+    #[error("{app}: {refusal}")]
+    Forbidden {
+        /// The app's name.
+        app: String,
+        /// Which rule refused, and the path.
+        refusal: crate::policy::Refusal,
+    },
+    /// The request body is over `max_request_body_bytes`.
+    #[error(transparent)]
+    BodyTooLarge(#[from] crate::limits::BodyTooLarge),
+    /// A body kept for replay did not arrive within `idle_timeout_ms`.
+    #[error("the request body did not arrive within {ms} ms")]
+    ClientTimeout {
+        /// The configured limit.
+        ms: u128,
+    },
+    /// No connection to the upstream within `connect_timeout_ms`.
+    #[error("{app}: cannot connect to WeChat within {ms} ms")]
+    UpstreamConnectTimeout {
+        /// The app's name.
+        app: String,
+        /// The configured connect timeout.
+        ms: u128,
+    },
 }
 
 impl LocalError {
@@ -63,20 +91,32 @@ impl LocalError {
             LocalError::ClientBody(_) => (StatusCode::BAD_REQUEST, -1),
             LocalError::UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, -1),
             LocalError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, -1),
+            LocalError::Unauthorized => (StatusCode::UNAUTHORIZED, -1),
+            LocalError::Forbidden { .. } => (StatusCode::FORBIDDEN, -1),
+            LocalError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, -1),
+            LocalError::ClientTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, -1),
+            LocalError::UpstreamConnectTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, -1),
         }
     }
 
     /// The response to send.
     pub fn into_response(self) -> Response<ProxyBody> {
         let (status, errcode) = self.status_and_errcode();
-        json_response(
+        let mut response = json_response(
             status,
             "error",
             &serde_json::json!({
                 "errcode": errcode,
                 "errmsg": self.to_string(),
             }),
-        )
+        );
+        if let LocalError::Unauthorized = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wechat-token-proxy\""),
+            );
+        }
+        response
     }
 }
 

@@ -15,6 +15,9 @@
 //!   now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
 //!   earlier run (file) or another replica (Redis), and saves what it fetches.
+//! - Before any of that, [`server`] holds each connection to the [`limits`]
+//!   (its [`watchdog`] cuts off slow and idle clients), and [`proxy`] checks
+//!   the caller's key ([`auth`]) and the app's path rules ([`policy`]).
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
 //! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
@@ -24,17 +27,21 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod inspect;
+pub mod limits;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod query;
 pub mod server;
 pub mod store;
 pub mod token;
 pub mod upstream;
+pub mod watchdog;
 pub mod wechat;
 
 use std::future::Future;
@@ -116,13 +123,13 @@ pub async fn run(
     }
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(Admin::new(
-        managers.clone(),
-        draining.clone(),
-        metrics.clone(),
-    ));
+    let admin = Arc::new(
+        Admin::new(managers.clone(), draining.clone(), metrics.clone())
+            .with_key(config.proxy.admin_key.clone()),
+    );
     let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;
+    let limits = config.proxy.limits;
 
     log_listening("proxy", &listeners.proxy);
     log_listening("admin", &listeners.admin);
@@ -135,6 +142,7 @@ pub async fn run(
         },
         stop_rx.clone(),
         grace,
+        limits,
     ));
     // The admin listener outlives the drain, so probes see /readyz turn 503
     // while in-flight requests finish.
@@ -148,6 +156,7 @@ pub async fn run(
         },
         admin_stop_rx,
         grace,
+        limits,
     ));
 
     tokio::pin!(shutdown);

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log.format);
+    raise_fd_limit(&config);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,6 +112,21 @@ async fn serve(config: Config) -> ExitCode {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lifts the open-files limit to the hard limit so `max_connections` is
+/// reachable, and says so when even that is too low.
+fn raise_fd_limit(config: &Config) {
+    use wechat_token_proxy::limits;
+    match limits::raise_fd_limit() {
+        Ok(limit) if limit < limits::fds_needed(&config.proxy.limits) => tracing::warn!(
+            open_files = limit,
+            max_connections = config.proxy.limits.max_connections,
+            "the open-files limit is low for max_connections: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_connections"
+        ),
+        Ok(limit) => tracing::debug!(open_files = limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
 }
 

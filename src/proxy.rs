@@ -10,10 +10,12 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
+use crate::auth::{self, InboundKey};
 use crate::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::config::{AppConfig, AppKind, Config};
 use crate::error::{json_response, LocalError};
 use crate::inspect::{self, INSPECT_LIMIT};
+use crate::limits::{self, BodyTooLarge, Cap};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::query;
 use crate::token::{RefreshError, Token, TokenManager};
@@ -52,6 +54,14 @@ pub struct Proxy {
     app_list: String,
     /// For requests that match no app.
     metrics: Arc<Metrics>,
+    /// Callers must present this key, if set.
+    client_key: Option<InboundKey>,
+    /// Request bodies over this size get 413.
+    max_body: u64,
+    /// A body kept for replay must arrive within this.
+    body_timeout: Duration,
+    /// For the connect-timeout answer.
+    connect_timeout: Duration,
 }
 
 /// What a request came to, for the access log.
@@ -76,6 +86,10 @@ impl Proxy {
             request_timeout: config.upstream.request_timeout,
             access_log: config.log.access_log,
             metrics,
+            client_key: config.proxy.client_key.clone(),
+            max_body: config.proxy.limits.max_body_bytes,
+            body_timeout: config.proxy.limits.idle_timeout,
+            connect_timeout: config.upstream.connect_timeout,
         }
     }
 
@@ -119,12 +133,31 @@ impl Proxy {
         body: Incoming,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, LocalError> {
+        if self
+            .client_key
+            .as_ref()
+            .is_some_and(|k| !k.admits(&parts.headers))
+        {
+            return Err(LocalError::Unauthorized);
+        }
+        if limits::declared_too_large(&parts.headers, self.max_body) {
+            return Err(BodyTooLarge(self.max_body).into());
+        }
         let (index, path) = self.route(parts.uri.path())?;
         outcome.app = Some(index);
         let app = &self.apps[index];
+        // Before the policy: the placeholder carries no credential, and SDKs
+        // cannot start without it.
         if let Some(answer) = placeholder_answer(app.config.kind, path) {
             return Ok(answer);
         }
+        app.config
+            .policy
+            .check(path)
+            .map_err(|refusal| LocalError::Forbidden {
+                app: app.config.name.clone(),
+                refusal,
+            })?;
         let token = app
             .tokens
             .token()
@@ -180,11 +213,29 @@ impl Proxy {
     }
 
     /// Reads a request body of up to `max_replay` bytes into memory so it can
-    /// be sent twice; a larger one streams (and cannot be retried).
+    /// be sent twice; a larger one streams (and cannot be retried), counted
+    /// against `max_body`.
     async fn prepare_body(&self, body: Incoming) -> Result<(ProxyBody, Option<Bytes>), LocalError> {
-        match buffer_up_to(body, self.max_replay).await {
+        let keep = self
+            .max_replay
+            .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
+        let buffered = tokio::time::timeout(self.body_timeout, buffer_up_to(body, keep))
+            .await
+            .map_err(|_| LocalError::ClientTimeout {
+                ms: self.body_timeout.as_millis(),
+            })?;
+        match buffered {
             Ok(Buffered::Complete(bytes)) => Ok((ProxyBody::full(bytes.clone()), Some(bytes))),
-            Ok(Buffered::Partial(body)) => Ok((body, None)),
+            Ok(Buffered::Partial(_)) if keep as u64 == self.max_body => {
+                Err(BodyTooLarge(self.max_body).into())
+            }
+            Ok(Buffered::Partial(body)) => Ok((
+                ProxyBody::Capped {
+                    cap: Cap::new(self.max_body),
+                    inner: Box::new(body),
+                },
+                None,
+            )),
             Err(e) => Err(LocalError::ClientBody(e.to_string())),
         }
     }
@@ -206,14 +257,29 @@ impl Proxy {
         request.app.metrics.upstream(sent.elapsed());
         match answer {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(LocalError::UpstreamUnreachable {
-                app: app.clone(),
-                reason: describe_client_error(&e),
-            }),
+            Ok(Err(e)) => Err(self.send_error(app, &e)),
             Err(_) => Err(LocalError::UpstreamTimeout {
                 app: app.clone(),
                 ms: self.request_timeout.as_millis(),
             }),
+        }
+    }
+
+    /// Names why a request could not be sent: the client's body passed its
+    /// limit (413), no connection in time (504), or WeChat unreachable (502).
+    fn send_error(&self, app: &str, e: &hyper_util::client::legacy::Error) -> LocalError {
+        if let Some(too_large) = limits::body_too_large(e) {
+            return too_large.into();
+        }
+        if e.is_connect() && timed_out(e) {
+            return LocalError::UpstreamConnectTimeout {
+                app: app.to_owned(),
+                ms: self.connect_timeout.as_millis(),
+            };
+        }
+        LocalError::UpstreamUnreachable {
+            app: app.to_owned(),
+            reason: describe_client_error(e),
         }
     }
 
@@ -339,6 +405,20 @@ fn placeholder_answer(kind: AppKind, path: &str) -> Option<Response<ProxyBody>> 
     Some(json_response(StatusCode::OK, "placeholder", &body))
 }
 
+/// Whether an I/O timeout is among the error's causes.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn token_unavailable(app: &AppConfig, e: RefreshError) -> LocalError {
     let errcode = match &e {
         RefreshError::Failed(f) => f.errcode(),
@@ -363,11 +443,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// The client's headers as sent upstream: hop-by-hop headers and `Host`
-/// dropped (hyper sets `Host` from the upstream URI).
+/// The client's headers as sent upstream: hop-by-hop headers, the proxy key
+/// and `Host` dropped (hyper sets `Host` from the upstream URI).
 fn forward_headers(client: &HeaderMap) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
+    // The caller's key for this proxy is not WeChat's business.
+    auth::strip(&mut headers);
     headers.remove(header::HOST);
     headers
 }

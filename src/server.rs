@@ -7,7 +7,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -15,29 +16,61 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::body::ProxyBody;
+use crate::limits::Limits;
+use crate::watchdog::{Timeouts, Tracked, Tracker, Watched};
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `stop` flips, then
-/// drains for at most `grace`.
+/// drains for at most `grace`. `limits` bounds heads, timings and the
+/// number of connections.
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    limits: Limits,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        // A client that opens a connection and sends nothing is cut off.
-        .header_read_timeout(Duration::from_secs(30));
+        // Longer heads are answered 431.
+        .max_header_size(limits.max_header_bytes)
+        // The watchdog times heads and idle connections apart; hyper's one
+        // timer would cut idle keep-alive connections at the head limit.
+        .header_read_timeout(None);
+    let timeouts = Timeouts {
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+    };
     let graceful = GracefulShutdown::new();
+    // Beyond max_connections the loop stops accepting: new connections wait
+    // in the kernel's listen backlog until one closes.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut warned_full: Option<Instant> = None;
 
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if warned_full.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    warned_full = Some(Instant::now());
+                    tracing::warn!(
+                        listener = name,
+                        max_connections = limits.max_connections,
+                        "connection limit reached; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = stop.changed() => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -52,19 +85,28 @@ pub async fn serve<H, F>(
                 // Disable Nagle: answers are small and latency-bound.
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
+                let tracker = Tracker::new();
+                let io = Watched::new(stream, tracker.clone(), timeouts);
                 let service = service_fn(move |request| {
+                    tracker.handling();
                     // Boxed: hyper keeps a box sized for the service future
                     // for the whole life of every connection, so an unboxed
                     // future would cost each idle keep-alive connection its
                     // full size (~3.7 KiB; see bench/idle.sh).
                     let answer = Box::pin(handler(request));
-                    async move { Ok::<_, Infallible>(answer.await) }
+                    let tracker = tracker.clone();
+                    async move {
+                        let answer = answer.await;
+                        tracker.sending();
+                        Ok::<_, Infallible>(answer.map(|body| Tracked::new(body, tracker)))
+                    }
                 });
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
-                        tracing::debug!(listener = name, error = %e, "connection ended with an error");
+                        tracing::debug!(listener = name, error = %with_causes(&e), "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = stop.changed() => break,
@@ -77,6 +119,19 @@ pub async fn serve<H, F>(
             tracing::warn!(listener = name, grace_s = grace.as_secs(), "grace period over; closing the remaining connections");
         }
     }
+}
+
+/// An error and its causes: hyper's own message ("connection error") does
+/// not say that the watchdog cut the connection off, or why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

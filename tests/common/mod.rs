@@ -10,7 +10,9 @@ pub mod client;
 pub mod connect_proxy;
 pub mod fake_wechat;
 pub mod proxy;
+pub mod raw;
 pub mod redis;
+pub mod relay;
 pub mod setup;
 pub mod tls;
 

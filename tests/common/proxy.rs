@@ -154,6 +154,25 @@ impl Proxy {
             .unwrap_or_else(|| panic!("no VmHWM line in {path}"))
     }
 
+    /// Resident memory now (`VmRSS` in `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
+    }
+
+    /// Open file descriptors now (entries of `/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> usize {
+        let path = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("read {path}: {e}"))
+            .count()
+    }
+
     /// Sends a signal by name (`"TERM"`, `"HUP"`, …) with `kill -s`.
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")

@@ -50,6 +50,13 @@ impl ConfigBuilder {
         }
     }
 
+    /// Sends the apps added after this call to `url` instead of the fake (a relay in
+    /// front of it, say).
+    pub fn base_url(mut self, url: &str) -> ConfigBuilder {
+        self.base_url = url.into();
+        self
+    }
+
     /// Adds an mp app named `name` with `appid`, on `token_api`.
     pub fn mp_app(mut self, name: &str, appid: &str, token_api: &str) -> ConfigBuilder {
         self.apps.push(vec![

@@ -1,0 +1,262 @@
+//! Per-connection timers: slow request heads, idle keep-alive connections
+//! and clients that stop reading their answer are cut off.
+//!
+//! hyper 1.x has one server timer, `header_read_timeout`, and it starts
+//! whenever the connection waits for a head: right after accept and right
+//! after each answer. So it cannot tell a keep-alive connection resting
+//! between requests from a client trickling a head byte by byte, and
+//! nothing bounds a client that stops reading a download. This module keeps
+//! the connection's phase and one timer per connection:
+//!
+//! | phase | entered when | cut off after |
+//! |---|---|---|
+//! | head | accept; the first byte after an idle spell | `header_read_timeout` from entering |
+//! | handling | hyper hands the request to the service | never: the proxy's own timeouts bound it |
+//! | sending | the service returns the answer | `idle_timeout` without a byte written |
+//! | idle | the answer's body is done | `idle_timeout` |
+//!
+//! The [`Tracker`] holds the phase; the service and the answer's body
+//! ([`Tracked`]) move it, and the IO wrapper ([`Watched`]) arms its timer
+//! for it and fails the connection's IO when it fires.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// What a connection is doing, as far as its timers care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Head = 0,
+    Handling = 1,
+    Sending = 2,
+    Idle = 3,
+}
+
+/// One connection's phase, shared by its IO, its service and its answer.
+#[derive(Debug)]
+pub struct Tracker(AtomicU8);
+
+impl Tracker {
+    /// A tracker for a connection just accepted: waiting for a head.
+    pub fn new() -> Arc<Tracker> {
+        Arc::new(Tracker(AtomicU8::new(Phase::Head as u8)))
+    }
+
+    /// A request head arrived and is being served.
+    pub fn handling(&self) {
+        self.set(Phase::Handling);
+    }
+
+    /// The answer's head is ready; its body goes out.
+    pub fn sending(&self) {
+        self.set(Phase::Sending);
+    }
+
+    /// The answer is out; the connection waits for the next request.
+    fn done(&self) {
+        self.set(Phase::Idle);
+    }
+
+    fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Release);
+    }
+
+    fn get(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Head,
+            1 => Phase::Handling,
+            2 => Phase::Sending,
+            _ => Phase::Idle,
+        }
+    }
+}
+
+/// The two limits a connection's timer enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a whole request head.
+    pub header_read: Duration,
+    /// Between requests, and without write progress while sending.
+    pub idle: Duration,
+}
+
+/// A connection's IO with its timer: reads and writes fail with
+/// `TimedOut` once the timer for the current phase fires, which makes hyper
+/// close the connection.
+pub struct Watched<T> {
+    /// The socket.
+    io: T,
+    /// The phase, moved by the service and the answer's body.
+    tracker: Arc<Tracker>,
+    /// The limits.
+    timeouts: Timeouts,
+    /// The phase the timer is set for.
+    armed: Option<Phase>,
+    /// The deadline of the current phase.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> Watched<T> {
+    /// Wraps a just-accepted connection.
+    pub fn new(io: T, tracker: Arc<Tracker>, timeouts: Timeouts) -> Watched<T> {
+        Watched {
+            io,
+            tracker,
+            timeouts,
+            armed: None,
+            timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
+        }
+    }
+
+    fn limit(&self, phase: Phase) -> Option<Duration> {
+        match phase {
+            Phase::Head => Some(self.timeouts.header_read),
+            Phase::Handling => None,
+            Phase::Sending | Phase::Idle => Some(self.timeouts.idle),
+        }
+    }
+
+    fn restart(&mut self, phase: Phase) {
+        self.armed = Some(phase);
+        if let Some(limit) = self.limit(phase) {
+            self.timer.as_mut().reset(Instant::now() + limit);
+        }
+    }
+
+    /// Re-arms the timer on a phase change; fails once it fired.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let phase = self.tracker.get();
+        if self.armed != Some(phase) {
+            self.restart(phase);
+        }
+        let Some(limit) = self.limit(phase) else {
+            return Ok(());
+        };
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return Ok(());
+        }
+        let what = match phase {
+            Phase::Head => "no complete request head",
+            Phase::Sending => "the client read nothing of its answer",
+            _ => "idle keep-alive connection",
+        };
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} in {} ms", limit.as_millis()),
+        ))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if buf.filled().len() > before && this.tracker.get() == Phase::Idle {
+            // The first byte of the next request: its head is now on the clock.
+            this.tracker.set(Phase::Head);
+            this.restart(Phase::Head);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        let written = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
+        if written > 0 && this.armed == Some(Phase::Sending) {
+            // Progress: a slow reader is fine, a stopped one is not.
+            this.restart(Phase::Sending);
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.check(cx)?;
+        let written = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
+        if written > 0 && this.armed == Some(Phase::Sending) {
+            this.restart(Phase::Sending);
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// An answer's body that moves its connection to "idle" once hyper is done
+/// with it (sent, or dropped with the connection).
+pub struct Tracked<B> {
+    /// The answer's body.
+    body: B,
+    /// Its connection's phase.
+    tracker: Arc<Tracker>,
+}
+
+impl<B> Tracked<B> {
+    /// Wraps the body of the answer to a request on `tracker`'s connection.
+    pub fn new(body: B, tracker: Arc<Tracker>) -> Tracked<B> {
+        Tracked { body, tracker }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.tracker.done();
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,143 @@
+//! A TCP relay in front of the fake WeChat server whose port can be made to refuse
+//! connections or to accept none at all, then serve again: upstream connection failures
+//! the fake itself cannot stage, since it must keep answering token fetches.
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle as TaskHandle;
+
+/// What the relay's port does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Accepts and pipes every connection to the target.
+    Forward,
+    /// Nothing listens: connections are refused (RST).
+    Refuse,
+    /// A listener whose backlog is full and which never accepts: connection attempts
+    /// get no answer until they time out.
+    Blackhole,
+}
+
+/// A running relay; every mode change first cuts all piped connections.
+pub struct Relay {
+    /// Where it listens (127.0.0.1).
+    pub addr: SocketAddr,
+    /// Mode changes, each acknowledged once in force.
+    control: mpsc::UnboundedSender<(Mode, oneshot::Sender<()>)>,
+    /// The relay's thread; it ends when `control` is dropped.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts forwarding a free port on 127.0.0.1 to `target`.
+    pub async fn start(target: SocketAddr) -> Relay {
+        let (control, mut commands) = mpsc::unbounded_channel::<(Mode, oneshot::Sender<()>)>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build the relay's runtime");
+            runtime.block_on(async move {
+                let addr = bind(([127, 0, 0, 1], 0).into(), 1024).local_addr().unwrap();
+                let mut state = enter(Mode::Forward, addr, target).await;
+                let _ = ready_tx.send(addr);
+                while let Some((mode, done)) = commands.recv().await {
+                    leave(state).await;
+                    state = enter(mode, addr, target).await;
+                    let _ = done.send(());
+                }
+            });
+        });
+        let addr = ready_rx.await.expect("the relay starts");
+        Relay {
+            addr,
+            control,
+            thread: Some(thread),
+        }
+    }
+
+    /// Switches to `mode`; returns once it is in force.
+    pub async fn set(&self, mode: Mode) {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.control
+            .send((mode, done_tx))
+            .expect("the relay is running");
+        done_rx.await.expect("the relay switches");
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop; its runtime then drops every task.
+        let (control, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.control, control));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What keeps a mode going; [`leave`] ends it and cuts its connections.
+enum State {
+    /// The accept loop, which owns the listener and the pipes.
+    Forward(TaskHandle<()>),
+    Refuse,
+    /// The listener that never accepts, and the connections that fill its backlog.
+    Blackhole(#[allow(dead_code)] tokio::net::TcpListener, Vec<TcpStream>),
+}
+
+/// Ends a mode; once this returns its listener is closed, so the port can be bound again.
+async fn leave(state: State) {
+    if let State::Forward(accept_loop) = state {
+        accept_loop.abort();
+        let _ = accept_loop.await;
+    }
+}
+
+async fn enter(mode: Mode, addr: SocketAddr, target: SocketAddr) -> State {
+    match mode {
+        Mode::Forward => {
+            let listener = bind(addr, 1024);
+            State::Forward(tokio::spawn(async move {
+                let mut pipes = tokio::task::JoinSet::new();
+                while let Ok((mut client, _)) = listener.accept().await {
+                    pipes.spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            }))
+        }
+        Mode::Refuse => State::Refuse,
+        Mode::Blackhole => {
+            let listener = bind(addr, 0);
+            let mut fillers = Vec::new();
+            // Fill the accept queue until a connection attempt goes unanswered.
+            for _ in 0..64 {
+                match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr))
+                    .await
+                {
+                    Ok(Ok(stream)) => fillers.push(stream),
+                    _ => break,
+                }
+            }
+            State::Blackhole(listener, fillers)
+        }
+    }
+}
+
+/// A listener on `addr` with `backlog`, rebinding a port the relay used before.
+fn bind(addr: SocketAddr, backlog: u32) -> tokio::net::TcpListener {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(addr)
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    socket.listen(backlog).expect("listen")
+}
