@@ -309,6 +309,7 @@ start_proxy() {
 [proxy]
 listen = "127.0.0.1:$PROXY_PORT"
 admin_listen = "127.0.0.1:$ADMIN_PORT"
+${PROXY_EXTRA:-}
 
 [upstream]
 connect_timeout_ms = 3000

@@ -100,6 +100,12 @@ pub struct ProxySettings {
     pub max_replay_body_bytes: usize,
     /// How long in-flight requests may run on after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Runtime threads serving requests; `None`: one per CPU. One (the
+    /// default) runs everything on a single-threaded runtime with no
+    /// cross-thread hand-offs: a sidecar should not take every core of its
+    /// node, and on the benchmark's 2-core box one thread gives the better
+    /// p99 (bench/run.sh).
+    pub worker_threads: Option<usize>,
     /// The key callers of `listen` must present; `None`: anyone may call.
     pub client_key: Option<InboundKey>,
     /// The key callers of `admin_listen` must present (but for `/healthz`
@@ -261,6 +267,9 @@ pub struct BaseUrl {
     pub authority: Authority,
     /// Path prefix without a trailing slash; empty for WeChat itself.
     pub path: String,
+    /// `authority` as a ready `Host` header value, so requests need not
+    /// format one each.
+    pub host: http::HeaderValue,
 }
 
 impl fmt::Display for BaseUrl {
@@ -444,6 +453,7 @@ struct RawProxy {
     default_app: Option<String>,
     max_replay_body_bytes: Option<u64>,
     shutdown_grace_s: Option<u64>,
+    worker_threads: Option<u64>,
     // Who may call, and limits (issue 6).
     client_key_env: Option<String>,
     client_key_file: Option<PathBuf>,
@@ -573,6 +583,17 @@ impl Validator<'_> {
             )?,
             max_replay_body_bytes: raw.proxy.max_replay_body_bytes.unwrap_or(1 << 20) as usize,
             shutdown_grace: Duration::from_secs(raw.proxy.shutdown_grace_s.unwrap_or(20)),
+            worker_threads: match raw.proxy.worker_threads {
+                None => Some(1),
+                Some(0) => None,
+                Some(n @ 1..=256) => Some(n as usize),
+                Some(_) => {
+                    return Err(self.err(
+                        "proxy.worker_threads",
+                        "must be between 0 (one per CPU) and 256",
+                    ))
+                }
+            },
             client_key,
             admin_key,
             limits,
@@ -965,7 +986,10 @@ impl Validator<'_> {
         if uri.query().is_some() {
             return Err(bad("must not have a query"));
         }
+        let host =
+            http::HeaderValue::from_str(authority.as_str()).map_err(|_| bad("has no host"))?;
         Ok(BaseUrl {
+            host,
             scheme,
             authority,
             path: uri.path().trim_end_matches('/').to_owned(),

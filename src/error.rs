@@ -136,3 +136,17 @@ pub fn json_response(
     headers.insert(LOCAL_ANSWER, HeaderValue::from_static(kind));
     response
 }
+
+/// An error and its causes, joined by ": ". hyper's own messages
+/// ("client error (Connect)", "connection error") say little without them;
+/// none of hyper's or rustls's causes holds a URL, so no token or secret.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}

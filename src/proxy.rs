@@ -13,14 +13,13 @@ use hyper::body::Incoming;
 use crate::auth::{self, InboundKey};
 use crate::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::config::{AppConfig, AppKind, Config};
-use crate::error::{json_response, LocalError};
+use crate::error::{json_response, with_causes, LocalError};
 use crate::inspect::{self, INSPECT_LIMIT};
 use crate::limits::{self, BodyTooLarge, Cap};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::query;
 use crate::token::{RefreshError, Token, TokenManager};
 use crate::upstream::HttpClient;
-use crate::wechat::describe_client_error;
 
 /// What SDKs get instead of a real token when they ask for one. They send it
 /// back on every call; the proxy drops it and puts in the real one.
@@ -249,7 +248,8 @@ impl Proxy {
         let mut upstream = Request::new(body);
         *upstream.method_mut() = request.parts.method.clone();
         *upstream.uri_mut() = request.uri(token)?;
-        *upstream.headers_mut() = forward_headers(&request.parts.headers);
+        *upstream.headers_mut() =
+            forward_headers(&request.parts.headers, &request.app.config.base_url.host);
         let app = &request.app.config.name;
         let sent = Instant::now();
         let answer =
@@ -279,7 +279,7 @@ impl Proxy {
         }
         LocalError::UpstreamUnreachable {
             app: app.to_owned(),
-            reason: describe_client_error(e),
+            reason: with_causes(e),
         }
     }
 
@@ -443,14 +443,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// The client's headers as sent upstream: hop-by-hop headers, the proxy key
-/// and `Host` dropped (hyper sets `Host` from the upstream URI).
-fn forward_headers(client: &HeaderMap) -> HeaderMap {
+/// The client's headers as sent upstream: hop-by-hop headers and the proxy
+/// key dropped, `Host` set to the upstream's.
+fn forward_headers(client: &HeaderMap, host: &http::HeaderValue) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
     // The caller's key for this proxy is not WeChat's business.
     auth::strip(&mut headers);
-    headers.remove(header::HOST);
+    headers.insert(header::HOST, host.clone());
     headers
 }
 

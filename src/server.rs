@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::body::ProxyBody;
+use crate::error::with_causes;
 use crate::limits::Limits;
 use crate::watchdog::{Timeouts, Tracked, Tracker, Watched};
 
@@ -119,19 +120,6 @@ pub async fn serve<H, F>(
             tracing::warn!(listener = name, grace_s = grace.as_secs(), "grace period over; closing the remaining connections");
         }
     }
-}
-
-/// An error and its causes: hyper's own message ("connection error") does
-/// not say that the watchdog cut the connection off, or why.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

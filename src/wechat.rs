@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::config::{AppConfig, Secret, TokenApi};
+use crate::error::with_causes;
 use crate::query::encode;
 use crate::upstream::HttpClient;
 
@@ -153,7 +154,7 @@ pub async fn fetch(
     let response = client
         .request(request)
         .await
-        .map_err(|e| FetchError::Transport(describe_client_error(&e)))?;
+        .map_err(|e| FetchError::Transport(with_causes(&e)))?;
     let status = response.status();
     if status != http::StatusCode::OK {
         return Err(FetchError::Status(status.as_u16()));
@@ -180,18 +181,4 @@ pub async fn fetch(
             "no access_token or expires_in".into(),
         )),
     }
-}
-
-/// A client error with its causes, which name the failing step (connect,
-/// TLS, reset) but never the URL.
-pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

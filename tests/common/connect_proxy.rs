@@ -70,10 +70,13 @@ impl ConnectProxy {
         format!("http://{}", self.addr)
     }
 
-    /// From now on every CONNECT gets 403, and every open tunnel is cut.
-    pub fn refuse_all(&self) {
+    /// From now on every CONNECT gets 403; every open tunnel is cut, and
+    /// closed by the time this returns.
+    pub async fn refuse_all(&self) {
         self.refuse.store(true, Ordering::SeqCst);
-        self.tasks.lock().unwrap().abort_all();
+        let mut open = std::mem::take(&mut *self.tasks.lock().unwrap());
+        open.abort_all();
+        while open.join_next().await.is_some() {}
     }
 
     /// Tunnels opened so far.
