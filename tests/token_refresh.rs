@@ -47,6 +47,48 @@ async fn sixty_four_concurrent_token_errors_cause_exactly_one_fetch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_requests_meeting_a_revoked_token_cause_exactly_one_fetch() {
+    // Client and fake hold a socket per request each.
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    assert!(
+        limit >= 2500,
+        "RLIMIT_NOFILE hard limit {limit} is too low for this test"
+    );
+    let h = Harness::mp("classic").await;
+    h.fake.revoke(MP_APPID);
+    // Slow answers keep all thousand in flight together.
+    h.fake.set_api_delay(Duration::from_millis(300));
+
+    let requests = (0..1000).map(|i| {
+        let http = h.http.clone();
+        let url = h.url(&format!("/cgi-bin/user/info?openid=o{i}"));
+        tokio::spawn(async move { http.get(&url).await })
+    });
+    let answers = futures_join(requests).await;
+
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|r| r.status != 200 || r.json()["errcode"] != 0)
+        .map(|r| r.text())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(
+        h.fake.token_fetches(),
+        2,
+        "startup plus exactly one refresh"
+    );
+    assert_eq!(
+        h.fake.requests().iter().filter(|r| r.token_ok).count(),
+        1000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_retry_replays_the_request_body_byte_for_byte() {
     let h = Harness::mp("stable").await;
     let old = h.fake.current_token(MP_APPID).unwrap();
