@@ -111,11 +111,12 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
-/// File descriptors `max_connections` may need on both listeners: each
-/// client connection, an upstream connection per request in flight, and some
-/// to spare.
+/// File descriptors `max_connections` may need: each client connection,
+/// and room for the upstream pool (at most 1,024 idle upstream connections
+/// per host, more only while that many requests are in flight) and the
+/// admin listener. Idle client connections hold no upstream connection.
 pub fn fds_needed(limits: &Limits) -> u64 {
-    limits.max_connections as u64 * 2 + 256
+    limits.max_connections as u64 + 2048
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ async fn a_corrupt_token_file_is_reported_once_and_the_token_fetched() {
     let warnings: Vec<String> = proxy
         .logs()
         .into_iter()
-        .filter(|l| l.contains("WARN"))
+        .filter(|l| l.contains("WARN") && l.contains("token file"))
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
