@@ -30,12 +30,7 @@ async fn app_prefix_routes_to_that_app_and_other_paths_to_the_default() {
     let prefixed_mp = h.http.get(&h.url("/mp/cgi-bin/user/info?openid=o2")).await;
 
     for r in [&mp, &work, &prefixed_mp] {
-        assert_eq!(
-            (r.status, r.json()["errcode"].as_i64()),
-            (200, Some(0)),
-            "{}",
-            r.text()
-        );
+        r.assert_ok();
     }
     let seen = h.fake.requests();
     assert_eq!(seen.len(), 3);

@@ -18,7 +18,7 @@ const RSS_SLACK_KIB: u64 = 12 * 1024;
 
 async fn still_serves(h: &Harness) {
     let r = Http::new().get(&h.url("/cgi-bin/user/info")).await;
-    assert_eq!((r.status, r.json()["errcode"].as_i64()), (200, Some(0)));
+    r.assert_ok();
 }
 
 /// File descriptors and resident memory of the proxy once idle.

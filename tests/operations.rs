@@ -192,10 +192,7 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
         "a new connection was accepted while draining"
     );
     let slow = slow.await.unwrap();
-    assert_eq!(
-        (slow.status, slow.json()["errcode"].as_i64()),
-        (200, Some(0))
-    );
+    slow.assert_ok();
     let status = proxy
         .wait_exit(Duration::from_secs(10))
         .expect("the proxy exits after draining");

@@ -6,12 +6,7 @@ mod common;
 use common::setup::{SECRET, SECRET_VAR};
 use common::{run_binary, write_temp};
 
-const APP: &str = r#"
-[apps.mp]
-kind = "mp"
-appid = "wx1234567890abcdef"
-secret_env = "TEST_APP_SECRET"
-"#;
+use common::setup::APP_TOML as APP;
 
 const PASSWORD: &str = "redis-password-never-shown-9b2e";
 

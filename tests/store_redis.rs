@@ -303,12 +303,7 @@ async fn spread(http: &Http, replicas: &[Proxy], n: usize, path: &str) -> Vec<Re
 
 fn assert_all_ok(answers: &[Resp]) {
     for r in answers {
-        assert_eq!(
-            (r.status, r.json()["errcode"].as_i64()),
-            (200, Some(0)),
-            "{}",
-            r.text()
-        );
+        r.assert_ok();
     }
 }
 

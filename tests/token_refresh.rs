@@ -23,12 +23,7 @@ async fn sixty_four_concurrent_token_errors_cause_exactly_one_fetch() {
     let answers = futures_join(requests).await;
 
     for r in &answers {
-        assert_eq!(
-            (r.status, r.json()["errcode"].as_i64()),
-            (200, Some(0)),
-            "{}",
-            r.text()
-        );
+        r.assert_ok();
     }
     assert_eq!(
         h.fake.token_fetches(),
@@ -106,12 +101,7 @@ async fn the_retry_replays_the_request_body_byte_for_byte() {
         )
         .await;
 
-    assert_eq!(
-        (r.status, r.json()["errcode"].as_i64()),
-        (200, Some(0)),
-        "{}",
-        r.text()
-    );
+    r.assert_ok();
     let seen = h.fake.requests();
     assert_eq!(seen.len(), 2, "one attempt and one retry");
     assert_eq!(seen[0].access_tokens(), [old]);

@@ -172,6 +172,21 @@ impl Resp {
         })
     }
 
+    /// Asserts WeChat's success: HTTP 200 and `errcode` 0, showing the body
+    /// otherwise.
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        let errcode = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["errcode"].as_i64());
+        assert_eq!(
+            (self.status, errcode),
+            (200, Some(0)),
+            "not a WeChat success: {}",
+            self.text()
+        );
+    }
+
     /// The body as text (lossy), for messages and substring checks.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()

@@ -15,6 +15,14 @@ pub const CORP_ID: &str = "ww1234567890abcdef";
 /// The variable the configs name in `secret_env`.
 pub const SECRET_VAR: &str = "TEST_APP_SECRET";
 
+/// The smallest valid app table, for tests that write config text by hand.
+pub const APP_TOML: &str = r#"
+[apps.mp]
+kind = "mp"
+appid = "wx1234567890abcdef"
+secret_env = "TEST_APP_SECRET"
+"#;
+
 /// The environment a proxy needs for the configs below.
 pub fn env() -> [(&'static str, &'static str); 1] {
     [(SECRET_VAR, SECRET)]
