@@ -166,16 +166,7 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
         mut proxy,
         http,
     } = Harness::mp("stable").await;
-    let slow = {
-        let (http, url) = (http.clone(), format!("{}/test/slow?ms=2000", proxy.url));
-        tokio::spawn(async move { http.get(&url).await })
-    };
-    wait_until(
-        "the slow request to reach WeChat",
-        Duration::from_secs(5),
-        || !fake.requests().is_empty(),
-    )
-    .await;
+    let slow = slow_request_under_way(&fake, &proxy, &http, 2000).await;
 
     proxy.signal("TERM");
 
@@ -191,8 +182,10 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
         fresh.is_err(),
         "a new connection was accepted while draining"
     );
-    let slow = slow.await.unwrap();
-    slow.assert_ok();
+    slow.await
+        .unwrap()
+        .expect("the in-flight request is answered")
+        .assert_ok();
     let status = proxy
         .wait_exit(Duration::from_secs(10))
         .expect("the proxy exits after draining");
@@ -210,16 +203,7 @@ async fn shutdown_gives_up_after_the_grace_period() {
         mut proxy,
         http,
     } = Harness::start(fake, config).await;
-    let slow = {
-        let (http, url) = (http.clone(), format!("{}/test/slow?ms=30000", proxy.url));
-        tokio::spawn(async move { http.try_send(get(&url)).await })
-    };
-    wait_until(
-        "the slow request to reach WeChat",
-        Duration::from_secs(5),
-        || !fake.requests().is_empty(),
-    )
-    .await;
+    let slow = slow_request_under_way(&fake, &proxy, &http, 30000).await;
 
     proxy.signal("TERM");
 
@@ -232,6 +216,26 @@ async fn shutdown_gives_up_after_the_grace_period() {
         "the cut-off request cannot have an answer"
     );
     assert!(proxy.logs().iter().any(|l| l.contains("grace period over")));
+}
+
+/// Sends `/test/slow?ms=` through the proxy and returns once WeChat has it,
+/// so a shutdown that follows meets it in flight.
+async fn slow_request_under_way(
+    fake: &FakeWeChat,
+    proxy: &Proxy,
+    http: &Http,
+    ms: u64,
+) -> tokio::task::JoinHandle<Result<common::Resp, String>> {
+    let seen = fake.requests().len();
+    let (http, url) = (http.clone(), format!("{}/test/slow?ms={ms}", proxy.url));
+    let slow = tokio::spawn(async move { http.try_send(get(&url)).await });
+    wait_until(
+        "the slow request to reach WeChat",
+        Duration::from_secs(5),
+        || fake.requests().len() > seen,
+    )
+    .await;
+    slow
 }
 
 /// A fake, a CONNECT proxy, and a proxy whose upstream traffic goes through
