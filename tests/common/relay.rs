@@ -43,8 +43,9 @@ impl Relay {
                 .build()
                 .expect("build the relay's runtime");
             runtime.block_on(async move {
-                let addr = bind(([127, 0, 0, 1], 0).into(), 1024).local_addr().unwrap();
-                let mut state = enter(Mode::Forward, addr, target).await;
+                let first = listen_below_ephemeral_range();
+                let addr = first.local_addr().unwrap();
+                let mut state = forward(first, target);
                 let _ = ready_tx.send(addr);
                 while let Some((mode, done)) = commands.recv().await {
                     leave(state).await;
@@ -101,22 +102,10 @@ async fn leave(state: State) {
 
 async fn enter(mode: Mode, addr: SocketAddr, target: SocketAddr) -> State {
     match mode {
-        Mode::Forward => {
-            let listener = bind(addr, 1024);
-            State::Forward(tokio::spawn(async move {
-                let mut pipes = tokio::task::JoinSet::new();
-                while let Ok((mut client, _)) = listener.accept().await {
-                    pipes.spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                }
-            }))
-        }
+        Mode::Forward => forward(bind(addr, 1024).await, target),
         Mode::Refuse => State::Refuse,
         Mode::Blackhole => {
-            let listener = bind(addr, 0);
+            let listener = bind(addr, 0).await;
             let mut fillers = Vec::new();
             // Fill the accept queue until a connection attempt goes unanswered.
             for _ in 0..64 {
@@ -133,11 +122,56 @@ async fn enter(mode: Mode, addr: SocketAddr, target: SocketAddr) -> State {
 }
 
 /// A listener on `addr` with `backlog`, rebinding a port the relay used before.
-fn bind(addr: SocketAddr, backlog: u32) -> tokio::net::TcpListener {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-    socket
-        .bind(addr)
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    socket.listen(backlog).expect("listen")
+/// Relays every connection accepted on `listener` to `target`.
+fn forward(listener: tokio::net::TcpListener, target: SocketAddr) -> State {
+    State::Forward(tokio::spawn(async move {
+        let mut pipes = tokio::task::JoinSet::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            pipes.spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    }))
+}
+
+/// A listener on a loopback port below the kernel's ephemeral range (32768
+/// and up on Linux). The relay unbinds and rebinds its port as it switches
+/// modes; a port from the ephemeral range could meanwhile become the local
+/// port of some outgoing connection of a test running in parallel.
+fn listen_below_ephemeral_range() -> tokio::net::TcpListener {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if let Ok(listener) = try_bind(([127, 0, 0, 1], port).into(), 1024) {
+            return listener;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
+}
+
+fn try_bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Binds the relay's own port again; connections it just cut may hold the
+/// port for a moment, so this retries briefly.
+async fn bind(addr: SocketAddr, backlog: u32) -> tokio::net::TcpListener {
+    let mut tries = 0;
+    loop {
+        match try_bind(addr, backlog) {
+            Ok(listener) => return listener,
+            Err(e) if tries >= 100 => panic!("bind {addr}: {e}"),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
