@@ -13,7 +13,7 @@ use crate::auth::InboundKey;
 use crate::body::ProxyBody;
 use crate::error::{json_response, LocalError};
 use crate::metrics::Metrics;
-use crate::token::{RefreshError, TokenManager};
+use crate::token::TokenManager;
 
 /// Serves the admin endpoints.
 pub struct Admin {
@@ -139,10 +139,7 @@ impl Admin {
                 "expires_in": tokens.status().expires_in.map_or(0, |d| d.as_secs()),
             })),
             Err(e) => {
-                let errcode = match &e {
-                    RefreshError::Failed(f) => f.errcode(),
-                    _ => -1,
-                };
+                let errcode = e.errcode();
                 json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "error",

@@ -420,10 +420,7 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn token_unavailable(app: &AppConfig, e: RefreshError) -> LocalError {
-    let errcode = match &e {
-        RefreshError::Failed(f) => f.errcode(),
-        _ => -1,
-    };
+    let errcode = e.errcode();
     LocalError::TokenUnavailable {
         app: app.name.clone(),
         errcode,

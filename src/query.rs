@@ -60,36 +60,23 @@ fn hex_pair(h: &[u8]) -> Option<u8> {
 /// tokens are plain `[A-Za-z0-9_-]`, so the loop usually copies.
 fn encode_into(value: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
-    let mut rest = value;
-    while let Some(i) = rest.bytes().position(|b| !unreserved(b)) {
-        out.push_str(&rest[..i]);
-        let b = rest.as_bytes()[i];
+    // Start of the current run of unreserved bytes, copied in one go.
+    let mut plain = 0;
+    for (i, b) in value.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            continue;
+        }
+        if plain < i {
+            // A run of ASCII: both ends are char boundaries.
+            out.push_str(&value[plain..i]);
+        }
         out.push('%');
         out.push(HEX[(b >> 4) as usize] as char);
         out.push(HEX[(b & 15) as usize] as char);
-        // `b` is ASCII or the first byte of a UTF-8 sequence; either way the
-        // encoding goes on byte by byte, so step over exactly one byte.
-        rest = match rest.get(i + 1..) {
-            Some(tail) => tail,
-            None => return encode_bytes(&rest.as_bytes()[i + 1..], out),
-        };
+        plain = i + 1;
     }
-    out.push_str(rest);
-}
-
-/// The slow path for a value whose multi-byte characters are split by the
-/// byte-wise walk above.
-fn encode_bytes(bytes: &[u8], out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
-        }
+    if plain < value.len() {
+        out.push_str(&value[plain..]);
     }
 }
 

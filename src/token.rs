@@ -123,6 +123,16 @@ pub enum RefreshError {
     NotRenewed,
 }
 
+impl RefreshError {
+    /// The errcode to show clients: WeChat's, or -1 when WeChat gave none.
+    pub fn errcode(&self) -> i64 {
+        match self {
+            RefreshError::Failed(f) => f.errcode(),
+            _ => -1,
+        }
+    }
+}
+
 /// What the status page and readiness probe show of an app's token.
 #[derive(Debug, Clone)]
 pub struct Status {
