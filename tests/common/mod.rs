@@ -50,3 +50,23 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A loopback port from `range` for which `take` succeeds, tried in random
+/// order. For servers the tests stop and start again on the same port: the
+/// range must stay below the kernel's ephemeral range (32768 and up on
+/// Linux), or an outgoing connection could take the port in between.
+pub fn port_outside_ephemeral_range<T>(
+    range: std::ops::Range<u16>,
+    mut take: impl FnMut(u16) -> Option<T>,
+) -> T {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = range.start + (h.finish() % u64::from(range.end - range.start)) as u16;
+        if let Some(taken) = take(port) {
+            return taken;
+        }
+    }
+    panic!("no free loopback port in {range:?}");
+}

@@ -262,20 +262,11 @@ fn write_certificates(dir: &std::path::Path) {
     write("server.key", key.serialize_pem());
 }
 
-/// A loopback port nobody listens on right now, below the kernel's
-/// ephemeral range (32768 and up on Linux): the outage tests stop the
-/// server and start it again on the same port, which an outgoing
-/// connection could otherwise take in between. (tests/common/relay.rs
-/// picks from 20000..26000; this from 26000..32000.)
+/// A loopback port nobody listens on right now, which the outage tests can
+/// stop and start the server on again. (tests/common/relay.rs takes ports
+/// below 26000.)
 fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    for _ in 0..200 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        let port = 26_000 + (h.finish() % 6_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in 26000..32000");
+    super::port_outside_ephemeral_range(26_000..32_000, |port| {
+        TcpListener::bind(("127.0.0.1", port)).ok().map(|_| port)
+    })
 }

@@ -136,22 +136,12 @@ fn forward(listener: tokio::net::TcpListener, target: SocketAddr) -> State {
     }))
 }
 
-/// A listener on a loopback port below the kernel's ephemeral range (32768
-/// and up on Linux). The relay unbinds and rebinds its port as it switches
-/// modes; a port from the ephemeral range could meanwhile become the local
-/// port of some outgoing connection of a test running in parallel.
+/// A listener on a loopback port the relay can unbind and bind again as it
+/// switches modes. (tests/common/redis.rs takes ports from 26000 up.)
 fn listen_below_ephemeral_range() -> tokio::net::TcpListener {
-    use std::hash::{BuildHasher, Hasher};
-    for _ in 0..200 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        // 26000.. is tests/common/redis.rs's.
-        let port = 20_000 + (h.finish() % 6_000) as u16;
-        if let Ok(listener) = try_bind(([127, 0, 0, 1], port).into(), 1024) {
-            return listener;
-        }
-    }
-    panic!("no free loopback port in 20000..26000");
+    super::port_outside_ephemeral_range(20_000..26_000, |port| {
+        try_bind(([127, 0, 0, 1], port).into(), 1024).ok()
+    })
 }
 
 fn try_bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
