@@ -13,7 +13,7 @@ use crate::auth::InboundKey;
 use crate::body::ProxyBody;
 use crate::error::{json_response, LocalError};
 use crate::metrics::Metrics;
-use crate::token::TokenManager;
+use crate::token::{AdminRefresh, TokenManager};
 
 /// Serves the admin endpoints.
 pub struct Admin {
@@ -102,15 +102,21 @@ impl Admin {
         let waiting: Vec<Value> = self
             .apps
             .iter()
-            .filter(|t| t.current().is_none())
-            .map(|t| {
+            .filter_map(|t| {
                 let status = t.status();
-                json!({
-                    "app": t.app().name,
-                    "reason": status.last_error.map_or_else(
-                        || "no token fetched yet".to_owned(),
-                        |e| e.to_string()),
-                })
+                // A token WeChat rejected cannot serve, whatever its age.
+                if status.expires_in.is_some() {
+                    return None;
+                }
+                let reason = match (status.rejected, status.last_error) {
+                    (true, Some(e)) => {
+                        format!("WeChat rejected the token and fetching a new one failed: {e}")
+                    }
+                    (true, None) => "WeChat rejected the token; fetching a new one".to_owned(),
+                    (false, Some(e)) => e.to_string(),
+                    (false, None) => "no token fetched yet".to_owned(),
+                };
+                Some(json!({"app": t.app().name, "reason": reason}))
             })
             .collect();
         if waiting.is_empty() {
@@ -133,10 +139,20 @@ impl Admin {
                 &json!({"errcode": -1, "errmsg": format!("no app named '{name}'; apps: {}", names.join(", "))}),
             );
         };
+        let expires_in = |t: &TokenManager| t.status().expires_in.map_or(0, |d| d.as_secs());
         match tokens.refresh_by_admin().await {
-            Ok((fetched, _)) => ok(json!({
-                "refreshed": fetched,
-                "expires_in": tokens.status().expires_in.map_or(0, |d| d.as_secs()),
+            Ok(AdminRefresh::Fetched) => ok(json!({
+                "refreshed": true,
+                "expires_in": expires_in(tokens),
+            })),
+            Ok(AdminRefresh::TooSoon { since, retry_in }) => ok(json!({
+                "refreshed": false,
+                "expires_in": expires_in(tokens),
+                "reason": format!(
+                    "a token was fetched {} s ago; the admin refresh fetches at most once per 10 s: try again in {} s",
+                    since.as_secs(),
+                    retry_in.as_secs().max(1)
+                ),
             })),
             Err(e) => {
                 let errcode = e.errcode();
@@ -168,9 +184,11 @@ fn app_status(tokens: &TokenManager) -> Value {
         "token_api": app.token_api.as_str(),
         "base_url": app.base_url.to_string(),
         "token": {
-            "state": if status.expires_in.is_some() { "valid" } else { "missing" },
+            "state": status.state(),
             "expires_in_s": status.expires_in.map(|d| d.as_secs()),
         },
+        "fights": status.fights,
+        "last_fight_unix": status.last_fight.map(unix),
         "last_refresh_unix": status.last_refresh.map(unix),
         "refreshes": status.fetches,
         "consecutive_failures": status.failures,

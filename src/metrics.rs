@@ -55,6 +55,9 @@ pub struct Metrics {
     retries: Family<AppLabel, Counter>,
     /// `wechat_proxy_token_refreshes_total{app,reason,result}`.
     refreshes: Family<RefreshLabels, Counter>,
+    /// `wechat_proxy_token_fights_total{app}`: tokens rejected well within
+    /// their life, i.e. another system fetching tokens for the same appid.
+    fights: Family<AppLabel, Counter>,
     /// `wechat_proxy_token_expires_in_seconds{app}`, set at scrape time.
     expires_in: Family<AppLabel, Gauge>,
     /// `wechat_proxy_upstream_duration_seconds{app}`.
@@ -72,6 +75,8 @@ pub struct AppMetrics {
     retries: Counter,
     /// Upstream latency until response headers.
     upstream: Histogram,
+    /// Token fights; held so the series exists before the first one.
+    _fights: Counter,
     /// Back to the families for other statuses and errcodes.
     metrics: Arc<Metrics>,
 }
@@ -89,6 +94,7 @@ impl Metrics {
         let errcodes = Family::default();
         let retries = Family::default();
         let refreshes = Family::default();
+        let fights = Family::default();
         let expires_in = Family::default();
         let upstream = Family::new_with_constructor(upstream_histogram as fn() -> Histogram);
         registry.register(
@@ -112,6 +118,11 @@ impl Metrics {
             refreshes.clone(),
         );
         registry.register(
+            "wechat_proxy_token_fights",
+            "Tokens WeChat rejected well within their life: another system is fetching tokens for the same appid",
+            fights.clone(),
+        );
+        registry.register(
             "wechat_proxy_token_expires_in_seconds",
             "Seconds of life left on the held token (0 when none is valid)",
             expires_in.clone(),
@@ -127,6 +138,7 @@ impl Metrics {
             errcodes,
             retries,
             refreshes,
+            fights,
             expires_in,
             upstream,
         })
@@ -144,6 +156,9 @@ impl Metrics {
                 status: 200,
             }),
             retries: self.retries.get_or_create_owned(&label),
+            // Exported from the start (as 0), so an alert on its increase
+            // sees the first fight.
+            _fights: self.fights.get_or_create_owned(&label),
             upstream: self.upstream.get_or_create_owned(&label),
             metrics: self.clone(),
         }
@@ -223,6 +238,14 @@ impl RefreshObserver for Metrics {
                 app: app.to_owned(),
                 reason: reason.as_str(),
                 result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    fn fight(&self, app: &str) {
+        self.fights
+            .get_or_create(&AppLabel {
+                app: app.to_owned(),
             })
             .inc();
     }

@@ -169,6 +169,7 @@ impl Proxy {
         let (response, errcode) = self.inspect(app, response).await?;
         outcome.errcode = errcode;
         if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
+            token.accepted();
             return Ok(response);
         }
 
@@ -181,7 +182,7 @@ impl Proxy {
         };
         let fresh = match app.tokens.replace(&token).await {
             Ok(fresh) => fresh,
-            Err(RefreshError::RateLimited | RefreshError::NotRenewed) => return Ok(response),
+            Err(RefreshError::NotRenewed) => return Ok(response),
             Err(e) => return Err(token_unavailable(&app.config, e)),
         };
         outcome.retried = true;

@@ -176,29 +176,6 @@ async fn the_client_sees_only_the_retry_and_never_a_second_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn token_errors_in_quick_succession_do_not_become_a_fetch_storm() {
-    let h = Harness::mp("classic").await;
-
-    // Every call is "rejected"; the default min_refresh_interval (5 s) allows
-    // one token-error fetch, then hands the errcode back.
-    for _ in 0..10 {
-        let r = h.http.get(&h.url("/test/errcode?code=42001")).await;
-        assert_eq!(r.json()["errcode"], 42001);
-    }
-
-    assert_eq!(
-        h.fake.token_fetches(),
-        2,
-        "startup plus one token-error fetch"
-    );
-    assert_eq!(
-        h.fake.requests().len(),
-        11,
-        "the first call was retried once, the rest not"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn wecom_refreshes_on_40014_but_treats_40001_as_no_token_error() {
     let fake = FakeWeChat::start().await;
     fake.add_app(AppKind::WeCom, CORP_ID, SECRET);

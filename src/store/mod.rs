@@ -9,7 +9,7 @@
 //!   manager's slot as before.
 //! - [`Store::Memory`] keeps nothing; [`Store::File`] keeps every app's token
 //!   in one JSON file (see [`mod@file`]); [`Store::Redis`] keeps one key per app
-//!   plus a fleet-wide lock, so only one replica fetches at a time (see
+//!   plus a fleet-wide lease, so only one replica fetches at a time (see
 //!   [`mod@redis`]).
 //!
 //! What is stored per app: the token, its absolute expiry (unix ms, so it
@@ -167,6 +167,15 @@ impl Store {
         match self {
             Store::Memory | Store::File(_) => Ok(Lock::Unshared),
             Store::Redis(redis) => redis.lock(app, ttl).await,
+        }
+    }
+
+    /// Extends a lock taken by [`Store::lock`] to `ttl` from now, if this
+    /// process still owns it; false when it lapsed.
+    pub async fn renew(&self, lock: &FleetLock, ttl: Duration) -> Result<bool, StoreError> {
+        match self {
+            Store::Redis(redis) => redis.renew(lock, ttl).await,
+            Store::Memory | Store::File(_) => Ok(true),
         }
     }
 

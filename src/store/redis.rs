@@ -5,22 +5,22 @@
 //! - `{prefix}{appid}:{api}:token` holds the token as JSON ([`Saved`]), with
 //!   a Redis expiry equal to the token's remaining life.
 //! - `{prefix}{appid}:{api}:lock` exists while a replica fetches: set with
-//!   `SET NX PX` to a random owner id, deleted only by that owner (a Lua
-//!   compare-and-delete), and expiring by itself if the owner dies.
+//!   `SET NX PX` to a random owner id as a short lease that its owner renews
+//!   while its fetch is alive (a Lua compare-and-expire), deleted only by
+//!   that owner (a Lua compare-and-delete), and lapsing within seconds if the
+//!   owner dies.
 //!
 //! The secret is in no key and no value. Every operation has a deadline of
 //! [`OP_TIMEOUT`], so a slow or unreachable Redis delays a token fetch by at
 //! most that much and never a request that already has a token. The
 //! connection is redis-rs's `ConnectionManager`, which reconnects by itself.
 
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisError};
 
-use super::{unix_ms, Lock, Saved, StoreError};
+use super::{Lock, Saved, StoreError};
 use crate::config::{AppConfig, RedisSettings, RedisUrl};
 
 /// The longest any one Redis operation may take, retry included.
@@ -29,6 +29,10 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Deletes the lock only if it still holds this owner's id: a holder whose
 /// lock expired must not delete the next holder's.
 const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+/// Extends the lease only if it still holds this owner's id: a lapsed lease
+/// now held by another replica is not taken back.
+const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
 
 /// A Redis server shared by the replicas.
 pub struct RedisStore {
@@ -42,6 +46,7 @@ pub struct RedisStore {
 }
 
 /// The fleet lock, as held by this process.
+#[derive(Clone)]
 pub struct FleetLock {
     /// The lock's key.
     key: String,
@@ -124,6 +129,22 @@ impl RedisStore {
         })
     }
 
+    /// Extends the lock to `ttl` from now if it still holds our owner id;
+    /// false when it lapsed (and perhaps another replica holds it).
+    pub async fn renew(&self, lock: &FleetLock, ttl: Duration) -> Result<bool, StoreError> {
+        let renewed: i64 = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(RENEW)
+                    .arg(1)
+                    .arg(&lock.key)
+                    .arg(&lock.owner)
+                    .arg(millis(ttl)),
+            )
+            .await?;
+        Ok(renewed == 1)
+    }
+
     /// Deletes the lock if it still holds our owner id.
     pub async fn unlock(&self, lock: FleetLock) -> Result<(), StoreError> {
         self.run::<i64>(
@@ -177,12 +198,7 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX).max(1)
 }
 
-/// An id no other lock holder uses: random per process (std's hasher keys
-/// are seeded from the OS), plus the pid and a counter.
+/// An id no other lock holder uses: the pid and 64 random bits.
 fn owner_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
-    h.write_u64(unix_ms(SystemTime::now()));
-    format!("{}-{:016x}", std::process::id(), h.finish())
+    format!("{}-{:016x}", std::process::id(), fastrand::u64(..))
 }

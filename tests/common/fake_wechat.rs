@@ -131,6 +131,10 @@ struct State {
     failure: Option<FetchFailure>,
     /// Wait before every API answer.
     api_delay: Duration,
+    /// Wait between issuing a token and answering with it: a client of the
+    /// token endpoint that gives up meanwhile leaves WeChat with a token
+    /// issued (and, on the classic API, the previous one doomed).
+    token_delay: Duration,
 }
 
 /// Locks the state; a panicking test thread must not make every later call panic too.
@@ -184,6 +188,7 @@ impl FakeWeChat {
             requests: Vec::new(),
             failure: None,
             api_delay: Duration::ZERO,
+            token_delay: Duration::ZERO,
         }));
 
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -299,6 +304,11 @@ impl FakeWeChat {
     /// Makes every token endpoint fail this way until called with `None`.
     pub fn set_fetch_failure(&self, failure: Option<FetchFailure>) {
         lock(&self.state).failure = failure;
+    }
+
+    /// Every token answer waits this long after the token is issued.
+    pub fn set_token_delay(&self, delay: Duration) {
+        lock(&self.state).token_delay = delay;
     }
 
     /// Every API (non-token) answer waits this long first.

@@ -90,7 +90,13 @@ async fn token_endpoint(
     if let Some(failure) = failure {
         return fail(failure, reset).await;
     }
-    let grant = lock(state).tokens.grant(&fetch, Instant::now());
+    let (grant, delay) = {
+        let mut st = lock(state);
+        (st.tokens.grant(&fetch, Instant::now()), st.token_delay)
+    };
+    // Issued above, answered only now: like WeChat, the token exists whether
+    // or not the caller is still there to read it.
+    tokio::time::sleep(delay).await;
     let body = match (grant, flavor) {
         (Grant::Token { token, expires_in }, Flavor::WeCom) => json!({
             "errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in

@@ -1,0 +1,75 @@
+//! When to fetch again: after a success (renewal ahead of expiry) and after a
+//! failure (capped exponential backoff with jitter, never sooner than
+//! WeChat's errcode demands).
+
+use std::time::Duration;
+
+/// The delay before the next attempt after `failures` failed fetches in a
+/// row: `min · 2^(failures-1)`, capped at `max`, spread ±20 %, and never
+/// below `floor` (what WeChat's errcode demands: 45009 waits 10 minutes).
+pub fn retry_delay(failures: u32, min: Duration, max: Duration, floor: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let backoff = min.saturating_mul(1 << exp).min(max);
+    jitter(backoff).max(floor)
+}
+
+/// How long after a fetch to renew: `lead` before expiry, but never sooner
+/// than a tenth of the lifetime (nor 1 s), so a token that comes back with
+/// little life left — the stable API returns the same token until its last
+/// five minutes — is asked for again after a pause, not in a loop.
+pub fn renew_after(lifetime: Duration, lead: Duration) -> Duration {
+    lifetime
+        .saturating_sub(lead)
+        .max(lifetime / 10)
+        .max(Duration::from_secs(1))
+        .min(lifetime)
+}
+
+/// Spreads retries of many proxies apart: ±20 %.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn renewal_comes_lead_before_expiry() {
+        assert_eq!(renew_after(s(7200), s(300)), s(6900));
+    }
+
+    #[test]
+    fn renewal_of_a_short_lived_token_pauses_instead_of_looping() {
+        // The stable API handed back the same token with 301 s left.
+        assert_eq!(renew_after(s(301), s(300)), Duration::from_millis(30_100));
+        assert_eq!(renew_after(s(4), s(300)), s(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        for _ in 0..1000 {
+            let j = jitter(s(10));
+            assert!(j >= s(8) && j <= s(12), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_cap() {
+        let within =
+            |d: Duration, around: Duration| d >= around.mul_f64(0.8) && d <= around.mul_f64(1.2);
+        assert!(within(retry_delay(1, s(1), s(60), Duration::ZERO), s(1)));
+        assert!(within(retry_delay(2, s(1), s(60), Duration::ZERO), s(2)));
+        assert!(within(retry_delay(4, s(1), s(60), Duration::ZERO), s(8)));
+        assert!(within(retry_delay(40, s(1), s(60), Duration::ZERO), s(60)));
+    }
+
+    #[test]
+    fn the_errcode_floor_wins_over_a_short_backoff() {
+        assert_eq!(retry_delay(1, s(1), s(60), s(600)), s(600));
+    }
+}

@@ -1,0 +1,223 @@
+//! Sharing tokens through the store: take a usable token an earlier run or
+//! another replica saved, else fetch and save one. With Redis the fetch
+//! happens under a fleet-wide lease, so one replica fetches for all.
+//!
+//! The lease is short ([`LEASE`]) and renewed by its holder while its work
+//! is alive ([`Lease`]), so a holder that dies (kill -9, lost network) costs
+//! the others a few seconds, not a whole fetch timeout; and it is released
+//! when the holder's work ends, however it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::TokenApi;
+use crate::store::{unix_ms, FleetLock, Lock, Saved, Store, StoreError};
+
+use super::{backoff, Reason, RefreshError, Source, Token, TokenManager};
+
+/// How long the fleet lock lives unless its holder renews it: what a dead
+/// holder costs the other replicas.
+const LEASE: Duration = Duration::from_secs(3);
+/// How often a live holder renews it: three chances before it lapses.
+const LEASE_RENEWAL: Duration = Duration::from_secs(1);
+/// How often a replica waiting for another's fetch looks for its token.
+const FLEET_POLL: Duration = Duration::from_millis(50);
+/// A stored token with less life than this is not worth taking.
+const MIN_ADOPT_LIFE: Duration = Duration::from_secs(1);
+
+impl TokenManager {
+    /// A new token from the store if it holds a usable one, else fetched
+    /// (and saved). Gate held.
+    ///
+    /// With Redis, the fetch happens under the fleet lease: the holder reads
+    /// Redis again (the previous holder may have saved a token between our
+    /// read and our lock), fetches, saves and releases; the others poll until
+    /// the new token appears, or the lease is gone (its holder failed or
+    /// died) and they take it themselves. Redis unreachable: fetch alone.
+    pub(super) async fn obtain(
+        &self,
+        reason: Reason,
+        rejected: Option<&Token>,
+    ) -> Result<(Arc<Token>, Source), RefreshError> {
+        // A live holder's work is bounded (two fetches: the stable API's
+        // force_refresh); a lease renewed beyond that is a stuck holder.
+        let give_up_at = Instant::now() + self.limits.timeout * 2 + LEASE * 2;
+        loop {
+            match self.store.load(&self.app).await {
+                Ok(Some(saved)) if self.usable(&saved, reason, rejected) => {
+                    return Ok((self.adopt(saved, reason), Source::Store))
+                }
+                Ok(_) => {}
+                Err(e) => return self.fetch_alone(&e, reason, rejected).await,
+            }
+            match self.store.lock(&self.app, LEASE).await {
+                Ok(Lock::Unshared) => return self.fetch_and_share(reason, rejected).await,
+                Ok(Lock::Acquired(lock)) => {
+                    let lease = Lease::hold(self.store.clone(), lock, &self.app.name);
+                    let result = match self.store.load(&self.app).await {
+                        Ok(Some(saved)) if self.usable(&saved, reason, rejected) => {
+                            Ok((self.adopt(saved, reason), Source::Store))
+                        }
+                        _ => self.fetch_and_share(reason, rejected).await,
+                    };
+                    lease.release().await;
+                    return result;
+                }
+                Ok(Lock::Busy) if Instant::now() < give_up_at => {
+                    tokio::time::sleep(FLEET_POLL).await;
+                }
+                Ok(Lock::Busy) => {
+                    tracing::warn!(
+                        app = %self.app.name,
+                        "another replica kept renewing the fleet lock without saving a token; fetching without it"
+                    );
+                    return self.fetch_and_share(reason, rejected).await;
+                }
+                Err(e) => return self.fetch_alone(&e, reason, rejected).await,
+            }
+        }
+    }
+
+    /// Whether a stored token may replace ours for this `reason`.
+    fn usable(&self, saved: &Saved, reason: Reason, rejected: Option<&Token>) -> bool {
+        let left = saved.life_left(SystemTime::now());
+        let held = self.slot.load();
+        let differs = |t: Option<&Token>| t.is_none_or(|t| *t.value != *saved.token);
+        match reason {
+            // Not itself due for renewal, and (ahead) not the token we hold.
+            Reason::Startup => left > self.app.refresh_before_expiry,
+            Reason::Ahead => left > self.app.refresh_before_expiry && differs(held.as_deref()),
+            Reason::OnDemand => left >= MIN_ADOPT_LIFE,
+            Reason::TokenError => left >= MIN_ADOPT_LIFE && differs(rejected),
+            // The operator asked for a fetch.
+            Reason::Admin => false,
+        }
+    }
+
+    /// Fetches, and saves the token when the fetch brought one.
+    async fn fetch_and_share(
+        &self,
+        reason: Reason,
+        rejected: Option<&Token>,
+    ) -> Result<(Arc<Token>, Source), RefreshError> {
+        let token = self.fetch_from_wechat(reason, rejected).await?;
+        if !matches!(*self.store, Store::Memory) {
+            let left = token.expires_at.saturating_duration_since(Instant::now());
+            let saved = Saved {
+                appid: self.app.appid.clone(),
+                api: self.app.token_api.as_str().to_owned(),
+                token: token.value.to_string(),
+                expires_at_ms: unix_ms(SystemTime::now() + left),
+            };
+            if let Err(e) = self.store.save(&self.app, saved).await {
+                tracing::warn!(app = %self.app.name, store = self.store.kind(), error = %e, "cannot save the token");
+            }
+        }
+        Ok((token, Source::Fetched))
+    }
+
+    /// The store cannot be reached: fetch without it rather than fail.
+    async fn fetch_alone(
+        &self,
+        e: &StoreError,
+        reason: Reason,
+        rejected: Option<&Token>,
+    ) -> Result<(Arc<Token>, Source), RefreshError> {
+        let consequence = match self.app.token_api {
+            TokenApi::Stable => "none: the stable API hands every replica the same token",
+            TokenApi::Classic => {
+                "this fetch invalidates, 5 minutes from now, the token other replicas hold"
+            }
+            TokenApi::Wecom => "other replicas may fetch too; WeCom throttles frequent fetches",
+        };
+        tracing::warn!(
+            app = %self.app.name,
+            reason = reason.as_str(),
+            error = %e,
+            consequence,
+            "token store unreachable; fetching without the fleet lock"
+        );
+        let token = self.fetch_from_wechat(reason, rejected).await?;
+        Ok((token, Source::Fetched))
+    }
+
+    /// Puts a stored token in the slot and schedules its renewal; no fetch.
+    fn adopt(&self, saved: Saved, reason: Reason) -> Arc<Token> {
+        let left = saved.life_left(SystemTime::now());
+        let now = Instant::now();
+        tracing::info!(
+            app = %self.app.name,
+            reason = reason.as_str(),
+            store = self.store.kind(),
+            expires_in_s = left.as_secs(),
+            "token taken from the store"
+        );
+        self.install(
+            saved.token,
+            now + left,
+            now + backoff::renew_after(left, self.app.refresh_before_expiry),
+        )
+    }
+}
+
+/// The fleet lock while this process holds it: renewed in the background
+/// every [`LEASE_RENEWAL`], released by [`Lease::release`] or, should the
+/// holder's work end another way (a panic), on drop.
+struct Lease {
+    /// What to release; taken by `release`.
+    lock: Option<FleetLock>,
+    /// Where the lock lives.
+    store: Arc<Store>,
+    /// The renewing task, stopped when the lease ends.
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    fn hold(store: Arc<Store>, lock: FleetLock, app: &str) -> Lease {
+        let keeper = tokio::spawn({
+            let (store, lock, app) = (store.clone(), lock.clone(), app.to_owned());
+            async move {
+                loop {
+                    tokio::time::sleep(LEASE_RENEWAL).await;
+                    match store.renew(&lock, LEASE).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(app, "the fleet lock lapsed during a fetch; another replica may fetch too");
+                            return;
+                        }
+                        // Redis hiccups: the lease has two more chances.
+                        Err(e) => tracing::debug!(app, error = %e, "cannot renew the fleet lock"),
+                    }
+                }
+            }
+        });
+        Lease {
+            lock: Some(lock),
+            store,
+            keeper,
+        }
+    }
+
+    async fn release(mut self) {
+        self.keeper.abort();
+        if let Some(lock) = self.lock.take() {
+            if let Err(e) = self.store.unlock(lock).await {
+                tracing::warn!(error = %e, "cannot release the fleet lock; it lapses by itself within seconds");
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        if let Some(lock) = self.lock.take() {
+            let store = self.store.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = store.unlock(lock).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,633 @@
+//! Each app's access_token: the slot requests read, and the one place that
+//! fetches.
+//!
+//! Who holds what:
+//! - `slot` (an `ArcSwapOption`) holds the current token. Requests read it
+//!   without a lock; only a fetch (or a token taken from the store) replaces
+//!   it. A request that sees WeChat reject the token marks it rejected: the
+//!   status page and readiness say so until a new token arrives, or WeChat
+//!   accepts this one on another call. Requests
+//!   keep sending it meanwhile (one caller's API answering 40001 for its own
+//!   reasons must not stall everyone else's); each that meets the rejection
+//!   joins the single flight below.
+//! - `gate` (an async mutex) is held while deciding whether to fetch and for
+//!   the whole of a fetch. Whoever wants a new token takes it, then looks
+//!   again ([`admission::decide`], a pure function of the reason, a snapshot
+//!   of `state` and the time): if the token it wanted replaced is already
+//!   gone, it takes the new one and leaves. So N requests that meet the same
+//!   rejected token cause one fetch (single-flight).
+//! - Fetches run in a task of their own, never in a request's future: a
+//!   client that disconnects stops waiting, but the fetch it started finishes
+//!   and its token is used by everyone after. A request waits at most
+//!   `token_timeout_ms` (plus the flood guard's delay, below) and then gets a
+//!   503; the fetch goes on.
+//! - `state` (a plain mutex, never held across an await) records failures,
+//!   backoff, schedule and history, so the status page never waits behind a
+//!   fetch.
+//!
+//! The rules ([`admission`]): during a fetch backoff requests get the last
+//! error at once; token errors cause at most one fetch per
+//! `min_refresh_interval_ms`, and requests that meet one inside that window
+//! wait for the next allowed fetch rather than fail; the admin refresh makes
+//! at most one successful fetch per 10 s.
+//!
+//! The files: [`fetch`] talks to WeChat (the stable API's `force_refresh`
+//! quirk, secret rotation); [`fleet`] shares tokens through the store and,
+//! with Redis, holds a fleet-wide lease so one replica fetches for all;
+//! [`backoff`] says when to try again.
+
+mod admission;
+mod backoff;
+mod fetch;
+mod fleet;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{AppConfig, AppKind, Environment, Secret, UpstreamSettings};
+use crate::store::Store;
+use crate::upstream::HttpClient;
+use crate::wechat::FetchError;
+
+use self::admission::{Decision, Facts, Held};
+
+/// One access_token as the proxy holds it.
+pub struct Token {
+    /// The token itself. Never logged, never shown.
+    value: Box<str>,
+    /// When it stops working, by this process's clock (measured from when the
+    /// fetch was sent, so it errs early).
+    expires_at: Instant,
+    /// Increases with every new token value; lets a request that saw a token
+    /// error tell whether the token it used has already been replaced.
+    generation: u64,
+    /// WeChat rejected it: shown on the status page, fails readiness.
+    rejected: AtomicBool,
+}
+
+impl Token {
+    /// The token, for the one place that writes it into an upstream URL.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// This token's place in the sequence of tokens the app has held.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// WeChat answered a call made with this token without a token error:
+    /// a rejection seen on another call was about that call, not the token.
+    pub fn accepted(&self) {
+        // Load first: the common case (never rejected) stays a plain read.
+        if self.is_rejected() {
+            self.rejected.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn is_valid_at(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+
+    fn is_rejected(&self) -> bool {
+        self.rejected.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("generation", &self.generation)
+            .field("rejected", &self.is_rejected())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What asked for a fetch; decides which shortcuts and limits apply, and
+/// labels logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The first fetch, or a retry before any token was held.
+    Startup,
+    /// Renewal ahead of expiry, or a retry after a failed renewal.
+    Ahead,
+    /// A request found no valid token.
+    OnDemand,
+    /// WeChat rejected the token a request used.
+    TokenError,
+    /// The admin refresh endpoint.
+    Admin,
+}
+
+impl Reason {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "startup",
+            Reason::Ahead => "ahead",
+            Reason::OnDemand => "on_demand",
+            Reason::TokenError => "token_error",
+            Reason::Admin => "admin",
+        }
+    }
+}
+
+/// Why no (new) token could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RefreshError {
+    /// A fetch failed (now or recently, and the backoff has not passed).
+    #[error("{0}")]
+    Failed(#[from] FetchError),
+    /// The fetch did not finish while the request could wait; it goes on, and
+    /// later requests use its token.
+    #[error("no token within {} ms; the fetch goes on", .0.as_millis())]
+    StillFetching(Duration),
+    /// WeChat handed back the very token it had just rejected.
+    #[error("WeChat returned the rejected token again")]
+    NotRenewed,
+}
+
+impl RefreshError {
+    /// The errcode to show clients: WeChat's, or -1 when WeChat gave none.
+    pub fn errcode(&self) -> i64 {
+        match self {
+            RefreshError::Failed(f) => f.errcode(),
+            _ => -1,
+        }
+    }
+}
+
+/// What the admin refresh endpoint did.
+#[derive(Debug)]
+pub enum AdminRefresh {
+    /// A new token was fetched.
+    Fetched,
+    /// A fetch succeeded this long ago; the held token stands.
+    TooSoon {
+        /// Since the last successful fetch.
+        since: Duration,
+        /// Until the next admin refresh may fetch.
+        retry_in: Duration,
+    },
+}
+
+/// What the status page and readiness probe show of an app's token.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Life left on the held token, if it is valid and not rejected.
+    pub expires_in: Option<Duration>,
+    /// WeChat rejected the held token and no new one has come yet.
+    pub rejected: bool,
+    /// When the last fetch succeeded.
+    pub last_refresh: Option<SystemTime>,
+    /// The error of the last fetch, if it failed.
+    pub last_error: Option<FetchError>,
+    /// Fetch failures in a row.
+    pub failures: u32,
+    /// Successful fetches since start.
+    pub fetches: u64,
+    /// Tokens rejected well within their life: another system fetches
+    /// tokens for the same appid.
+    pub fights: u64,
+    /// When the last such rejection was seen.
+    pub last_fight: Option<SystemTime>,
+}
+
+impl Status {
+    /// `valid`, `rejected` or `missing` (none yet, or expired).
+    pub fn state(&self) -> &'static str {
+        match (self.expires_in, self.rejected) {
+            (Some(_), _) => "valid",
+            (None, true) => "rejected",
+            (None, false) => "missing",
+        }
+    }
+}
+
+/// Fetch bookkeeping; see the module docs for who may hold it when.
+#[derive(Default)]
+struct State {
+    /// After a failure: no fetch before this (but from the refresher and the
+    /// admin).
+    retry_at: Option<Instant>,
+    /// Failures in a row, for the backoff exponent.
+    failures: u32,
+    /// The last failure, answered at once to requests during the backoff.
+    last_error: Option<FetchError>,
+    /// When to renew ahead of expiry.
+    renew_at: Option<Instant>,
+    /// Last successful fetch, for the admin refresh's rate limit.
+    last_success: Option<Instant>,
+    /// Last fetch that replaced a rejected token, for
+    /// `min_refresh_interval`.
+    last_token_error_fetch: Option<Instant>,
+    /// Last `force_refresh`, for WeChat's 30 s rule.
+    last_force: Option<Instant>,
+    /// Last success, for the status page.
+    last_refresh: Option<SystemTime>,
+    /// Successes since start.
+    fetches: u64,
+    /// The generation the next new token gets.
+    next_generation: u64,
+    /// Token fights seen since start.
+    fights: u64,
+    /// When the last one was seen.
+    last_fight: Option<SystemTime>,
+}
+
+/// Observes every fetch's outcome (metrics hook in here).
+pub trait RefreshObserver: Send + Sync {
+    /// Called once per fetch attempt with its reason and whether it worked.
+    fn refreshed(&self, app: &str, reason: Reason, ok: bool);
+    /// Called when another system appears to fetch this app's tokens.
+    fn fight(&self, app: &str);
+}
+
+/// How a refresh ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The held token was good enough; nothing fetched.
+    Held,
+    /// Fetched from WeChat.
+    Fetched,
+    /// Taken from the store: an earlier run or another replica fetched it.
+    Store,
+}
+
+/// One app's token: the slot, the single-flight gate and the refresher.
+pub struct TokenManager {
+    /// The app's validated config (name, appid, API, lead time).
+    app: Arc<AppConfig>,
+    /// The current secret; swapped when a rotated secret file is re-read.
+    secret: ArcSwap<Secret>,
+    /// The current token, read lock-free on every request.
+    slot: ArcSwapOption<Token>,
+    /// Held while deciding and for the whole of a fetch: the single-flight
+    /// gate.
+    gate: tokio::sync::Mutex<()>,
+    /// Backoff, schedule and history; never held across an await.
+    state: Mutex<State>,
+    /// Tells the refresher its schedule changed.
+    wake: Notify,
+    /// Upstream connection pool shared with the proxy.
+    client: HttpClient,
+    /// Limits for one fetch and the backoff between failed ones.
+    limits: FetchLimits,
+    /// Told about every fetch.
+    observer: Option<Arc<dyn RefreshObserver>>,
+    /// Where a rotated secret is re-read from.
+    env: Arc<dyn Environment + Send + Sync>,
+    /// Where tokens are shared with earlier runs or other replicas; only
+    /// used with `gate` held.
+    store: Arc<Store>,
+}
+
+/// The `[upstream]` values the token manager needs.
+#[derive(Debug, Clone, Copy)]
+struct FetchLimits {
+    /// One fetch from WeChat, and how long a request waits for a token.
+    timeout: Duration,
+    /// The first backoff after a failure.
+    retry_min: Duration,
+    /// The longest backoff.
+    retry_max: Duration,
+}
+
+impl TokenManager {
+    /// A manager holding no token yet; [`TokenManager::run_refresher`] fetches
+    /// the first.
+    pub fn new(
+        app: Arc<AppConfig>,
+        upstream: &UpstreamSettings,
+        client: HttpClient,
+        observer: Option<Arc<dyn RefreshObserver>>,
+        env: Arc<dyn Environment + Send + Sync>,
+    ) -> TokenManager {
+        TokenManager {
+            secret: ArcSwap::from_pointee(app.secret.clone()),
+            app,
+            slot: ArcSwapOption::empty(),
+            gate: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State {
+                next_generation: 1,
+                ..State::default()
+            }),
+            wake: Notify::new(),
+            client,
+            limits: FetchLimits {
+                timeout: upstream.token_timeout,
+                retry_min: upstream.token_retry_min,
+                retry_max: upstream.token_retry_max,
+            },
+            observer,
+            env,
+            store: Arc::new(Store::Memory),
+        }
+    }
+
+    /// Uses `store` to take saved tokens and save fetched ones (memory only
+    /// without this).
+    pub fn with_store(mut self, store: Arc<Store>) -> TokenManager {
+        self.store = store;
+        self
+    }
+
+    /// The app this token belongs to.
+    pub fn app(&self) -> &AppConfig {
+        &self.app
+    }
+
+    /// The held token if it has not expired. Lock-free: this is the hot path.
+    pub fn current(&self) -> Option<Arc<Token>> {
+        let token = self.slot.load_full()?;
+        token.is_valid_at(Instant::now()).then_some(token)
+    }
+
+    /// A valid token: the held one, or one fetched now. During a fetch
+    /// backoff this fails at once with the last error.
+    pub async fn token(self: &Arc<Self>) -> Result<Arc<Token>, RefreshError> {
+        match self.current() {
+            Some(token) => Ok(token),
+            None => self.refresh_detached(Reason::OnDemand, None).await,
+        }
+    }
+
+    /// Replaces `rejected` (the token WeChat just refused), single-flight.
+    /// Marks it rejected first, for the status page and readiness.
+    pub async fn replace(
+        self: &Arc<Self>,
+        rejected: &Arc<Token>,
+    ) -> Result<Arc<Token>, RefreshError> {
+        rejected.rejected.store(true, Ordering::Relaxed);
+        self.refresh_detached(Reason::TokenError, Some(rejected.clone()))
+            .await
+    }
+
+    /// Fetches a new token now for the admin endpoint, unless one was
+    /// fetched successfully in the last 10 s.
+    pub async fn refresh_by_admin(self: &Arc<Self>) -> Result<AdminRefresh, RefreshError> {
+        let this = self.clone();
+        let flight = tokio::spawn(async move { this.refresh(Reason::Admin, None).await });
+        match flight.await {
+            Ok(Ok((_, Source::Held))) => {
+                let since = self
+                    .lock_state()
+                    .last_success
+                    .map_or(Duration::ZERO, |t| t.elapsed());
+                Ok(AdminRefresh::TooSoon {
+                    since,
+                    retry_in: admission::ADMIN_REFRESH_INTERVAL.saturating_sub(since),
+                })
+            }
+            Ok(Ok(_)) => Ok(AdminRefresh::Fetched),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(stopped()),
+        }
+    }
+
+    /// What the status page shows.
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let held = self.slot.load_full();
+        let st = self.lock_state();
+        Status {
+            expires_in: held
+                .as_ref()
+                .filter(|t| t.is_valid_at(now) && !t.is_rejected())
+                .map(|t| t.expires_at - now),
+            rejected: held.as_ref().is_some_and(|t| t.is_rejected()),
+            last_refresh: st.last_refresh,
+            last_error: st.last_error.clone(),
+            failures: st.failures,
+            fetches: st.fetches,
+            fights: st.fights,
+            last_fight: st.last_fight,
+        }
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // The state holds plain values; a panic elsewhere cannot leave it
+        // half-written in a way that matters, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the admission rules need, read now.
+    fn facts(&self, now: Instant) -> Facts {
+        let held = self.slot.load().as_ref().map(|t| Held {
+            generation: t.generation,
+            valid: t.is_valid_at(now),
+            rejected: t.is_rejected(),
+        });
+        let st = self.lock_state();
+        Facts {
+            held,
+            // A backoff only stands with the error it answers.
+            retry_at: st.last_error.as_ref().and(st.retry_at),
+            renew_at: st.renew_at,
+            last_token_error_fetch: st.last_token_error_fetch,
+            last_success: st.last_success,
+            min_refresh_interval: self.app.min_refresh_interval,
+        }
+    }
+
+    /// Runs the refresh in a task of its own and waits for it at most
+    /// `token_timeout` (after the flood guard's delay, if one applies): the
+    /// fetch outlives a caller that disconnects or gives up.
+    async fn refresh_detached(
+        self: &Arc<Self>,
+        reason: Reason,
+        rejected: Option<Arc<Token>>,
+    ) -> Result<Arc<Token>, RefreshError> {
+        let now = Instant::now();
+        let generation = rejected.as_ref().map(|t| t.generation);
+        let delay = match admission::decide(reason, generation, &self.facts(now), now) {
+            Decision::WaitUntil(at) => at.saturating_duration_since(now),
+            _ => Duration::ZERO,
+        };
+        let this = self.clone();
+        let flight = tokio::spawn(async move { this.refresh(reason, rejected.as_deref()).await });
+        match tokio::time::timeout(delay + self.limits.timeout, flight).await {
+            Ok(Ok(result)) => result.map(|(token, _)| token),
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => Err(RefreshError::StillFetching(self.limits.timeout)),
+        }
+    }
+
+    /// The single-flight refresh: see the module docs.
+    async fn refresh(
+        &self,
+        reason: Reason,
+        rejected: Option<&Token>,
+    ) -> Result<(Arc<Token>, Source), RefreshError> {
+        loop {
+            let gate = self.gate.lock().await;
+            let now = Instant::now();
+            let facts = self.facts(now);
+            match admission::decide(reason, rejected.map(|t| t.generation), &facts, now) {
+                Decision::UseHeld => match self.current() {
+                    Some(token) => return Ok((token, Source::Held)),
+                    // Expired between the look and now: decide again.
+                    None => continue,
+                },
+                Decision::FailWithLastError => match self.lock_state().last_error.clone() {
+                    Some(e) => return Err(RefreshError::Failed(e)),
+                    None => continue,
+                },
+                Decision::WaitUntil(at) => {
+                    drop(gate);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                Decision::Fetch => {
+                    if reason == Reason::TokenError {
+                        self.lock_state().last_token_error_fetch = Some(now);
+                    }
+                    let outcome = self.obtain(reason, rejected).await;
+                    if reason == Reason::TokenError {
+                        if let Some(rejected) = rejected {
+                            let by_fleet = matches!(outcome, Ok((_, Source::Store)));
+                            self.notice_fight(rejected, now, by_fleet);
+                        }
+                    }
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// A token this proxy fetched was rejected well within its life: almost
+    /// always another system fetching tokens for the same appid. Say so.
+    fn notice_fight(&self, rejected: &Token, at: Instant, replaced_by_fleet: bool) {
+        let life_left = rejected.expires_at.saturating_duration_since(at);
+        let mp = self.app.kind == AppKind::Mp;
+        if !admission::is_fight(mp, life_left, replaced_by_fleet) {
+            return;
+        }
+        {
+            let mut st = self.lock_state();
+            st.fights += 1;
+            st.last_fight = Some(SystemTime::now());
+        }
+        tracing::warn!(
+            app = %self.app.name,
+            appid = %self.app.appid,
+            life_left_s = life_left.as_secs(),
+            "WeChat rejected a token with life left: another system is probably fetching tokens for this appid \
+             (each classic /cgi-bin/token call kills the previous token; a stable_token force_refresh kills it at once). \
+             Route that system through this proxy, or move every system to the stable token API (token_api = \"stable\")"
+        );
+        if let Some(observer) = &self.observer {
+            observer.fight(&self.app.name);
+        }
+    }
+
+    /// Puts a token (fetched or taken from the store) in the slot, schedules
+    /// its renewal and clears the failure record.
+    fn install(&self, value: String, expires_at: Instant, renew_at: Instant) -> Arc<Token> {
+        let mut st = self.lock_state();
+        let held = self.slot.load();
+        // WeChat may hand back the token we hold (the stable API does until
+        // its last minutes): same generation, and still rejected if it was.
+        let (generation, rejected) = match held.as_ref() {
+            Some(held) if *held.value == *value => (held.generation, held.is_rejected()),
+            _ => {
+                st.next_generation += 1;
+                (st.next_generation - 1, false)
+            }
+        };
+        let token = Arc::new(Token {
+            value: value.into_boxed_str(),
+            expires_at,
+            generation,
+            rejected: AtomicBool::new(rejected),
+        });
+        self.slot.store(Some(token.clone()));
+        st.renew_at = Some(renew_at);
+        st.retry_at = None;
+        st.failures = 0;
+        st.last_error = None;
+        st.last_refresh = Some(SystemTime::now());
+        drop(st);
+        self.wake.notify_one();
+        token
+    }
+
+    /// Records a failed fetch and sets the backoff; returns the delay.
+    fn record_failure(&self, e: &FetchError) -> Duration {
+        let mut st = self.lock_state();
+        st.failures = st.failures.saturating_add(1);
+        let delay = backoff::retry_delay(
+            st.failures,
+            self.limits.retry_min,
+            self.limits.retry_max,
+            e.min_retry_delay(),
+        );
+        st.retry_at = Some(Instant::now() + delay);
+        st.last_error = Some(e.clone());
+        drop(st);
+        self.wake.notify_one();
+        delay
+    }
+
+    fn report(&self, reason: Reason, failure: Option<(&FetchError, Duration)>) {
+        let app = self.app.name.as_str();
+        match failure {
+            None => tracing::info!(
+                app,
+                reason = reason.as_str(),
+                result = "ok",
+                "token refreshed"
+            ),
+            Some((e, retry_in)) => tracing::warn!(
+                app,
+                reason = reason.as_str(),
+                result = "error",
+                error = %e,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "token refresh failed"
+            ),
+        }
+        if let Some(observer) = &self.observer {
+            observer.refreshed(app, reason, failure.is_none());
+        }
+    }
+
+    /// Fetches at start, renews ahead of expiry, retries after failures;
+    /// returns when `shutdown` flips.
+    pub async fn run_refresher(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let (at, reason) = self.next_background_fetch();
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {
+                    // Failures are logged and scheduled inside.
+                    let _ = self.refresh(reason, None).await;
+                }
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn next_background_fetch(&self) -> (Instant, Reason) {
+        // A token taken from the store counts as held: renewing it is "ahead".
+        let reason = if self.slot.load().is_none() {
+            Reason::Startup
+        } else {
+            Reason::Ahead
+        };
+        let st = self.lock_state();
+        let at = st.retry_at.or(st.renew_at).unwrap_or_else(Instant::now);
+        (at, reason)
+    }
+}
+
+/// A refresh task that ended without an answer (it panicked): never
+/// expected, but a request must still get one.
+fn stopped() -> RefreshError {
+    RefreshError::Failed(FetchError::Transport(
+        "the token fetch stopped unexpectedly".into(),
+    ))
+}

@@ -1,0 +1,390 @@
+//! The token engine under faults: fetches that outlive the client that
+//! started them, a fleet lease that a dead holder gives up within seconds,
+//! requests bounded by `token_timeout_ms`, token errors in a flood that wait
+//! instead of failing, status that tells the truth about a rejected token,
+//! and token fights reported.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fake_wechat::{FakeOptions, FetchFailure};
+use common::raw::{self, RawConn};
+use common::redis::RedisServer;
+use common::setup::{env, ConfigBuilder, Harness, MP_APPID};
+use common::{wait_until, wait_until_async, Http, Proxy, Resp};
+
+const USER_INFO: &str = "/cgi-bin/user/info?openid=o1";
+
+/// Sends a request on a raw connection and waits until the proxy has asked
+/// the fake for a token because of it (the fetch count reaches `fetches`),
+/// then hangs up without reading the answer.
+async fn start_request_and_disconnect(
+    proxy: &Proxy,
+    fake_fetches: impl Fn() -> usize,
+    fetches: usize,
+) {
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(&raw::get(USER_INFO, "")).await.expect("send");
+    wait_until(
+        "the proxy to ask for a token",
+        Duration::from_secs(5),
+        || fake_fetches() >= fetches,
+    )
+    .await;
+    drop(conn);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_whose_client_disconnected_finishes_and_its_token_is_used() {
+    let h = Harness::mp("classic").await;
+    assert_eq!(h.fake.token_fetches(), 1);
+    h.fake.revoke(MP_APPID);
+    h.fake.set_token_delay(Duration::from_millis(800));
+
+    start_request_and_disconnect(&h.proxy, || h.fake.token_fetches(), 2).await;
+    // Long enough for the fetch to have answered.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    h.fake.set_token_delay(Duration::ZERO);
+
+    let r = h.http.get(&h.url(USER_INFO)).await;
+    assert_eq!(r.json()["errcode"], 0, "{}", r.text());
+    assert_eq!(
+        h.fake.token_fetches(),
+        2,
+        "the token WeChat issued for the vanished client is the one used"
+    );
+    let fresh = h.fake.current_token(MP_APPID).unwrap();
+    let last = h.fake.requests().pop().unwrap();
+    assert!(last.token_ok);
+    assert_eq!(last.access_tokens(), [fresh]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_a_fetch_whose_client_disconnected_still_serves_the_fleet() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let redis = RedisServer::start();
+    let http = Http::new();
+    let config = ConfigBuilder::new(&fake).mp("classic");
+    let (a, b) = (
+        replica(&config, &redis, &http).await,
+        replica(&config, &redis, &http).await,
+    );
+    assert_eq!(fake.token_fetches(), 1);
+    fake.revoke(MP_APPID);
+    fake.set_token_delay(Duration::from_millis(800));
+
+    start_request_and_disconnect(&a, || fake.token_fetches(), 2).await;
+    // Replica b meets the same revoked token while a's fetch is under way.
+    let r = http.get(&format!("{}{USER_INFO}", b.url)).await;
+
+    assert_eq!(r.json()["errcode"], 0, "{}", r.text());
+    assert_eq!(
+        fake.token_fetches(),
+        2,
+        "b waited for a's fetch instead of fetching again"
+    );
+    assert!(
+        redis.keys("*lock").is_empty(),
+        "the lock is released once the fetch ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_lock_is_a_short_lease_so_a_killed_holder_costs_seconds() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let redis = RedisServer::start();
+    let http = Http::new();
+    // A fetch may take up to 10 s: a lock sized by the fetch timeout would
+    // stall the fleet that long after its holder died.
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .upstream_line("token_timeout_ms = 10000");
+    let mut a = replica(&config, &redis, &http).await;
+    let b = replica(&config, &redis, &http).await;
+    fake.revoke(MP_APPID);
+    fake.set_token_delay(Duration::from_secs(60));
+
+    start_request_and_disconnect(&a, || fake.token_fetches(), 2).await;
+    let lock = format!("wechat-token-proxy:{MP_APPID}:classic:lock");
+    let ttl = redis.pttl(&lock);
+    assert!(
+        (1..=3000).contains(&ttl),
+        "the holder's lock lives at most 3 s unless renewed (PTTL {ttl} ms)"
+    );
+    // Renewed while the holder's fetch is alive.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(redis.pttl(&lock) > 0, "the live holder renews its lease");
+
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5)).expect("killed");
+    fake.set_token_delay(Duration::ZERO);
+    let killed_at = Instant::now();
+    wait_until_async("replica b to serve again", Duration::from_secs(8), || {
+        let (http, url) = (http.clone(), format!("{}{USER_INFO}", b.url));
+        async move { http.get(&url).await.json()["errcode"] == 0 }
+    })
+    .await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(8),
+        "b served again once the dead holder's lease lapsed"
+    );
+    assert_eq!(fake.token_fetches(), 3, "a's lost fetch, then b's");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_waits_no_longer_than_the_token_timeout_while_another_replica_fetches() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let redis = RedisServer::start();
+    let http = Http::new();
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .upstream_line("token_timeout_ms = 1500");
+    let a = replica(&config, &redis, &http).await;
+    let b = replica(&config, &redis, &http).await;
+    fake.revoke(MP_APPID);
+    // The token endpoint hangs: a's fetch holds the lease until it times out.
+    fake.set_token_delay(Duration::from_secs(60));
+
+    let on_a = {
+        let (http, url) = (http.clone(), format!("{}{USER_INFO}", a.url));
+        tokio::spawn(async move { http.get(&url).await })
+    };
+    wait_until("a to fetch", Duration::from_secs(5), || {
+        fake.token_fetches() == 2
+    })
+    .await;
+    let started = Instant::now();
+    let on_b = http.get(&format!("{}{USER_INFO}", b.url)).await;
+    let waited = started.elapsed();
+
+    assert_unavailable(&on_b);
+    // Without the bound, b waits for a's fetch to time out (1.5 s) and then
+    // times out on its own (1.5 s more).
+    assert!(
+        waited < Duration::from_millis(2600),
+        "b's request waited {waited:?}, beyond its token_timeout_ms of 1.5 s"
+    );
+    assert_unavailable(&on_a.await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_errors_inside_the_flood_window_wait_for_the_next_fetch_and_succeed() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .app_line("min_refresh_interval_ms = 1500");
+    let h = Harness::start(fake, config).await;
+    h.fake.revoke(MP_APPID);
+    h.http.get(&h.url(USER_INFO)).await.assert_ok();
+    assert_eq!(h.fake.token_fetches(), 2);
+
+    // The new token dies at once too, inside the window.
+    h.fake.revoke(MP_APPID);
+    let answers = concurrently(&h.http, &h.url(USER_INFO), 20).await;
+
+    for r in &answers {
+        r.assert_ok();
+    }
+    assert_eq!(
+        h.fake.token_fetches(),
+        3,
+        "one fetch for the second window, whoever waited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_errors_a_new_token_cannot_fix_cause_at_most_one_fetch_per_interval() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .app_line("min_refresh_interval_ms = 400");
+    let h = Harness::start(fake, config).await;
+    let started = Instant::now();
+
+    // /test/errcode answers 42001 whatever the token.
+    for _ in 0..6 {
+        let r = h.http.get(&h.url("/test/errcode?code=42001")).await;
+        assert_eq!(r.json()["errcode"], 42001, "{}", r.text());
+    }
+
+    let windows = (started.elapsed().as_millis() / 400) as usize + 1;
+    let fetches = h.fake.token_fetches() - 1;
+    assert!(
+        fetches <= windows,
+        "{fetches} token-error fetches in {:?}: more than one per 400 ms",
+        started.elapsed()
+    );
+    assert_eq!(h.fake.requests().len(), 12, "each call retried once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_token_that_cannot_be_replaced_shows_as_rejected_and_fails_readiness() {
+    let h = Harness::mp("classic").await;
+    h.fake.set_fetch_failure(Some(FetchFailure::Errcode(
+        40164,
+        "invalid ip 1.2.3.4 ipv6 ::ffff:1.2.3.4, not in whitelist".into(),
+    )));
+    h.fake.revoke(MP_APPID);
+
+    let r = h.http.get(&h.url(USER_INFO)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["errcode"], 40164);
+
+    let ready = h.http.get(&h.admin("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let reason = ready.json()["apps"][0]["reason"].to_string();
+    assert!(
+        reason.contains("rejected") && reason.contains("40164"),
+        "{reason}"
+    );
+    let apps = h.http.get(&h.admin("/apps")).await.json();
+    assert_eq!(apps[0]["token"]["state"], "rejected");
+    assert!(apps[0]["token"]["expires_in_s"].is_null());
+
+    // Once WeChat lets the fetch through, the app is ready again by itself.
+    h.fake.set_fetch_failure(None);
+    h.wait_ready().await;
+    let apps = h.http.get(&h.admin("/apps")).await.json();
+    assert_eq!(apps[0]["token"]["state"], "valid");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_refresh_right_after_a_failed_one_fetches_and_says_so() {
+    let h = Harness::mp("classic").await;
+    h.fake.set_fetch_failure(Some(FetchFailure::Errcode(
+        45009,
+        "reach max api daily quota limit".into(),
+    )));
+    // WeChat rejects the token and the quota is used up: no replacement.
+    h.fake.revoke(MP_APPID);
+    let r = h.http.get(&h.url(USER_INFO)).await;
+    assert_eq!(r.json()["errcode"], 45009, "{}", r.text());
+    let failed = h
+        .http
+        .post(&h.admin("/apps/mp/refresh"), "application/json", "")
+        .await;
+    assert_eq!(failed.status, 503, "{}", failed.text());
+    assert_eq!(failed.json()["errcode"], 45009);
+
+    // The operator cleared the quota and asks again at once.
+    h.fake.set_fetch_failure(None);
+    let fixed = h
+        .http
+        .post(&h.admin("/apps/mp/refresh"), "application/json", "")
+        .await;
+    assert_eq!(fixed.status, 200, "{}", fixed.text());
+    assert_eq!(fixed.json()["refreshed"], true);
+    assert_eq!(h.fake.token_fetches(), 4);
+    h.http.get(&h.url(USER_INFO)).await.assert_ok();
+
+    let again = h
+        .http
+        .post(&h.admin("/apps/mp/refresh"), "application/json", "")
+        .await;
+    let body = again.json();
+    assert_eq!(body["refreshed"], false);
+    assert!(body["reason"].as_str().unwrap().contains("10 s"), "{body}");
+    assert!(body["expires_in"].as_u64().unwrap() > 7000);
+    assert_eq!(h.fake.token_fetches(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_system_fetching_the_same_appids_tokens_is_reported_as_a_fight() {
+    let h = Harness::mp("classic").await;
+    let before = metric(&h, "wechat_proxy_token_fights_total{app=\"mp\"}").await;
+    assert_eq!(before, Some(0.0), "the counter exists before any fight");
+
+    // Another system fetches a classic token: ours dies with hours of life left.
+    h.fake.revoke(MP_APPID);
+    h.http.get(&h.url(USER_INFO)).await.assert_ok();
+
+    assert!(
+        h.proxy
+            .has_log("another system is probably fetching tokens"),
+        "{:?}",
+        h.proxy.logs()
+    );
+    assert_eq!(
+        metric(&h, "wechat_proxy_token_fights_total{app=\"mp\"}").await,
+        Some(1.0)
+    );
+    let apps = h.http.get(&h.admin("/apps")).await.json();
+    assert_eq!(apps[0]["fights"], 1);
+    assert!(apps[0]["last_fight_unix"].as_u64().unwrap() > 1_700_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_replaced_by_another_replica_of_the_fleet_is_no_fight() {
+    let fake = Harness::fake_with(FakeOptions {
+        classic_grace: Duration::from_millis(300),
+        ..FakeOptions::default()
+    })
+    .await;
+    let redis = RedisServer::start();
+    let http = Http::new();
+    let config = ConfigBuilder::new(&fake).mp("classic");
+    let a = replica(&config, &redis, &http).await;
+    let b = replica(&config, &redis, &http).await;
+
+    // a meets a token error and fetches a new token for the fleet; b's
+    // token dies when the classic grace period ends, and b finds a's
+    // token in Redis.
+    let r = http
+        .get(&format!("{}/test/errcode?code=40001", a.url))
+        .await;
+    assert_eq!(r.json()["errcode"], 40001);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    http.get(&format!("{}{USER_INFO}", b.url)).await.assert_ok();
+
+    assert_eq!(fake.token_fetches(), 2, "b took a's token from Redis");
+    assert!(!b.has_log("another system"), "{:?}", b.logs());
+    let apps = http.get(&format!("{}/apps", b.admin_url)).await.json();
+    assert_eq!(apps[0]["fights"], 0);
+}
+
+/// A ready proxy sharing `redis`.
+async fn replica(config: &ConfigBuilder, redis: &RedisServer, http: &Http) -> Proxy {
+    let text = format!(
+        "{}[store]\nkind = \"redis\"\nurl = {:?}\n",
+        config.render(),
+        redis.url()
+    );
+    let proxy = Proxy::start(&text, &env());
+    let url = format!("{}/readyz", proxy.admin_url);
+    wait_until_async("the replica to be ready", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).await.status == 200 }
+    })
+    .await;
+    proxy
+}
+
+async fn concurrently(http: &Http, url: &str, n: usize) -> Vec<Resp> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.to_owned());
+            tokio::spawn(async move { http.get(&url).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.expect("request task"));
+    }
+    answers
+}
+
+/// A proxy's own 503 for want of a token, in WeChat's shape.
+fn assert_unavailable(r: &Resp) {
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("x-wechat-token-proxy"), Some("error"));
+    assert_eq!(r.json()["errcode"], -1, "{}", r.text());
+}
+
+/// One sample's value from `/metrics`.
+async fn metric(h: &Harness, series: &str) -> Option<f64> {
+    let text = h.http.get(&h.admin("/metrics")).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+}
