@@ -130,7 +130,7 @@ fn render_app(html: &mut String, app: &Value, now_s: u64) {
         appid = escape(&text("appid")),
     );
     if let Some(token) = app.get("token").and_then(Value::as_object) {
-        life_bar(html, token);
+        life_bar(html, token, "no valid token");
         let rest: Vec<(&String, &Value)> = token
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "state" | "expires_in_s"))
@@ -155,8 +155,9 @@ fn render_app(html: &mut String, app: &Value, now_s: u64) {
 }
 
 /// A meter of the life left in an entry with `expires_in_s` (a token, a
-/// ticket), or nothing for entries without one.
-fn life_bar(html: &mut String, entry: &Map<String, Value>) {
+/// ticket), or nothing for entries without one; `none` says what a null
+/// life means.
+fn life_bar(html: &mut String, entry: &Map<String, Value>, none: &str) {
     let Some(left) = entry.get("expires_in_s") else {
         return;
     };
@@ -169,7 +170,7 @@ fn life_bar(html: &mut String, entry: &Map<String, Value>) {
         low = 300,
         high = 900,
         value = left.unwrap_or(0),
-        label = left.map_or_else(|| "no valid token".to_owned(), |s| duration(s) + " left"),
+        label = left.map_or_else(|| none.to_owned(), |s| duration(s) + " left"),
     );
 }
 
@@ -228,7 +229,7 @@ fn value_html(html: &mut String, key: &str, value: &Value, now_s: u64) {
             );
         }
         Value::Object(map) => {
-            life_bar(html, map);
+            life_bar(html, map, "none valid");
             html.push_str("<dl>");
             fields(html, map, now_s);
             html.push_str("</dl>");

@@ -458,7 +458,10 @@ async fn headless_chromium_shows_each_apps_token_state() {
     let dom = chromium(&url, &["--dump-dom"]);
 
     assert!(dom.contains("2 of 3 apps hold a valid token"), "{dom}");
-    assert!(dom.contains(r#"<meta http-equiv="refresh" content="5">"#), "{dom}");
+    assert!(
+        dom.contains(r#"<meta http-equiv="refresh" content="5">"#),
+        "{dom}"
+    );
     for (app, class, kind) in [
         ("mp", "ok", "mp"),
         ("corp", "ok", "wecom"),
