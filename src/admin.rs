@@ -13,6 +13,7 @@ use crate::auth::InboundKey;
 use crate::body::ProxyBody;
 use crate::error::{json_response, LocalError};
 use crate::metrics::Metrics;
+use crate::status_page;
 use crate::token::{AdminRefresh, TokenManager};
 
 /// Serves the admin endpoints.
@@ -59,11 +60,20 @@ impl Admin {
             && self
                 .key
                 .as_ref()
-                .is_some_and(|k| !k.admits(request.headers()))
+                .is_some_and(|k| !admits(k, request.headers()))
         {
-            return LocalError::Unauthorized.into_response();
+            let mut refused = LocalError::Unauthorized.into_response();
+            // Lets a browser ask for the key (see `admits`).
+            refused
+                .headers_mut()
+                .append(http::header::WWW_AUTHENTICATE, status_page::BASIC_CHALLENGE);
+            return refused;
         }
         match (request.method(), path) {
+            (&Method::GET, "/") => {
+                let apps: Vec<Value> = self.apps.iter().map(|t| app_status(t)).collect();
+                status_page::response(&apps, SystemTime::now())
+            }
             (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => {
@@ -164,6 +174,13 @@ impl Admin {
             }
         }
     }
+}
+
+/// Whether `headers` carry the admin key: as a bearer or key header, or, for
+/// a browser, as the password of HTTP Basic credentials.
+fn admits(key: &InboundKey, headers: &http::HeaderMap) -> bool {
+    let basic = status_page::basic_password(headers).is_some_and(|p| key.matches(&p));
+    key.admits(headers) | basic
 }
 
 fn ok(body: Value) -> Response<ProxyBody> {

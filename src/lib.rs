@@ -11,8 +11,8 @@
 //!   JSON; a token error makes [`token`] fetch a new token once
 //!   (single-flight, through [`wechat`]) and the request is retried once with
 //!   the body kept by [`body`].
-//! - [`admin`] serves health, readiness, status, [`metrics`] and "refresh
-//!   now".
+//! - [`admin`] serves health, readiness, status (JSON, and HTML for a
+//!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
 //!   earlier run (file) or another replica (Redis), and saves what it fetches.
 //! - Before any of that, [`server`] holds each connection to the [`limits`]
@@ -38,6 +38,7 @@ pub mod policy;
 pub mod proxy;
 pub mod query;
 pub mod server;
+pub mod status_page;
 pub mod store;
 pub mod token;
 pub mod upstream;
