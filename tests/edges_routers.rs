@@ -95,6 +95,22 @@ fn random_request(rng: &mut Rng) -> (String, String) {
         "/refresh",
         "//",
     ];
+    // Now and then a whole path that routers split by prefix and suffix.
+    if rng.next().is_multiple_of(8) {
+        let whole = rng.pick(&[
+            "/apps/refresh",
+            "/apps/",
+            "/refresh",
+            "/apps",
+            "/apps//refresh",
+        ]);
+        let method = if rng.next().is_multiple_of(2) {
+            "POST".into()
+        } else {
+            method
+        };
+        return (method, whole.to_owned());
+    }
     let mut path = String::from("/");
     for _ in 0..(rng.next() % 6) {
         path.push_str(rng.pick(&pieces));
