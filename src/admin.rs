@@ -89,9 +89,8 @@ impl Admin {
             (&Method::GET, "/apps") => ok(Value::Array(
                 self.apps.iter().map(|t| app_status(t)).collect(),
             )),
-            (&Method::POST, p) if p.starts_with("/apps/") && p.ends_with("/refresh") => {
-                let name = &p["/apps/".len()..p.len() - "/refresh".len()];
-                self.refresh(name).await
+            (&Method::POST, p) if refresh_target(p).is_some() => {
+                self.refresh(refresh_target(p).unwrap_or_default()).await
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
@@ -181,6 +180,12 @@ impl Admin {
 fn admits(key: &InboundKey, headers: &http::HeaderMap) -> bool {
     let basic = status_page::basic_password(headers).is_some_and(|p| key.matches(&p));
     key.admits(headers) | basic
+}
+
+/// The app named by `POST /apps/NAME/refresh`; `None` for any other path,
+/// `/apps/refresh` included (prefix and suffix overlap there).
+fn refresh_target(path: &str) -> Option<&str> {
+    path.strip_prefix("/apps/")?.strip_suffix("/refresh")
 }
 
 fn ok(body: Value) -> Response<ProxyBody> {

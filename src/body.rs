@@ -5,13 +5,17 @@
 //! read while deciding. Memory stays bounded: nothing reads past the limit it
 //! was given.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::limits::Cap;
 
@@ -39,7 +43,27 @@ pub enum ProxyBody {
         /// The body being counted.
         inner: Box<ProxyBody>,
     },
+    /// A body streamed from a peer, failing with [`Stalled`] when no frame
+    /// comes for `gap`: a stream that stops flowing must not hold a request
+    /// (and its connections) forever, while one that keeps flowing may take
+    /// as long as it needs.
+    Paced {
+        /// The body being watched.
+        inner: Box<ProxyBody>,
+        /// The longest wait allowed for the next frame.
+        gap: Duration,
+        /// When the current wait runs out; set on the first poll.
+        timer: Option<Pin<Box<Sleep>>>,
+        /// Told once the body has ended, so the request timeout can start
+        /// from the last byte sent.
+        ended: Option<oneshot::Sender<()>>,
+    },
 }
+
+/// A streamed body sent no frame for the allowed gap.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no data for {} ms", .0.as_millis())]
+pub struct Stalled(pub Duration);
 
 impl ProxyBody {
     /// A body with no bytes.
@@ -54,6 +78,17 @@ impl ProxyBody {
             ProxyBody::Full(None)
         } else {
             ProxyBody::Full(Some(bytes))
+        }
+    }
+
+    /// `self`, failing once no frame comes for `gap`; `ended` is told when
+    /// it ends.
+    pub fn paced(self, gap: Duration, ended: Option<oneshot::Sender<()>>) -> ProxyBody {
+        ProxyBody::Paced {
+            inner: Box::new(self),
+            gap,
+            timer: None,
+            ended,
         }
     }
 }
@@ -81,6 +116,31 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(frame)
             }
+            ProxyBody::Paced {
+                inner,
+                gap,
+                timer,
+                ended,
+            } => {
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*gap)));
+                match Pin::new(inner.as_mut()).poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        // Told at the last frame too: a sender may stop polling
+                        // once the body says it is at its end.
+                        if frame.is_none() || inner.is_end_stream() {
+                            if let Some(ended) = ended.take() {
+                                let _ = ended.send(());
+                            }
+                        }
+                        timer.as_mut().reset(Instant::now() + *gap);
+                        Poll::Ready(frame)
+                    }
+                    Poll::Pending => match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(Stalled(*gap).into()))),
+                        Poll::Pending => Poll::Pending,
+                    },
+                }
+            }
         }
     }
 
@@ -88,7 +148,9 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Stream { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
-            ProxyBody::Capped { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Capped { inner, .. } | ProxyBody::Paced { inner, .. } => {
+                inner.is_end_stream()
+            }
         }
     }
 
@@ -107,7 +169,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
-            ProxyBody::Capped { inner, .. } => inner.size_hint(),
+            ProxyBody::Capped { inner, .. } | ProxyBody::Paced { inner, .. } => inner.size_hint(),
         }
     }
 }

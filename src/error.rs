@@ -78,6 +78,47 @@ pub enum LocalError {
         /// The configured connect timeout.
         ms: u128,
     },
+    /// `CONNECT`: the application treats the proxy as a forward proxy.
+    #[error("CONNECT is not supported: this proxy is not a forward proxy; unset HTTPS_PROXY for it and use http://<proxy>/ as the API base URL instead of https://api.weixin.qq.com")]
+    Connect,
+    /// An absolute-form target naming a host that is not the app's.
+    #[error("{app}: refused a request for host {host}: this proxy only serves {own}; send other hosts' requests directly")]
+    OtherHost {
+        /// The app's name.
+        app: String,
+        /// The host the target named.
+        host: String,
+        /// The app's WeChat host.
+        own: String,
+    },
+    /// The request carries an AppSecret.
+    #[error("{app}: refused a request carrying an AppSecret ({param}=): the proxy holds the app's secret and never forwards one; remove it")]
+    Secret {
+        /// The app's name.
+        app: String,
+        /// The parameter's name.
+        param: &'static str,
+    },
+    /// A token request the app's kind does not use.
+    #[error("{app}: {path} is not a token endpoint of a {kind} app: request {own} (answered by the proxy), or use the right app prefix")]
+    TokenPath {
+        /// The app's name.
+        app: String,
+        /// The app's kind.
+        kind: &'static str,
+        /// The path after the app prefix.
+        path: String,
+        /// The app's own token paths.
+        own: &'static str,
+    },
+    /// WeChat's answer stopped arriving mid-body.
+    #[error("{app}: WeChat's answer stopped arriving for {ms} ms")]
+    UpstreamStalled {
+        /// The app's name.
+        app: String,
+        /// The allowed gap.
+        ms: u128,
+    },
 }
 
 impl LocalError {
@@ -96,6 +137,11 @@ impl LocalError {
             LocalError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, -1),
             LocalError::ClientTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, -1),
             LocalError::UpstreamConnectTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, -1),
+            LocalError::Connect => (StatusCode::METHOD_NOT_ALLOWED, -1),
+            LocalError::OtherHost { .. } => (StatusCode::MISDIRECTED_REQUEST, -1),
+            LocalError::Secret { .. } => (StatusCode::FORBIDDEN, -1),
+            LocalError::TokenPath { .. } => (StatusCode::NOT_FOUND, -1),
+            LocalError::UpstreamStalled { .. } => (StatusCode::GATEWAY_TIMEOUT, -1),
         }
     }
 
@@ -110,11 +156,19 @@ impl LocalError {
                 "errmsg": self.to_string(),
             }),
         );
-        if let LocalError::Unauthorized = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"wechat-token-proxy\""),
-            );
+        match self {
+            LocalError::Unauthorized => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wechat-token-proxy\""),
+                );
+            }
+            LocalError::Connect => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            }
+            _ => {}
         }
         response
     }

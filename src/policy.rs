@@ -12,8 +12,9 @@
 //!
 //! A deny rule wins over an allow rule; an empty allow list allows every
 //! path. With any rule set, paths that another server might read as a
-//! different path (`//`, `.` or `..` segments, `%` escapes, `\`) are refused
-//! rather than guessed at.
+//! different path (`//`, `.` or `..` segments, `%` escapes, `\`, and `;`
+//! path parameters, which Java and some proxies cut off before routing) are
+//! refused rather than guessed at.
 
 /// An app's `allow_paths` and `deny_paths`, validated.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +43,7 @@ pub enum Refusal {
         path: String,
     },
     /// The path is not in plain form, so rules cannot be applied safely.
-    #[error("path {path} is not in plain form (//, . or .. segments, % escapes or \\): refused because allow_paths/deny_paths are set")]
+    #[error("path {path} is not in plain form (//, . or .. segments, % escapes, \\ or ;): refused because allow_paths/deny_paths are set")]
     NotPlain {
         /// The path as requested, after the app prefix.
         path: String,
@@ -88,7 +89,7 @@ pub fn rule_problem(rule: &str) -> Option<&'static str> {
         return Some("must start with '/' (it matches the path after the app prefix)");
     }
     if !is_plain(rule.trim_end_matches('*')) {
-        return Some("must be a plain path: no //, . or .. segments, % escapes or \\");
+        return Some("must be a plain path: no //, . or .. segments, % escapes, \\ or ;");
     }
     None
 }
@@ -130,7 +131,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 
 /// Whether every server would read `path` the same way.
 fn is_plain(path: &str) -> bool {
-    !path.contains(['%', '\\'])
+    !path.contains(['%', '\\', ';'])
         && !path.contains("//")
         && !path
             .split('/')
@@ -194,6 +195,8 @@ mod tests {
             "/cgi-bin/x/../menu/delete",
             "/cgi-bin/%6Denu/delete",
             "/cgi-bin\\menu",
+            "/cgi-bin/menu/delete;x",
+            "/cgi-bin/menu;/delete",
         ] {
             assert!(
                 matches!(p.check(path), Err(Refusal::NotPlain { .. })),

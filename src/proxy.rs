@@ -8,18 +8,22 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper_util::client::legacy::{Error as ClientError, ResponseFuture};
+use tokio::sync::oneshot;
 
 use crate::auth::{self, InboundKey};
-use crate::body::{buffer_up_to, Buffered, ProxyBody};
+use crate::body::{buffer_up_to, Buffered, ProxyBody, Stalled};
 use crate::config::{AppConfig, AppKind, Config};
 use crate::error::{json_response, with_causes, LocalError};
 use crate::inspect::{self, INSPECT_LIMIT};
 use crate::limits::{self, BodyTooLarge, Cap};
+use crate::linger::Linger;
 use crate::metrics::{AppMetrics, Metrics};
-use crate::query;
 use crate::token::{RefreshError, Token, TokenManager};
 use crate::upstream::HttpClient;
+use crate::{guard, query, scrub};
 
 /// What SDKs get instead of a real token when they ask for one. They send it
 /// back on every call; the proxy drops it and puts in the real one.
@@ -45,7 +49,8 @@ pub struct Proxy {
     default_app: Option<usize>,
     /// Request bodies up to this size are kept for a retry.
     max_replay: usize,
-    /// Until WeChat's response headers arrive.
+    /// Until WeChat's response headers arrive, counted from the last byte of
+    /// the request; also the longest gap in WeChat's answer body.
     request_timeout: Duration,
     /// Whether to log one line per request.
     access_log: bool,
@@ -57,7 +62,8 @@ pub struct Proxy {
     client_key: Option<InboundKey>,
     /// Request bodies over this size get 413.
     max_body: u64,
-    /// A body kept for replay must arrive within this.
+    /// A body kept for replay must arrive within this; a streamed one may
+    /// pause this long between bytes.
     body_timeout: Duration,
     /// For the connect-timeout answer.
     connect_timeout: Duration,
@@ -101,9 +107,23 @@ impl Proxy {
             errcode: None,
             retried: false,
         };
-        let response = match self.serve(&parts, body, &mut outcome).await {
+        let mut body = Some(body);
+        let response = match self.serve(&parts, &mut body, &mut outcome).await {
             Ok(response) => response,
-            Err(e) => e.into_response(),
+            Err(e) => {
+                // Answered before the client finished sending: the rest of
+                // its body must be read before closing, or the client may
+                // never read this answer.
+                let unread = match &e {
+                    LocalError::BodyTooLarge(_) | LocalError::ClientTimeout { .. } => true,
+                    _ => body.as_ref().is_some_and(|b| !b.is_end_stream()),
+                };
+                let mut response = e.into_response();
+                if unread {
+                    Linger::mark(&mut response);
+                }
+                response
+            }
         };
         let status = response.status().as_u16();
         match outcome.app {
@@ -129,9 +149,10 @@ impl Proxy {
     async fn serve(
         &self,
         parts: &Parts,
-        body: Incoming,
+        body: &mut Option<Incoming>,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, LocalError> {
+        guard::method(parts)?;
         if self
             .client_key
             .as_ref()
@@ -145,11 +166,13 @@ impl Proxy {
         let (index, path) = self.route(parts.uri.path())?;
         outcome.app = Some(index);
         let app = &self.apps[index];
+        guard::target(&app.config, parts)?;
         // Before the policy: the placeholder carries no credential, and SDKs
         // cannot start without it.
         if let Some(answer) = placeholder_answer(app.config.kind, path) {
             return Ok(answer);
         }
+        guard::secrets(&app.config, path, parts)?;
         app.config
             .policy
             .check(path)
@@ -163,10 +186,17 @@ impl Proxy {
             .await
             .map_err(|e| token_unavailable(&app.config, e))?;
 
-        let (body, replay) = self.prepare_body(body).await?;
+        let Some(body) = body.take() else {
+            return Err(LocalError::ClientBody(
+                "the request body was already read".into(),
+            ));
+        };
+        let (body, replay, ended) = self.prepare_body(body).await?;
         let request = Forward { app, parts, path };
-        let response = self.send(&request, &token, body).await?;
-        let (response, errcode) = self.inspect(app, response).await?;
+        let response = self
+            .send(&request, &token, body, replay.as_ref(), ended)
+            .await?;
+        let (response, errcode) = self.inspect(app, path, response, &[token.value()]).await?;
         outcome.errcode = errcode;
         if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
             token.accepted();
@@ -187,8 +217,19 @@ impl Proxy {
         };
         outcome.retried = true;
         app.metrics.retry();
-        let retry = self.send(&request, &fresh, ProxyBody::full(replay)).await?;
-        let (retry, errcode) = self.inspect(app, retry).await?;
+        let retry = self
+            .send(
+                &request,
+                &fresh,
+                ProxyBody::full(replay.clone()),
+                Some(&replay),
+                None,
+            )
+            .await?;
+        // The answer may quote either token: the one sent, or the one it replaced.
+        let (retry, errcode) = self
+            .inspect(app, path, retry, &[fresh.value(), token.value()])
+            .await?;
         outcome.errcode = errcode;
         Ok(retry)
     }
@@ -214,8 +255,12 @@ impl Proxy {
 
     /// Reads a request body of up to `max_replay` bytes into memory so it can
     /// be sent twice; a larger one streams (and cannot be retried), counted
-    /// against `max_body`.
-    async fn prepare_body(&self, body: Incoming) -> Result<(ProxyBody, Option<Bytes>), LocalError> {
+    /// against `max_body`, bounded by the gaps between its bytes rather than
+    /// its total time, and tells through the receiver when it has all gone.
+    async fn prepare_body(
+        &self,
+        body: Incoming,
+    ) -> Result<(ProxyBody, Option<Bytes>, Option<oneshot::Receiver<()>>), LocalError> {
         let keep = self
             .max_replay
             .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
@@ -225,37 +270,55 @@ impl Proxy {
                 ms: self.body_timeout.as_millis(),
             })?;
         match buffered {
-            Ok(Buffered::Complete(bytes)) => Ok((ProxyBody::full(bytes.clone()), Some(bytes))),
+            Ok(Buffered::Complete(bytes)) => {
+                Ok((ProxyBody::full(bytes.clone()), Some(bytes), None))
+            }
             Ok(Buffered::Partial(_)) if keep as u64 == self.max_body => {
                 Err(BodyTooLarge(self.max_body).into())
             }
-            Ok(Buffered::Partial(body)) => Ok((
-                ProxyBody::Capped {
+            Ok(Buffered::Partial(body)) => {
+                let (ended, sent) = oneshot::channel();
+                let capped = ProxyBody::Capped {
                     cap: Cap::new(self.max_body),
                     inner: Box::new(body),
-                },
-                None,
-            )),
+                };
+                Ok((
+                    capped.paced(self.body_timeout, Some(ended)),
+                    None,
+                    Some(sent),
+                ))
+            }
             Err(e) => Err(LocalError::ClientBody(e.to_string())),
         }
     }
 
+    /// Sends one attempt and waits for WeChat's response headers: up to
+    /// `request_timeout` after the request body has all gone out. A pooled
+    /// connection that the server closed before answering never delivered
+    /// the request, so a replayable request goes again, once, on a fresh
+    /// connection, whatever its method.
     async fn send(
         &self,
         request: &Forward<'_>,
         token: &Token,
         body: ProxyBody,
+        replay: Option<&Bytes>,
+        ended: Option<oneshot::Receiver<()>>,
     ) -> Result<Response<Incoming>, LocalError> {
-        let mut upstream = Request::new(body);
-        *upstream.method_mut() = request.parts.method.clone();
-        *upstream.uri_mut() = request.uri(token)?;
-        *upstream.headers_mut() =
-            forward_headers(&request.parts.headers, &request.app.config.base_url.host);
-        let app = &request.app.config.name;
+        let client = &request.app.client;
         let sent = Instant::now();
-        let answer =
-            tokio::time::timeout(self.request_timeout, request.app.client.request(upstream)).await;
+        let (answer, connection) = client.request_watched(request.build(token, body)?);
+        let mut answer = self.wait(answer, ended).await;
+        let stale = matches!(&answer, Ok(Err(e)) if closed_unanswered(e));
+        if connection.was_reused() && stale {
+            if let Some(replay) = replay {
+                tracing::debug!(app = %request.app.config.name, "a pooled connection closed unanswered; sending again on a new one");
+                let again = request.build(token, ProxyBody::full(replay.clone()))?;
+                answer = self.wait(client.request_fresh(again), None).await;
+            }
+        }
         request.app.metrics.upstream(sent.elapsed());
+        let app = &request.app.config.name;
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(self.send_error(app, &e)),
@@ -266,11 +329,36 @@ impl Proxy {
         }
     }
 
+    /// The response headers, or a timeout: `request_timeout` counted from
+    /// when `ended` fires (a streamed body's last byte), or from now.
+    async fn wait(
+        &self,
+        answer: ResponseFuture,
+        ended: Option<oneshot::Receiver<()>>,
+    ) -> Result<Result<Response<Incoming>, ClientError>, tokio::time::error::Elapsed> {
+        tokio::pin!(answer);
+        if let Some(ended) = ended {
+            tokio::select! {
+                answer = &mut answer => return Ok(answer),
+                // Sent, or dropped with the body: either way, nothing more
+                // is coming from the client.
+                _ = ended => {}
+            }
+        }
+        tokio::time::timeout(self.request_timeout, answer).await
+    }
+
     /// Names why a request could not be sent: the client's body passed its
     /// limit (413), no connection in time (504), or WeChat unreachable (502).
-    fn send_error(&self, app: &str, e: &hyper_util::client::legacy::Error) -> LocalError {
+    fn send_error(&self, app: &str, e: &ClientError) -> LocalError {
         if let Some(too_large) = limits::body_too_large(e) {
             return too_large.into();
+        }
+        if cause::<Stalled>(e).is_some() {
+            // Only the client's streamed body is paced on the way up.
+            return LocalError::ClientTimeout {
+                ms: self.body_timeout.as_millis(),
+            };
         }
         if e.is_connect() && timed_out(e) {
             return LocalError::UpstreamConnectTimeout {
@@ -284,23 +372,37 @@ impl Proxy {
         }
     }
 
-    /// Reads the errcode of a small JSON-ish answer; streams anything else
-    /// untouched.
+    /// Reads the errcode of a small JSON-ish answer; streams anything else,
+    /// failing it if WeChat pauses longer than `request_timeout`. Any of
+    /// `tokens` in the headers or in a body read here is replaced
+    /// ([`scrub`]).
     async fn inspect(
         &self,
         app: &App,
+        path: &str,
         response: Response<Incoming>,
+        tokens: &[&str],
     ) -> Result<(Response<ProxyBody>, Option<i64>), LocalError> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        scrub::headers(&mut parts.headers, tokens);
         if !worth_inspecting(&parts.headers) {
             let body = ProxyBody::Stream {
                 prefix: None,
                 rest: body,
             };
+            let body = body.paced(self.request_timeout, None);
             return Ok((Response::from_parts(parts, body), None));
         }
-        match buffer_up_to(body, INSPECT_LIMIT).await {
+        let stalled = || LocalError::UpstreamStalled {
+            app: app.config.name.clone(),
+            ms: self.request_timeout.as_millis(),
+        };
+        let buffered =
+            tokio::time::timeout(self.request_timeout, buffer_up_to(body, INSPECT_LIMIT))
+                .await
+                .map_err(|_| stalled())?;
+        match buffered {
             Ok(Buffered::Complete(bytes)) => {
                 let errcode = inspect::looks_like_json(&bytes)
                     .then(|| inspect::errcode(&bytes))
@@ -308,9 +410,25 @@ impl Proxy {
                 if let Some(code) = errcode {
                     app.metrics.errcode(code);
                 }
+                let mut clean = scrub::body(&bytes, tokens);
+                if path == scrub::RID_GET {
+                    clean = scrub::quoted_queries(clean.as_deref().unwrap_or(&bytes)).or(clean);
+                }
+                let bytes = match clean {
+                    Some(clean) => {
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, clean.len().into());
+                        clean
+                    }
+                    None => bytes,
+                };
                 Ok((Response::from_parts(parts, ProxyBody::full(bytes)), errcode))
             }
-            Ok(Buffered::Partial(body)) => Ok((Response::from_parts(parts, body), None)),
+            Ok(Buffered::Partial(body)) => {
+                let body = body.paced(self.request_timeout, None);
+                Ok((Response::from_parts(parts, body), None))
+            }
             Err(e) => Err(LocalError::UpstreamUnreachable {
                 app: app.config.name.clone(),
                 reason: format!("the answer broke off: {e}"),
@@ -328,6 +446,16 @@ struct Forward<'a> {
 }
 
 impl Forward<'_> {
+    /// One attempt's upstream request.
+    fn build(&self, token: &Token, body: ProxyBody) -> Result<Request<ProxyBody>, LocalError> {
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = self.parts.method.clone();
+        *upstream.uri_mut() = self.uri(token)?;
+        *upstream.headers_mut() =
+            forward_headers(&self.parts.headers, &self.app.config.base_url.host);
+        Ok(upstream)
+    }
+
     /// The upstream URI: the app's base URL, the path, the client's query
     /// without its `access_token`, and the real token.
     fn uri(&self, token: &Token) -> Result<Uri, LocalError> {
@@ -408,16 +536,46 @@ fn placeholder_answer(kind: AppKind, path: &str) -> Option<Response<ProxyBody>> 
 
 /// Whether an I/O timeout is among the error's causes.
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    cause::<std::io::Error>(error).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// Whether the connection ended before any answer came: closed, reset or
+/// broken while the request went out. Not a connect error (nothing was
+/// sent) and not a failure of the proxy's own request body.
+fn closed_unanswered(error: &ClientError) -> bool {
+    if error.is_connect()
+        || cause::<Stalled>(error).is_some()
+        || limits::body_too_large(error).is_some()
+    {
+        return false;
+    }
+    if cause::<hyper::Error>(error).is_some_and(hyper::Error::is_incomplete_message) {
+        return true;
+    }
+    cause::<std::io::Error>(error).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+                // A TLS peer that closed without close_notify.
+                | std::io::ErrorKind::UnexpectedEof
+        )
+    })
+}
+
+/// The first cause of type `E` in an error's chain.
+fn cause<'e, E: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e E> {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         cause = e.source();
     }
-    false
+    None
 }
 
 fn token_unavailable(app: &AppConfig, e: RefreshError) -> LocalError {

@@ -29,7 +29,8 @@ fn is_access_token(part: &str) -> bool {
     name.len() > "access_token".len() && name.contains('%') && decoded_eq(name, b"access_token")
 }
 
-fn decoded_eq(name: &str, want: &[u8]) -> bool {
+/// Whether `name`, percent-decoded, is `want`.
+pub(crate) fn decoded_eq(name: &str, want: &[u8]) -> bool {
     let bytes = name.as_bytes();
     let (mut i, mut j) = (0, 0);
     while i < bytes.len() {

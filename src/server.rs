@@ -21,6 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::body::ProxyBody;
 use crate::error::with_causes;
 use crate::limits::Limits;
+use crate::linger::Linger;
 use crate::watchdog::{Timeouts, Tracked, Tracker, Watched};
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `stop` flips, then
@@ -39,14 +40,16 @@ pub async fn serve<H, F>(
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        // Longer heads are answered 431.
-        .max_header_size(limits.max_header_bytes)
+        // The watchdog answers heads over the limit with a JSON 431 before
+        // hyper sees them; hyper's own (bodiless) 431 is only a backstop.
+        .max_header_size(limits.max_header_bytes.saturating_mul(2))
         // The watchdog times heads and idle connections apart; hyper's one
         // timer would cut idle keep-alive connections at the head limit.
         .header_read_timeout(None);
     let timeouts = Timeouts {
         header_read: limits.header_read_timeout,
         idle: limits.idle_timeout,
+        max_head: limits.max_header_bytes,
     };
     let graceful = GracefulShutdown::new();
     // Beyond max_connections the loop stops accepting: new connections wait
@@ -98,6 +101,9 @@ pub async fn serve<H, F>(
                     let tracker = tracker.clone();
                     async move {
                         let answer = answer.await;
+                        if Linger::is_marked(&answer) {
+                            tracker.linger();
+                        }
                         tracker.sending();
                         Ok::<_, Infallible>(answer.map(|body| Tracked::new(body, tracker)))
                     }

@@ -2,17 +2,27 @@
 //! connect timeouts, and optionally an HTTP CONNECT tunnel through a fixed-IP
 //! egress proxy. One client per egress route serves its apps' API calls and
 //! token fetches.
+//!
+//! A pooled connection can be closed by the server just as a request goes
+//! out on it (its keep-alive timeout fired). The request never reached the
+//! application, so the proxy sends it again on a connection of its own; each
+//! connection counts its requests so the proxy can tell a reused one.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::Uri;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{
+    capture_connection, CaptureConnection, Connected, Connection, HttpConnector,
+};
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -21,8 +31,114 @@ use tokio::net::TcpStream;
 use crate::body::ProxyBody;
 use crate::config::{EgressProxy, UpstreamSettings};
 
-/// The pooled client every upstream request goes through.
-pub type HttpClient = Client<HttpsConnector<Egress>, ProxyBody>;
+/// WeChat's servers close idle keep-alive connections; a pooled connection
+/// must be dropped before that, or requests race the server's close. Well
+/// under the usual server timeouts (nginx 75 s, many load balancers 60 s,
+/// some 15–30 s): a new TLS connection per 10 s idle gap costs little.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client every upstream request goes through: a keep-alive pool, and
+/// the same route without one for a retry that must not reuse a connection.
+#[derive(Clone)]
+pub struct HttpClient {
+    /// Keeps connections for reuse.
+    pooled: Client<HttpsConnector<Egress>, ProxyBody>,
+    /// Opens a connection per request and keeps none.
+    fresh: Client<HttpsConnector<Egress>, ProxyBody>,
+}
+
+impl HttpClient {
+    /// Sends `request` on a pooled connection.
+    pub async fn request(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        let (answer, connection) = self.request_watched(request);
+        let answer = answer.await;
+        // Counted like every request, so the next one on this connection
+        // knows it is reused.
+        connection.was_reused();
+        answer
+    }
+
+    /// Sends `request` on a pooled connection, and tells afterwards (through
+    /// [`Reuse::was_reused`]) whether that connection had served a request
+    /// before.
+    pub fn request_watched(&self, mut request: Request<ProxyBody>) -> (ResponseFuture, Reuse) {
+        let captured = capture_connection(&mut request);
+        (self.pooled.request(request), Reuse(captured))
+    }
+
+    /// Sends `request` on a new connection that is closed afterwards.
+    pub fn request_fresh(&self, request: Request<ProxyBody>) -> ResponseFuture {
+        self.fresh.request(request)
+    }
+}
+
+/// Which connection a request went out on.
+pub struct Reuse(CaptureConnection);
+
+impl Reuse {
+    /// Whether the connection had carried a request before this one. Call
+    /// once per request, after it was sent.
+    pub fn was_reused(&self) -> bool {
+        let connected = self.0.connection_metadata();
+        let Some(connected) = connected.as_ref() else {
+            return false;
+        };
+        let mut extensions = http::Extensions::new();
+        connected.get_extras(&mut extensions);
+        extensions
+            .get::<Uses>()
+            .is_some_and(|uses| uses.0.fetch_add(1, Ordering::Relaxed) > 0)
+    }
+}
+
+/// Requests a connection carried, shared by every copy of its metadata.
+#[derive(Clone, Default)]
+struct Uses(Arc<AtomicUsize>);
+
+/// A connection to the upstream that carries its [`Uses`] in its metadata.
+pub struct Counted<T> {
+    /// The connection.
+    io: T,
+    /// Its request count.
+    uses: Uses,
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected().extra(self.uses.clone())
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
 
 /// How a connection reaches WeChat: straight, or through a CONNECT tunnel.
 #[derive(Clone)]
@@ -50,7 +166,7 @@ pub struct EgressError {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<Uri> for Egress {
-    type Response = TokioIo<TcpStream>;
+    type Response = Counted<TokioIo<TcpStream>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -65,13 +181,13 @@ impl tower_service::Service<Uri> for Egress {
         match self {
             Egress::Direct(http) => {
                 let connecting = http.call(dst);
-                Box::pin(async move { connecting.await.map_err(Into::into) })
+                Box::pin(async move { connecting.await.map(counted).map_err(Into::into) })
             }
             Egress::Tunnel { tunnel, shown } => {
                 let connecting = tunnel.call(dst);
                 let proxy = shown.clone();
                 Box::pin(async move {
-                    connecting.await.map_err(|e| {
+                    connecting.await.map(counted).map_err(|e| {
                         Box::new(EgressError {
                             proxy,
                             source: Box::new(e),
@@ -80,6 +196,13 @@ impl tower_service::Service<Uri> for Egress {
                 })
             }
         }
+    }
+}
+
+fn counted<T>(io: T) -> Counted<T> {
+    Counted {
+        io,
+        uses: Uses::default(),
     }
 }
 
@@ -151,8 +274,13 @@ pub fn client(
         .enable_http1()
         .wrap_connector(route);
 
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .build(https))
+    Ok(HttpClient {
+        pooled: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(1024)
+            .build(https.clone()),
+        fresh: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(https),
+    })
 }

@@ -18,11 +18,17 @@
 //! The [`Tracker`] holds the phase; the service and the answer's body
 //! ([`Tracked`]) move it, and the IO wrapper ([`Watched`]) arms its timer
 //! for it and fails the connection's IO when it fires.
+//!
+//! The IO wrapper also ends connections properly where hyper cannot: it
+//! counts each request head's bytes and answers a head over
+//! `max_request_header_bytes` with a JSON 431 itself, and it closes
+//! lingering ([`crate::linger`]) after that and after answers the service
+//! marked with [`crate::linger::Linger`].
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -30,6 +36,8 @@ use std::time::Duration;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::linger::{self, Draining};
 
 /// What a connection is doing, as far as its timers care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +50,26 @@ enum Phase {
 
 /// One connection's phase, shared by its IO, its service and its answer.
 #[derive(Debug)]
-pub struct Tracker(AtomicU8);
+pub struct Tracker {
+    /// The [`Phase`].
+    phase: AtomicU8,
+    /// Set when an answer went out before its request was read: the
+    /// connection closes lingering.
+    linger: AtomicBool,
+}
 
 impl Tracker {
     /// A tracker for a connection just accepted: waiting for a head.
     pub fn new() -> Arc<Tracker> {
-        Arc::new(Tracker(AtomicU8::new(Phase::Head as u8)))
+        Arc::new(Tracker {
+            phase: AtomicU8::new(Phase::Head as u8),
+            linger: AtomicBool::new(false),
+        })
+    }
+
+    /// The connection must read on before closing.
+    pub fn linger(&self) {
+        self.linger.store(true, Ordering::Release);
     }
 
     /// A request head arrived and is being served.
@@ -66,11 +88,11 @@ impl Tracker {
     }
 
     fn set(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Release);
     }
 
     fn get(&self) -> Phase {
-        match self.0.load(Ordering::Acquire) {
+        match self.phase.load(Ordering::Acquire) {
             0 => Phase::Head,
             1 => Phase::Handling,
             2 => Phase::Sending,
@@ -79,13 +101,63 @@ impl Tracker {
     }
 }
 
-/// The two limits a connection's timer enforces.
+/// The limits a connection's IO enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// For a whole request head.
     pub header_read: Duration,
     /// Between requests, and without write progress while sending.
     pub idle: Duration,
+    /// The longest request head, in bytes.
+    pub max_head: usize,
+}
+
+/// How far a connection has got in reading the current request head.
+#[derive(Debug, Clone, Copy, Default)]
+struct Head {
+    /// Bytes of it so far.
+    seen: usize,
+    /// 1 after a `\n`, 2 after `\n\r`: one more `\n` ends the head.
+    newlines: u8,
+    /// The head has ended; bytes after it are the body's.
+    done: bool,
+}
+
+impl Head {
+    /// Counts `bytes`; `Err` once the head passes `max` bytes.
+    fn count(&mut self, bytes: &[u8], max: usize) -> Result<(), ()> {
+        for &b in bytes {
+            if self.done {
+                return Ok(());
+            }
+            self.seen += 1;
+            if self.seen > max {
+                return Err(());
+            }
+            self.newlines = match (b, self.newlines) {
+                (b'\n', 1 | 2) => {
+                    self.done = true;
+                    0
+                }
+                (b'\n', _) => 1,
+                (b'\r', 1) => 2,
+                _ => 0,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// A connection that is ending on the IO wrapper's own terms.
+enum Closing {
+    /// Writing the 431 answer: bytes left from this offset.
+    Answer(Vec<u8>, usize),
+    /// Sending FIN, so the client sees the answer end.
+    Shutdown,
+    /// Reading on until the client is done.
+    Drain(Draining),
+    /// Done; the connection's IO now fails.
+    Closed,
 }
 
 /// A connection's IO with its timer: reads and writes fail with
@@ -102,6 +174,10 @@ pub struct Watched<T> {
     armed: Option<Phase>,
     /// The deadline of the current phase.
     timer: Pin<Box<Sleep>>,
+    /// The current request head's size so far.
+    head: Head,
+    /// Set once the connection ends on the wrapper's terms.
+    closing: Option<Closing>,
 }
 
 impl<T> Watched<T> {
@@ -113,6 +189,8 @@ impl<T> Watched<T> {
             timeouts,
             armed: None,
             timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
+            head: Head::default(),
+            closing: None,
         }
     }
 
@@ -126,6 +204,9 @@ impl<T> Watched<T> {
 
     fn restart(&mut self, phase: Phase) {
         self.armed = Some(phase);
+        if phase == Phase::Head {
+            self.head = Head::default();
+        }
         if let Some(limit) = self.limit(phase) {
             self.timer.as_mut().reset(Instant::now() + limit);
         }
@@ -155,13 +236,50 @@ impl<T> Watched<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> Watched<T> {
+    /// Drives a close on the wrapper's terms: answer (for 431), FIN, drain.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Some(closing) = &mut self.closing else {
+                return Poll::Ready(());
+            };
+            let next = match closing {
+                Closing::Answer(bytes, at) => {
+                    match ready!(Pin::new(&mut self.io).poll_write(cx, &bytes[*at..])) {
+                        Ok(n) if n > 0 && *at + n < bytes.len() => {
+                            *at += n;
+                            continue;
+                        }
+                        Ok(n) if n > 0 => Closing::Shutdown,
+                        _ => Closing::Closed,
+                    }
+                }
+                Closing::Shutdown => match ready!(Pin::new(&mut self.io).poll_shutdown(cx)) {
+                    Ok(()) => Closing::Drain(Draining::new()),
+                    Err(_) => Closing::Closed,
+                },
+                Closing::Drain(draining) => {
+                    ready!(draining.poll_drain(&mut self.io, cx));
+                    Closing::Closed
+                }
+                Closing::Closed => return Poll::Ready(()),
+            };
+            self.closing = Some(next);
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.closing.is_some() {
+            ready!(this.poll_close(cx));
+            return Poll::Ready(Err(linger::head_refused()));
+        }
         this.check(cx)?;
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
@@ -170,11 +288,28 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             this.tracker.set(Phase::Head);
             this.restart(Phase::Head);
         }
+        // After an answer marked to linger, what comes is the rest of the
+        // unread body, not a new head.
+        let closing = this.tracker.linger.load(Ordering::Acquire);
+        if this.tracker.get() == Phase::Head
+            && !closing
+            && this
+                .head
+                .count(&buf.filled()[before..], this.timeouts.max_head)
+                .is_err()
+        {
+            // hyper never sees these bytes; the wrapper answers and closes.
+            buf.set_filled(before);
+            let answer = linger::head_too_large(this.timeouts.max_head);
+            this.closing = Some(Closing::Answer(answer, 0));
+            ready!(this.poll_close(cx));
+            return Poll::Ready(Err(linger::head_refused()));
+        }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -197,7 +332,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.closing.is_none() && this.tracker.linger.load(Ordering::Acquire) {
+            this.closing = Some(Closing::Shutdown);
+        }
+        if this.closing.is_some() {
+            ready!(this.poll_close(cx));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(

@@ -135,6 +135,10 @@ struct State {
     /// token endpoint that gives up meanwhile leaves WeChat with a token
     /// issued (and, on the classic API, the previous one doomed).
     token_delay: Duration,
+    /// Close every reused connection when its next request arrives, unanswered.
+    close_reused: bool,
+    /// Requests dropped that way.
+    dropped_reused: usize,
 }
 
 /// Locks the state; a panicking test thread must not make every later call panic too.
@@ -189,6 +193,8 @@ impl FakeWeChat {
             failure: None,
             api_delay: Duration::ZERO,
             token_delay: Duration::ZERO,
+            close_reused: false,
+            dropped_reused: 0,
         }));
 
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -314,6 +320,20 @@ impl FakeWeChat {
     /// Every API (non-token) answer waits this long first.
     pub fn set_api_delay(&self, delay: Duration) {
         lock(&self.state).api_delay = delay;
+    }
+}
+
+impl FakeWeChat {
+    /// From now on, a connection that already served a request is closed, unanswered, when
+    /// the next request arrives on it: the race of a server's keep-alive timeout firing just
+    /// as a pooled connection is reused.
+    pub fn set_close_reused(&self, on: bool) {
+        lock(&self.state).close_reused = on;
+    }
+
+    /// Requests closed unanswered by [`FakeWeChat::set_close_reused`].
+    pub fn dropped_reused(&self) -> usize {
+        lock(&self.state).dropped_reused
     }
 }
 

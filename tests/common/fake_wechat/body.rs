@@ -62,6 +62,9 @@ pub enum Payload {
         /// The pause before the error, created on first need.
         pause: Option<Pin<Box<Sleep>>>,
     },
+    /// These bytes, then nothing ever again: the connection stays open (an upstream that
+    /// stalls mid-body).
+    Stall(Option<Bytes>),
 }
 
 impl Payload {
@@ -108,6 +111,10 @@ impl Body for Payload {
             Payload::Pattern { sent, left } => {
                 Poll::Ready(Some(Ok(Frame::data(next_chunk(sent, left)))))
             }
+            Payload::Stall(first) => match first.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            },
             Payload::BreakAfter { sent, left, pause } => {
                 if *left > 0 {
                     return Poll::Ready(Some(Ok(Frame::data(next_chunk(sent, left)))));
@@ -130,7 +137,7 @@ impl Body for Payload {
             Payload::Full(None) => SizeHint::with_exact(0),
             Payload::Pattern { left, .. } => SizeHint::with_exact(*left),
             // The announced Content-Length is a lie on purpose; the header carries it.
-            Payload::BreakAfter { .. } => SizeHint::default(),
+            Payload::BreakAfter { .. } | Payload::Stall(_) => SizeHint::default(),
         }
     }
 }

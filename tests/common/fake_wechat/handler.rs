@@ -219,6 +219,10 @@ async fn api_call(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
         "/wxa/getwxacodeunlimit" => wxacode(),
         "/test/big_json" => big_json(number("size", 100 * 1024)),
         "/test/reset_mid_body" => broken_download(),
+        "/cgi-bin/openapi/rid/get" => rid_get(state),
+        "/test/echo_token" => echo_token(given.first().map_or("", String::as_str)),
+        "/test/stall_json" => stall("application/json", br#"{"errcode":0,"#, 1000),
+        "/test/stall_stream" => stall("application/octet-stream", &[7u8; 4096], 1024 * 1024),
         // Any errcode on demand, as WeChat sends it (HTTP 200, text/plain).
         "/test/errcode" => {
             let code = query_values(query.as_deref(), "code")
@@ -292,6 +296,58 @@ fn broken_download() -> Response<Payload> {
         HeaderValue::from_static("application/octet-stream"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(BROKEN_ANNOUNCED));
+    resp
+}
+
+/// `rid/get` as WeChat answers it: the logged request behind the rid, whose `request_url` is
+/// the query of that earlier call, its `access_token` included. The fake logs one request:
+/// the API call before this one.
+fn rid_get(state: &Mutex<State>) -> Response<Payload> {
+    let earlier = {
+        let st = lock(state);
+        let n = st.requests.len();
+        n.checked_sub(2)
+            .and_then(|i| st.requests[i].query.clone())
+            .unwrap_or_default()
+    };
+    let body = json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "request": {
+            "invoke_time": 1_700_000_000,
+            "cost_in_ms": 12,
+            "request_url": earlier,
+            "request_body": "",
+            "response_body": "{\"errcode\":45009}",
+            "client_ip": "203.0.113.7",
+        }
+    });
+    respond(StatusCode::OK, JSON_UTF8, body.to_string())
+}
+
+/// An answer that hands the caller's token back in a `Location`, a `Set-Cookie`, a custom
+/// header and a small JSON body: what a careless or hostile upstream could do.
+fn echo_token(token: &str) -> Response<Payload> {
+    let body = json!({ "errcode": 0, "errmsg": "ok", "seen": token, "url": format!("/x?access_token={token}") });
+    let mut resp = respond(StatusCode::OK, JSON_UTF8, body.to_string());
+    let headers = resp.headers_mut();
+    let value = |s: String| HeaderValue::from_str(&s).expect("a token fits a header");
+    headers.insert(
+        header::LOCATION,
+        value(format!("https://example.com/cb?access_token={token}&a=1")),
+    );
+    headers.insert(header::SET_COOKIE, value(format!("t={token}; Path=/")));
+    headers.insert("x-echo", value(token.to_owned()));
+    resp
+}
+
+/// Headers announcing `announced` bytes of `content_type`, a first chunk, then a stall that
+/// never ends.
+fn stall(content_type: &'static str, first: &[u8], announced: u64) -> Response<Payload> {
+    let mut resp = Response::new(Payload::Stall(Some(Bytes::copy_from_slice(first))));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(announced));
     resp
 }
 

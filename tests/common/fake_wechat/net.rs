@@ -63,7 +63,21 @@ async fn serve_http<I>(io: I, state: Arc<Mutex<State>>, reset: Arc<AtomicBool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handler::handle(state.clone(), reset.clone(), req));
+    // Requests served on this connection so far, for `close_reused`.
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let reset = reset.clone();
+        let earlier = served.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if earlier > 0 && lock(&state).close_reused {
+                // A keep-alive timeout that fired as the request arrived: closed unanswered.
+                lock(&state).dropped_reused += 1;
+                return Err(handler::DropConnection);
+            }
+            handler::handle(state, reset, req).await
+        }
+    });
     // Errors here are the peer going away or a deliberate break: nothing to report.
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)

@@ -1,0 +1,142 @@
+//! The log cannot carry a credential, whoever writes the line.
+//!
+//! The proxy's own messages never hold a token or a secret, but its
+//! dependencies log what they see: hyper-util once warned with a request's
+//! path and query, `access_token` included, and any of them may at `trace`.
+//! So every formatted line passes through [`redacting_stderr`] on its way
+//! out, which replaces the value of every credential-carrying query
+//! parameter (`access_token=`, `secret=`, `corpsecret=`, …). Upstream URIs
+//! carry their credentials only there, so a line can still name a host or a
+//! path but never a token. The cost is one substring search per line.
+
+use std::io::{self, Write};
+
+use memchr::memmem;
+
+/// Query parameters whose values are credentials.
+const CREDENTIALS: [&[u8]; 6] = [
+    b"access_token=",
+    b"secret=",
+    b"component_access_token=",
+    b"authorizer_access_token=",
+    b"refresh_token=",
+    b"ticket=",
+];
+
+/// What a credential's value is replaced with.
+const REDACTED: &[u8] = b"[REDACTED]";
+
+/// A `MakeWriter` for `tracing_subscriber::fmt().with_writer(…)`: standard
+/// error, with credentials redacted from every line.
+pub fn redacting_stderr() -> RedactingWriter {
+    RedactingWriter
+}
+
+/// Writes to standard error what [`redact`] leaves of each write. The fmt
+/// layer writes each event in one call, so a credential never straddles
+/// two writes.
+#[derive(Debug, Clone, Copy)]
+pub struct RedactingWriter;
+
+impl Write for RedactingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match redact(buf) {
+            Some(clean) => io::stderr().write_all(&clean)?,
+            None => io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// `line` with the value of every credential parameter replaced; `None`
+/// when it holds none (the usual case, with no copy). `secret=` also
+/// catches `corpsecret=`, `appsecret=` and `component_appsecret=`.
+pub fn redact(line: &[u8]) -> Option<Vec<u8>> {
+    // Most lines hold no '=' inside a value at all.
+    memchr::memchr(b'=', line)?;
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for name in CREDENTIALS {
+        for at in memmem::find_iter(line, name) {
+            let start = at + name.len();
+            let end = line[start..]
+                .iter()
+                .position(|&b| {
+                    matches!(
+                        b,
+                        b'&' | b'"'
+                            | b'\''
+                            | b'\\'
+                            | b' '
+                            | b'\n'
+                            | b'\r'
+                            | b'\t'
+                            | b'#'
+                            | b','
+                            | b';'
+                            | b')'
+                            | b'>'
+                            | b'}'
+                            | b']'
+                            | 0x1b
+                    )
+                })
+                .map_or(line.len(), |n| start + n);
+            if end > start {
+                spans.push((start, end));
+            }
+        }
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_unstable();
+    let mut out = Vec::with_capacity(line.len());
+    let mut copied = 0;
+    for (start, end) in spans {
+        if start < copied {
+            continue;
+        }
+        out.extend_from_slice(&line[copied..start]);
+        out.extend_from_slice(REDACTED);
+        copied = end;
+    }
+    out.extend_from_slice(&line[copied..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(line: &str) -> String {
+        String::from_utf8(redact(line.as_bytes()).unwrap_or_else(|| line.as_bytes().to_vec()))
+            .unwrap()
+    }
+
+    #[test]
+    fn token_and_secret_values_are_redacted() {
+        assert_eq!(
+            clean("WARN CONNECT request stripping path: /?access_token=TOK-1_x&a=1\n"),
+            "WARN CONNECT request stripping path: /?access_token=[REDACTED]&a=1\n"
+        );
+        assert_eq!(
+            clean(r#"{"uri":"https://h/cgi-bin/gettoken?corpid=ww&corpsecret=S3"}"#),
+            r#"{"uri":"https://h/cgi-bin/gettoken?corpid=ww&corpsecret=[REDACTED]"}"#
+        );
+        assert_eq!(
+            clean("x component_access_token=A y secret=B"),
+            "x component_access_token=[REDACTED] y secret=[REDACTED]"
+        );
+    }
+
+    #[test]
+    fn lines_without_credentials_are_left_alone() {
+        assert!(redact(b"INFO request path=/cgi-bin/user/info status=200").is_none());
+        assert!(redact(b"count=3 limit=4").is_none());
+        assert!(redact(b"access_token= empty").is_none());
+    }
+}

@@ -1,0 +1,145 @@
+//! Tokens never go back to callers: every token the proxy injected into a
+//! request is replaced by the placeholder in the answer's headers and in
+//! every body the proxy holds in memory anyway (small JSON it inspects).
+//!
+//! An upstream has many ways to echo the token it was sent: a `Location` or
+//! `Set-Cookie` header, a URL in a small JSON answer, and WeChat's own
+//! `rid/get`, whose `request_url` is the query of an earlier call. A caller
+//! holding that token could use it without the proxy, after its key is
+//! revoked. The check is one substring search per token over bytes already
+//! in memory; nothing is copied unless a token is found.
+//!
+//! `rid/get` is scrubbed, not refused: its record is how callers debug a
+//! failed call. Its `request_url` may carry an older token than the ones
+//! this request used (a classic token stays valid for a while after a new
+//! one is fetched), so there every `access_token=` value is replaced,
+//! whatever it is.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use memchr::memmem;
+
+use crate::proxy::PLACEHOLDER_TOKEN;
+
+/// The path of WeChat's `rid/get`, whose answer quotes an earlier query.
+pub const RID_GET: &str = "/cgi-bin/openapi/rid/get";
+
+/// Replaces every token of `tokens` in header values.
+pub fn headers(headers: &mut HeaderMap, tokens: &[&str]) {
+    for value in headers.values_mut() {
+        let Some(bytes) = replace(value.as_bytes(), tokens) else {
+            continue;
+        };
+        // The placeholder is plain ASCII: the value stays valid.
+        if let Ok(clean) = HeaderValue::from_bytes(&bytes) {
+            *value = clean;
+        }
+    }
+}
+
+/// `body` with every token of `tokens` replaced; `None` when it held none
+/// (the common case, with no copy).
+pub fn body(body: &[u8], tokens: &[&str]) -> Option<Bytes> {
+    replace(body, tokens).map(Bytes::from)
+}
+
+/// `body` with the value of every `access_token=` replaced, whatever token
+/// it is: for answers that quote earlier requests ([`RID_GET`]).
+pub fn quoted_queries(body: &[u8]) -> Option<Bytes> {
+    const NAME: &[u8] = b"access_token=";
+    let spans = memmem::find_iter(body, NAME).map(|at| {
+        let value = at + NAME.len();
+        // A query value ends at the next parameter, or where the quoting
+        // JSON string or URL ends.
+        let end = body[value..]
+            .iter()
+            .position(|b| matches!(b, b'&' | b'"' | b'\\' | b'#' | b' ' | b'\'' | b'<'))
+            .map_or(body.len(), |n| value + n);
+        (value, end)
+    });
+    splice(body, spans.collect()).map(Bytes::from)
+}
+
+/// `haystack` with every one of `needles` replaced by the placeholder, in
+/// one pass over the original; `None` if there is none.
+fn replace(haystack: &[u8], needles: &[&str]) -> Option<Vec<u8>> {
+    let mut spans = Vec::new();
+    for needle in needles.iter().filter(|n| !n.is_empty()) {
+        spans.extend(
+            memmem::find_iter(haystack, needle.as_bytes()).map(|at| (at, at + needle.len())),
+        );
+    }
+    splice(haystack, spans)
+}
+
+/// `bytes` with each span (start, end) replaced by the placeholder;
+/// overlapping spans count once. `None` if there are none.
+fn splice(bytes: &[u8], mut spans: Vec<(usize, usize)>) -> Option<Vec<u8>> {
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_unstable();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut copied = 0;
+    for (start, end) in spans {
+        if start < copied {
+            copied = copied.max(end);
+            continue;
+        }
+        out.extend_from_slice(&bytes[copied..start]);
+        out.extend_from_slice(PLACEHOLDER_TOKEN.as_bytes());
+        copied = end;
+    }
+    out.extend_from_slice(&bytes[copied..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = PLACEHOLDER_TOKEN;
+
+    #[test]
+    fn bodies_without_a_token_are_not_copied() {
+        assert!(body(br#"{"errcode":0}"#, &["TOK", "OLD"]).is_none());
+        assert!(body(b"", &["TOK"]).is_none());
+        assert!(body(b"abc", &[""]).is_none());
+    }
+
+    #[test]
+    fn every_occurrence_of_every_token_is_replaced() {
+        let got = body(b"TOK-OLD-TOKTOK", &["TOK", "OLD"]).unwrap();
+        assert_eq!(got, format!("{P}-{P}-{P}{P}"));
+    }
+
+    #[test]
+    fn header_values_are_replaced_in_place() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "location",
+            "https://x/?access_token=TOK&a=1".parse().unwrap(),
+        );
+        h.append("set-cookie", "a=1".parse().unwrap());
+        h.append("set-cookie", "t=OLD".parse().unwrap());
+        headers(&mut h, &["TOK", "OLD"]);
+        assert_eq!(h["location"], format!("https://x/?access_token={P}&a=1"));
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", &format!("t={P}")]);
+    }
+
+    #[test]
+    fn quoted_queries_lose_every_token_value() {
+        let got = quoted_queries(
+            br#"{"request_url":"a=1&access_token=ANY-old_1&b=2","x":"access_token=Z\"","y":"access_token="}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&got).unwrap(),
+            format!(
+                r#"{{"request_url":"a=1&access_token={P}&b=2","x":"access_token={P}\"","y":"access_token={P}"}}"#
+            )
+        );
+        assert!(quoted_queries(br#"{"errcode":0}"#).is_none());
+    }
+}
