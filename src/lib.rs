@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod query;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod token;

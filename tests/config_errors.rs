@@ -215,3 +215,25 @@ fn the_kubernetes_configmap_holds_a_valid_config() {
     assert!(status.success(), "{err}\n{toml}");
     assert!(out.contains("OK (1 app: mp)"), "{out}");
 }
+
+#[test]
+fn a_base_url_with_credentials_is_named_without_its_password() {
+    for url in [
+        "https://user:hunter2@api.weixin.qq.com",
+        "https://user:hunter2@api.weixin.qq.com/x?y=1",
+        "ftp://user:hunter2@api.weixin.qq.com",
+    ] {
+        let (err, _) = refused(&format!("{GOOD_APP}base_url = \"{url}\"\n"), ENV);
+        assert_says(&err, &["apps.mp.base_url", "api.weixin.qq.com"]);
+        assert!(!err.contains("hunter2"), "the password was printed: {err}");
+    }
+}
+
+#[test]
+fn an_egress_proxy_without_a_host_is_refused() {
+    for url in ["http://:3128", "http://user:hunter2@:3128"] {
+        let (err, _) = refused(&format!("[upstream]\nproxy = \"{url}\"\n{GOOD_APP}"), ENV);
+        assert_says(&err, &["upstream.proxy", "host"]);
+        assert!(!err.contains("hunter2"), "the password was printed: {err}");
+    }
+}
