@@ -26,24 +26,33 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod auth;
-pub mod body;
+// Only what the binary, the tests and the benchmarks use is public, so the
+// compiler reports what nothing uses.
+mod admin;
+mod auth;
+// Both hold one item nothing uses (`Buffered::into_body`,
+// `Token::generation`), left to the files' current rework.
+#[allow(dead_code)]
+mod body;
 pub mod config;
-pub mod error;
+mod error;
 pub mod inspect;
-pub mod limits;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;
+mod limits;
+mod metrics;
+mod policy;
+mod proxy;
 pub mod query;
-pub mod secret;
-pub mod server;
-pub mod store;
-pub mod token;
-pub mod upstream;
-pub mod watchdog;
-pub mod wechat;
+mod secret;
+mod server;
+mod store;
+#[allow(dead_code)]
+mod token;
+mod upstream;
+mod watchdog;
+mod wechat;
+
+pub use limits::{fds_needed, raise_fd_limit};
+pub use server::termination;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -79,14 +79,7 @@ impl Cap {
 /// The [`BodyTooLarge`] somewhere in an error's causes (the upstream client
 /// reports a failed request body as its own error).
 pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<BodyTooLarge> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(too_large) = e.downcast_ref::<BodyTooLarge>() {
-            return Some(*too_large);
-        }
-        cause = e.source();
-    }
-    None
+    crate::error::causes(error).find_map(|e| e.downcast_ref::<BodyTooLarge>().copied())
 }
 
 /// Raises this process's soft limit on open files to the hard limit, so

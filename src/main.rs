@@ -137,7 +137,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     });
 
-    let shutdown = wechat_token_proxy::server::termination();
+    let shutdown = wechat_token_proxy::termination();
     match wechat_token_proxy::run(config, listeners, Arc::new(ProcessEnv), reload_rx, shutdown)
         .await
     {
@@ -152,9 +152,8 @@ async fn serve(config: Config) -> ExitCode {
 /// Lifts the open-files limit to the hard limit so `max_connections` is
 /// reachable, and says so when even that is too low.
 fn raise_fd_limit(config: &Config) {
-    use wechat_token_proxy::limits;
-    match limits::raise_fd_limit() {
-        Ok(limit) if limit < limits::fds_needed(&config.proxy.limits) => tracing::warn!(
+    match wechat_token_proxy::raise_fd_limit() {
+        Ok(limit) if limit < wechat_token_proxy::fds_needed(&config.proxy.limits) => tracing::warn!(
             open_files = limit,
             max_connections = config.proxy.limits.max_connections,
             "the open-files limit is low for max_connections: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_connections"

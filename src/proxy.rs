@@ -119,7 +119,7 @@ impl Proxy {
                 status,
                 errcode = outcome.errcode,
                 retried = outcome.retried,
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
                 "request"
             );
         }
@@ -407,16 +407,10 @@ fn placeholder_answer(kind: AppKind, path: &str) -> Option<Response<ProxyBody>> 
 
 /// Whether an I/O timeout is among the error's causes.
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
+    crate::error::causes(error).any(|e| {
+        e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    })
 }
 
 fn token_unavailable(app: &AppConfig, e: RefreshError) -> LocalError {

@@ -211,3 +211,37 @@ async fn the_first_log_lines_say_what_runs_with_which_config() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_line_gives_latency_to_the_microsecond() {
+    let h = Harness::mp("stable").await;
+    for _ in 0..5 {
+        assert_eq!(
+            h.http
+                .get(&h.url("/cgi-bin/user/info?openid=o1"))
+                .await
+                .status,
+            200
+        );
+    }
+    let latencies = || -> Vec<String> {
+        h.proxy
+            .logs()
+            .iter()
+            .filter_map(|l| l.split("latency_ms=").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+            .collect()
+    };
+    wait_until("five access lines", Duration::from_secs(5), || {
+        latencies().len() == 5
+    })
+    .await;
+    for latency in latencies() {
+        let decimals = latency.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            decimals <= 3,
+            "latency_ms={latency}: finer than a microsecond"
+        );
+        assert!(latency.parse::<f64>().is_ok(), "latency_ms={latency}");
+    }
+}
