@@ -172,40 +172,6 @@ fn a_bad_egress_proxy_is_named_without_its_password() {
 }
 
 #[test]
-fn the_kubernetes_configmap_holds_a_valid_config() {
-    let manifest = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes/configmap.yaml"
-    ))
-    .unwrap();
-    let start = manifest
-        .find("config.toml: |")
-        .expect("a config.toml entry");
-    let toml: String = manifest[start..]
-        .lines()
-        .skip(1)
-        .take_while(|l| l.is_empty() || l.starts_with("    "))
-        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
-        .collect();
-    // The Secret's files, as the pod would mount them.
-    let secret = write_temp("mp-secret", "an-app-secret\n");
-    let admin_key = write_temp("admin-key", "0123456789abcdef0123456789abcdef\n");
-    let toml = toml
-        .replace("/run/secrets/wechat/mp-secret", secret.to_str().unwrap())
-        .replace("/run/secrets/wechat/admin-key", admin_key.to_str().unwrap());
-    assert!(
-        !toml.contains("/run/secrets/"),
-        "a secret path the test does not provide:\n{toml}"
-    );
-    let path = write_temp("configmap.toml", &toml);
-
-    let (status, out, err) = run_binary(&["check", "--config", path.to_str().unwrap()], &[]);
-
-    assert!(status.success(), "{err}\n{toml}");
-    assert!(out.contains("OK (1 app: mp)"), "{out}");
-}
-
-#[test]
 fn a_base_url_with_credentials_is_named_without_its_password() {
     for url in [
         "https://user:hunter2@api.weixin.qq.com",
