@@ -61,3 +61,117 @@ pub const LOG_FORMAT: LogFormat = LogFormat::Text;
 
 /// `[store] key_prefix` for `kind = "redis"`.
 pub const REDIS_KEY_PREFIX: &str = "wechat-token-proxy:";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped config.toml, whose comments show every default.
+    const SHIPPED: &str = include_str!("../../config.toml");
+
+    /// The value config.toml shows for `key` in `[section]`, commented out or
+    /// not.
+    fn shown(section: &str, key: &str) -> Option<String> {
+        let mut current = "";
+        let mut found = None;
+        for line in SHIPPED.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(header) = line.strip_prefix('[') {
+                current = header.split(']').next().unwrap_or("");
+            } else if let Some(value) = line
+                .strip_prefix(key)
+                .and_then(|rest| rest.trim_start().strip_prefix('='))
+            {
+                if current == section {
+                    assert!(found.is_none(), "[{section}] {key} is shown twice");
+                    let value = value.split(" #").next().unwrap_or("").trim();
+                    found = Some(value.to_owned());
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn config_toml_shows_these_defaults() {
+        let quoted = |s: &str| format!("\"{s}\"");
+        let format = match LOG_FORMAT {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        let cases = [
+            ("proxy", "listen", quoted(LISTEN)),
+            ("proxy", "admin_listen", quoted(ADMIN_LISTEN)),
+            (
+                "proxy",
+                "max_replay_body_bytes",
+                MAX_REPLAY_BODY_BYTES.to_string(),
+            ),
+            ("proxy", "shutdown_grace_s", SHUTDOWN_GRACE_S.to_string()),
+            ("proxy", "worker_threads", WORKER_THREADS.to_string()),
+            (
+                "proxy",
+                "max_request_header_bytes",
+                MAX_REQUEST_HEADER_BYTES.to_string(),
+            ),
+            (
+                "proxy",
+                "max_request_body_bytes",
+                MAX_REQUEST_BODY_BYTES.to_string(),
+            ),
+            (
+                "proxy",
+                "header_read_timeout_ms",
+                HEADER_READ_TIMEOUT_MS.to_string(),
+            ),
+            ("proxy", "idle_timeout_ms", IDLE_TIMEOUT_MS.to_string()),
+            ("proxy", "max_connections", MAX_CONNECTIONS.to_string()),
+            (
+                "upstream",
+                "connect_timeout_ms",
+                CONNECT_TIMEOUT_MS.to_string(),
+            ),
+            (
+                "upstream",
+                "request_timeout_ms",
+                REQUEST_TIMEOUT_MS.to_string(),
+            ),
+            ("upstream", "token_timeout_ms", TOKEN_TIMEOUT_MS.to_string()),
+            (
+                "upstream",
+                "token_retry_min_ms",
+                TOKEN_RETRY_MIN_MS.to_string(),
+            ),
+            (
+                "upstream",
+                "token_retry_max_ms",
+                TOKEN_RETRY_MAX_MS.to_string(),
+            ),
+            ("apps.mp", "base_url", quoted(MP_BASE_URL)),
+            (
+                "apps.mp",
+                "refresh_before_expiry_s",
+                REFRESH_BEFORE_EXPIRY_S.to_string(),
+            ),
+            (
+                "apps.mp",
+                "min_refresh_interval_ms",
+                MIN_REFRESH_INTERVAL_MS.to_string(),
+            ),
+            ("log", "access_log", ACCESS_LOG.to_string()),
+            ("log", "format", quoted(format)),
+            ("store", "key_prefix", quoted(REDIS_KEY_PREFIX)),
+        ];
+        for (section, key, default) in cases {
+            assert_eq!(
+                shown(section, key).as_deref(),
+                Some(default.as_str()),
+                "[{section}] {key} in config.toml"
+            );
+        }
+        assert!(
+            SHIPPED.contains(WECOM_BASE_URL),
+            "the WeCom default is not shown"
+        );
+    }
+}
