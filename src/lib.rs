@@ -20,11 +20,15 @@
 //!   the caller's key ([`auth`]) and the app's path rules ([`policy`]).
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
-//! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
-//! JSON answers.
+//! any of this starts (its defaults all in `config/defaults.rs`), reading
+//! AppSecrets and keys through [`secret`], whose type never prints them;
+//! [`error`] maps what cannot be served to WeChat-shaped JSON answers.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// The tour above links modules private to the crate: read it with
+// `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 // Only what the binary, the tests and the benchmarks use is public, so the
 // compiler reports what nothing uses.
