@@ -1,15 +1,18 @@
 # syntax=docker/dockerfile:1
 # wechat-token-proxy container image. Not built by CI (no container engine there).
 #
-#   docker build -t wechat-token-proxy:latest .
-#   docker run --rm -e WECHAT_MP_SECRET=... wechat-token-proxy:latest
+#   docker build -t registry.example.com/wechat-token-proxy:0.1.0 .
+#   docker push registry.example.com/wechat-token-proxy:0.1.0    # where your cluster pulls from
 #
-# The image carries the repository's config.toml, whose listeners are on 127.0.0.1: right for a
-# sidecar (the application shares the pod's or container's network namespace), not for
-# `docker run -p`. Mount your own config over /etc/wechat-token-proxy/config.toml (see
-# deploy/kubernetes/configmap.yaml). Validate one with:
+# The image carries the repository's config.toml as an example only: its appid is a placeholder,
+# so the proxy refuses to start with it (exit code 2, naming apps.mp.appid). Mount your own config
+# over /etc/wechat-token-proxy/config.toml (see deploy/kubernetes/configmap.yaml). The example's
+# listeners are on 127.0.0.1: right for a sidecar (the application shares the pod's or container's
+# network namespace), not for `docker run -p`. Validate a config (check also tries both ports):
 #   docker run --rm -v $PWD/config.toml:/etc/wechat-token-proxy/config.toml:ro \
-#     -e WECHAT_MP_SECRET=... wechat-token-proxy:latest check --config /etc/wechat-token-proxy/config.toml
+#     -e WECHAT_MP_SECRET=... registry.example.com/wechat-token-proxy:0.1.0 \
+#     check --config /etc/wechat-token-proxy/config.toml
+# Exit codes: 0 served and stopped cleanly, 1 a port cannot be bound, 2 the config is refused.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

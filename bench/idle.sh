@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idle keep-alive connections (issue 5): the proxy's memory with 10,000 idle client connections
+# Idle keep-alive connections: the proxy's memory with 10,000 idle client connections
 # open, and whether it still serves a fresh request while they are held and after they close.
 #
 #   bench/idle.sh              # 10,000 connections
@@ -112,7 +112,7 @@ echo "| fresh request while they are held | $fresh_held |"
 echo "| proxy RSS after they closed | $(kib_to_mib "$rss_after") MiB |"
 echo "| fresh request after they closed | $fresh_after |"
 echo
-echo "Target (issue 5): peak RSS ≤ 96 MiB with 10,000 idle connections, and served afterwards."
+echo "Target: peak RSS ≤ 96 MiB with 10,000 idle connections, and served afterwards."
 
 ((opened == COUNT)) || die "only $opened of $COUNT connections opened"
 ((FRESH_FAILED == 0)) || die "a fresh request was not served"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Open many idle keep-alive HTTP/1.1 client connections to a loopback server and hold them.
 
-Used by bench/idle.sh (issue 5). Each connection sends one GET and reads the whole response, so
+Used by bench/idle.sh. Each connection sends one GET and reads the whole response, so
 the server has really served it and now holds it as an idle keep-alive connection; then all of
 them stay silent until --hold seconds pass or SIGTERM/SIGINT arrives. Standard library only.
 

@@ -317,7 +317,7 @@ request_timeout_ms = 30000
 
 [apps.mp]
 kind = "mp"
-appid = "wx0000000000bench"
+appid = "wx000000000000beec"
 secret_env = "WTP_BENCH_SECRET"
 token_api = "stable"
 base_url = "http://127.0.0.1:$UPSTREAM_PORT"

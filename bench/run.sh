@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# wechat-token-proxy against nginx doing the simpler job (issue 5), on this machine, in one run.
+# wechat-token-proxy against nginx doing the simpler job, on this machine, in one run.
 #
 #   bench/run.sh                      # full run: 3 rounds x 2 concurrencies x 5 series x 10 s (~6 min)
 #   DURATION=2s ROUNDS=1 bench/run.sh # smoke run
@@ -211,4 +211,4 @@ awk -F'\t' -v series="${SERIES[*]}" -v conns="$CONNS" '
 		}
 	}' "$RESULTS"
 echo
-echo "Targets (issue 5): req/s vs C ≥ 1.00, p99 vs C ≤ 1.00, proxy peak RSS ≤ 32 MiB. (\"vs C\" for B-log is vs C-log.)"
+echo "Targets: req/s vs C ≥ 1.00, p99 vs C ≤ 1.00, proxy peak RSS ≤ 32 MiB. (\"vs C\" for B-log is vs C-log.)"

@@ -10,7 +10,7 @@
 use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The header that carries the key for clients that cannot set
 /// `Authorization`.

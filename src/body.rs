@@ -183,16 +183,6 @@ pub enum Buffered {
     Partial(ProxyBody),
 }
 
-impl Buffered {
-    /// Turns the outcome back into a body to forward.
-    pub fn into_body(self) -> ProxyBody {
-        match self {
-            Buffered::Complete(bytes) => ProxyBody::full(bytes),
-            Buffered::Partial(body) => body,
-        }
-    }
-}
-
 /// Reads `body` until it ends or more than `limit` bytes have come.
 ///
 /// A declared length above the limit is not read at all. Trailers are

@@ -194,13 +194,17 @@ pub fn json_response(
 /// An error and its causes, joined by ": ". hyper's own messages
 /// ("client error (Connect)", "connection error") say little without them;
 /// none of hyper's or rustls's causes holds a URL, so no token or secret.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    causes(error)
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// `error`, then its source, its source's source, and so on: the one walk
+/// over an error chain, for finding a cause by type or printing them all.
+pub fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
 }

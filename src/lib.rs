@@ -20,36 +20,48 @@
 //!   the caller's key ([`auth`]) and the app's path rules ([`policy`]).
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
-//! any of this starts; [`error`] maps what cannot be served to WeChat-shaped
-//! JSON answers.
+//! any of this starts (its defaults all in `config/defaults.rs`), reading
+//! AppSecrets and keys through [`secret`], whose type never prints them;
+//! [`error`] maps what cannot be served to WeChat-shaped JSON answers.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// The tour above links modules private to the crate: read it with
+// `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
-pub mod admin;
-pub mod auth;
-pub mod body;
+// Only what the binary, the tests and the benchmarks use is public, so the
+// compiler reports what nothing uses.
+mod admin;
+mod auth;
+mod body;
 pub mod config;
-pub mod error;
-pub mod guard;
+mod error;
+mod guard;
 pub mod inspect;
-pub mod limits;
-pub mod linger;
+mod limits;
+mod linger;
 pub mod logging;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;
+mod metrics;
+mod policy;
+mod proxy;
 pub mod query;
-pub mod scrub;
-pub mod server;
-pub mod status_page;
-pub mod store;
-pub mod token;
-pub mod upstream;
-pub mod watchdog;
-pub mod wechat;
+mod scrub;
+mod secret;
+mod server;
+mod status_page;
+mod store;
+mod token;
+mod upstream;
+mod watchdog;
+mod wechat;
+
+pub use limits::{fds_needed, raise_fd_limit};
+pub use server::termination;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -68,6 +80,40 @@ pub struct Listeners {
     pub proxy: TcpListener,
     /// Health, status, admin.
     pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `listen` and `admin_listen`. `check` calls it too and drops
+    /// them, so a port that is taken is found before a deploy, not after.
+    pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| BindError {
+                file: config.path.clone(),
+                key,
+                addr,
+                source,
+            })
+        };
+        Ok(Listeners {
+            proxy: bind("proxy.listen", config.proxy.listen).await?,
+            admin: bind("proxy.admin_listen", config.proxy.admin_listen).await?,
+        })
+    }
+}
+
+/// A listener could not be bound: the port is taken, or the address is not
+/// this host's, or a port below 1024 without the privilege.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key} = \"{addr}\": cannot listen: {source}", file.display())]
+pub struct BindError {
+    /// The config file, so the message says where to change the address.
+    file: PathBuf,
+    /// The key that holds the address.
+    key: &'static str,
+    /// The address.
+    addr: SocketAddr,
+    /// What the OS said.
+    source: std::io::Error,
 }
 
 /// Why the proxy could not run.
@@ -97,7 +143,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let store = Arc::new(store::Store::open(&config.store)?);
-    log_store(&config.store);
+    log_config(&config);
 
     let mut apps = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
@@ -186,8 +232,30 @@ pub async fn run(
     Ok(())
 }
 
-fn log_store(settings: &config::StoreSettings) {
-    match settings {
+/// What runs with which config: one line each for the version and file,
+/// every app, the keys and the store, so a log shows what was deployed.
+fn log_config(config: &Config) {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.path.display(),
+        "starting"
+    );
+    for app in &config.apps {
+        tracing::info!(
+            app = %app.name,
+            kind = app.kind.as_str(),
+            appid = %app.appid,
+            token_api = app.token_api.as_str(),
+            base_url = %app.base_url,
+            "app"
+        );
+    }
+    tracing::info!(
+        client_key = config.proxy.client_key.is_some(),
+        admin_key = config.proxy.admin_key.is_some(),
+        "keys enforced"
+    );
+    match &config.store {
         config::StoreSettings::Memory => tracing::info!(store = "memory", "token store"),
         config::StoreSettings::File { path } => {
             tracing::info!(store = "file", path = %path.display(), "token store")

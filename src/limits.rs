@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, CONTENT_LENGTH};
 
-/// `[proxy]` limits, validated.
+/// `[proxy]` limits, validated; their defaults are in the config's
+/// `defaults.rs`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest request head (request line and headers) in bytes; longer
@@ -30,22 +31,6 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Client connections served at once, per listener.
     pub max_connections: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_header_bytes: 16 * 1024,
-            // WeChat's largest uploads (permanent video material, WeCom
-            // files) are 20 MB.
-            max_body_bytes: 32 * 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            // Room for 10,000 idle keep-alive clients (bench/idle.sh), each
-            // costing a few KiB.
-            max_connections: 16384,
-        }
-    }
 }
 
 /// A request body passed `max_request_body_bytes`.
@@ -94,14 +79,7 @@ impl Cap {
 /// The [`BodyTooLarge`] somewhere in an error's causes (the upstream client
 /// reports a failed request body as its own error).
 pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<BodyTooLarge> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(too_large) = e.downcast_ref::<BodyTooLarge>() {
-            return Some(*too_large);
-        }
-        cause = e.source();
-    }
-    None
+    crate::error::causes(error).find_map(|e| e.downcast_ref::<BodyTooLarge>().copied())
 }
 
 /// Raises this process's soft limit on open files to the hard limit, so

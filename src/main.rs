@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use wechat_token_proxy::config::{Config, LogFormat, ProcessEnv};
 use wechat_token_proxy::Listeners;
@@ -17,10 +16,29 @@ use wechat_token_proxy::Listeners;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Exit code for a config the proxy refuses: restarting will not help
+/// (systemd: `RestartPreventExitStatus=2`).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a listener that cannot be bound, or another failure at run
+/// time: a restart may help once the port is free.
+const EXIT_RUNTIME: u8 = 1;
+
+const AFTER_HELP: &str = "\
+Without a subcommand, serves: applications call [proxy] listen (default 127.0.0.1:8080);
+/healthz, /readyz, /apps, /metrics and POST /apps/NAME/refresh are on [proxy] admin_listen
+(default 127.0.0.1:9090). SIGTERM or SIGINT drains and exits 0; SIGHUP re-reads secret files.
+
+Logs go to stderr; RUST_LOG sets the level (default info), e.g. RUST_LOG=debug.
+
+Exit codes:
+  0  served and stopped cleanly; for check: the config is valid and both ports can be bound
+  1  a listener cannot be bound (port taken, address not on this host), or a failure at run time
+  2  the config is refused (the message names the file and the key)";
+
 /// Adds WeChat's access_token to every API call so applications never hold
 /// the AppSecret.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, default_value = "config.toml")]
@@ -31,7 +49,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and validate the config (secrets resolved too), then exit.
+    /// Validate the config (secrets read too), try to bind and release both
+    /// listeners, then exit.
     Check,
 }
 
@@ -41,19 +60,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     if let Some(Command::Check) = cli.command {
-        let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
-        println!(
-            "{}: OK ({} app{}: {})",
-            config.path.display(),
-            names.len(),
-            if names.len() == 1 { "" } else { "s" },
-            names.join(", ")
-        );
-        return ExitCode::SUCCESS;
+        return check(&config);
     }
     init_logging(config.log.format);
     raise_fd_limit(&config);
@@ -71,29 +82,46 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_RUNTIME);
         }
     };
     runtime.block_on(serve(config))
 }
 
-async fn serve(config: Config) -> ExitCode {
-    let bind = |key: &'static str, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("{}: {key} = \"{addr}\": cannot listen: {e}", "config"))
+/// `check`: the config is already valid; now prove both ports can be bound,
+/// then release them.
+fn check(config: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
     };
-    let listeners = match (
-        bind("proxy.listen", config.proxy.listen).await,
-        bind("proxy.admin_listen", config.proxy.admin_listen).await,
-    ) {
-        (Ok(proxy), Ok(admin)) => Listeners { proxy, admin },
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(
-                "{}",
-                e.replacen("config", &config.path.display().to_string(), 1)
-            );
-            return ExitCode::FAILURE;
+    if let Err(e) = runtime.block_on(Listeners::bind(config)) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+    println!(
+        "{}: OK ({} app{}: {})",
+        config.path.display(),
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    );
+    ExitCode::SUCCESS
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listeners = match Listeners::bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_RUNTIME);
         }
     };
 
@@ -109,14 +137,14 @@ async fn serve(config: Config) -> ExitCode {
         }
     });
 
-    let shutdown = wechat_token_proxy::server::termination();
+    let shutdown = wechat_token_proxy::termination();
     match wechat_token_proxy::run(config, listeners, Arc::new(ProcessEnv), reload_rx, shutdown)
         .await
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
@@ -124,9 +152,8 @@ async fn serve(config: Config) -> ExitCode {
 /// Lifts the open-files limit to the hard limit so `max_connections` is
 /// reachable, and says so when even that is too low.
 fn raise_fd_limit(config: &Config) {
-    use wechat_token_proxy::limits;
-    match limits::raise_fd_limit() {
-        Ok(limit) if limit < limits::fds_needed(&config.proxy.limits) => tracing::warn!(
+    match wechat_token_proxy::raise_fd_limit() {
+        Ok(limit) if limit < wechat_token_proxy::fds_needed(&config.proxy.limits) => tracing::warn!(
             open_files = limit,
             max_connections = config.proxy.limits.max_connections,
             "the open-files limit is low for max_connections: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_connections"

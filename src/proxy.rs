@@ -139,7 +139,7 @@ impl Proxy {
                 status,
                 errcode = outcome.errcode,
                 retried = outcome.retried,
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
                 "request"
             );
         }
@@ -568,14 +568,7 @@ fn closed_unanswered(error: &ClientError) -> bool {
 fn cause<'e, E: std::error::Error + 'static>(
     error: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e E> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(found) = e.downcast_ref::<E>() {
-            return Some(found);
-        }
-        cause = e.source();
-    }
-    None
+    crate::error::causes(error).find_map(|e| e.downcast_ref::<E>())
 }
 
 fn token_unavailable(app: &AppConfig, e: RefreshError) -> LocalError {

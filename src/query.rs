@@ -31,54 +31,22 @@ fn is_access_token(part: &str) -> bool {
 
 /// Whether `name`, percent-decoded, is `want`.
 pub(crate) fn decoded_eq(name: &str, want: &[u8]) -> bool {
-    let bytes = name.as_bytes();
-    let (mut i, mut j) = (0, 0);
-    while i < bytes.len() {
-        let b = if bytes[i] == b'%' {
-            let Some(v) = bytes.get(i + 1..i + 3).and_then(hex_pair) else {
-                return false;
-            };
-            i += 3;
-            v
-        } else {
-            i += 1;
-            bytes[i - 1]
-        };
-        if want.get(j) != Some(&b) {
-            return false;
-        }
-        j += 1;
-    }
-    j == want.len()
+    // A bad escape decodes to a literal '%', which `want` never holds.
+    percent_encoding::percent_decode_str(name).eq(want.iter().copied())
 }
 
-fn hex_pair(h: &[u8]) -> Option<u8> {
-    let d = |c: u8| (c as char).to_digit(16);
-    Some((d(h[0])? * 16 + d(h[1])?) as u8)
-}
+/// What is percent-encoded in a query value: everything outside RFC 3986's
+/// unreserved set.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
-/// Percent-encodes everything outside RFC 3986's unreserved set. WeChat's
-/// tokens are plain `[A-Za-z0-9_-]`, so the loop usually copies.
+/// Percent-encodes `value` onto `out`. WeChat's tokens are plain
+/// `[A-Za-z0-9_-]`, so this usually copies one run.
 fn encode_into(value: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    // Start of the current run of unreserved bytes, copied in one go.
-    let mut plain = 0;
-    for (i, b) in value.bytes().enumerate() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            continue;
-        }
-        if plain < i {
-            // A run of ASCII: both ends are char boundaries.
-            out.push_str(&value[plain..i]);
-        }
-        out.push('%');
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
-        plain = i + 1;
-    }
-    if plain < value.len() {
-        out.push_str(&value[plain..]);
-    }
+    out.extend(percent_encoding::utf8_percent_encode(value, NOT_UNRESERVED));
 }
 
 /// Percent-encodes a query value (for token fetch URLs).

@@ -45,9 +45,6 @@ pub enum FetchError {
     /// The whole fetch took longer than `token_timeout_ms`.
     #[error("the token fetch timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
-    /// The secret file could not be read.
-    #[error("cannot read the secret: {0}")]
-    Secret(String),
 }
 
 fn hint(errcode: i64) -> &'static str {

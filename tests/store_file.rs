@@ -12,7 +12,7 @@ use common::fake_wechat::{AppKind, FakeOptions};
 use common::setup::{env, ConfigBuilder, Harness, MP_APPID, SECRET};
 use common::{wait_until, wait_until_async, Http, Proxy};
 
-const OTHER_APPID: &str = "wx00000000000other";
+const OTHER_APPID: &str = "wx00000000000000ff";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_within_the_tokens_life_makes_no_fetch() {

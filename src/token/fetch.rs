@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::TokenApi;
+use crate::secret::SecretError;
 use crate::wechat::{self, FetchError, Grant};
 
 use super::{backoff, Reason, RefreshError, Token, TokenManager};
@@ -97,7 +98,7 @@ impl TokenManager {
     /// Re-reads a file secret (SIGHUP, or WeChat said the secret is wrong).
     /// When it changed after a failed fetch, the backoff is cut short so the
     /// new secret is tried now.
-    pub fn reload_secret(&self) -> Result<bool, String> {
+    pub fn reload_secret(&self) -> Result<bool, SecretError> {
         let fresh = self.app.secret_source.read(self.env.as_ref())?;
         if **self.secret.load() == fresh {
             return Ok(false);

@@ -75,11 +75,6 @@ impl Token {
         &self.value
     }
 
-    /// This token's place in the sequence of tokens the app has held.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// WeChat answered a call made with this token without a token error:
     /// a rejection seen on another call was about that call, not the token.
     pub fn accepted(&self) {

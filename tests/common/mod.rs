@@ -59,12 +59,8 @@ pub fn port_outside_ephemeral_range<T>(
     range: std::ops::Range<u16>,
     mut take: impl FnMut(u16) -> Option<T>,
 ) -> T {
-    use std::hash::{BuildHasher, Hasher};
     for _ in 0..200 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        let port = range.start + (h.finish() % u64::from(range.end - range.start)) as u16;
-        if let Some(taken) = take(port) {
+        if let Some(taken) = take(fastrand::u16(range.clone())) {
             return taken;
         }
     }

@@ -2,9 +2,7 @@
 //! endpoint answers. Pure logic over an explicit `now`, no I/O, so the rules of WECHAT.md
 //! can be read in one place.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use super::{AppKind, FakeOptions};
@@ -94,8 +92,8 @@ pub(super) struct Tokens {
     issued: Vec<String>,
     /// Makes token strings unique and shows their order when debugging.
     counter: u64,
-    /// Source of the random-looking part of token strings.
-    random: RandomState,
+    /// Source of the random part of token strings.
+    random: fastrand::Rng,
 }
 
 /// Seconds left until `at`, rounded up, as `expires_in` is reported.
@@ -117,7 +115,7 @@ impl Tokens {
             tokens: HashMap::new(),
             issued: Vec::new(),
             counter: 0,
-            random: RandomState::new(),
+            random: fastrand::Rng::new(),
         }
     }
 
@@ -366,12 +364,11 @@ impl Tokens {
     /// Mints a token for `appid` valid from `now`.
     fn issue(&mut self, appid: &str, now: Instant) -> String {
         self.counter += 1;
-        let mut hasher = self.random.build_hasher();
-        hasher.write_u64(self.counter);
-        let high = hasher.finish();
-        hasher.write_u64(high);
-        let low = hasher.finish();
-        let string = format!("TOK-{appid}-{:06}-{high:016x}{low:016x}", self.counter);
+        let string = format!(
+            "TOK-{appid}-{:06}-{:032x}",
+            self.counter,
+            self.random.u128(..)
+        );
         let kind = self.app(appid).kind;
         self.tokens.insert(
             string.clone(),
