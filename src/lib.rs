@@ -10,14 +10,20 @@
 //! - The answer's `errcode` is read by [`inspect`] when the body is small
 //!   JSON; a token error makes [`token`] fetch a new token once
 //!   (single-flight, through [`wechat`]) and the request is retried once with
-//!   the body kept by [`body`].
+//!   the body kept by [`body`]. Before any answer leaves, [`scrub`] replaces
+//!   the tokens the proxy injected in its headers and inspected body.
 //! - [`admin`] serves health, readiness, status (JSON, and HTML for a
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
 //!   earlier run (file) or another replica (Redis), and saves what it fetches.
 //! - Before any of that, [`server`] holds each connection to the [`limits`]
-//!   (its [`watchdog`] cuts off slow and idle clients), and [`proxy`] checks
-//!   the caller's key ([`auth`]) and the app's path rules ([`policy`]).
+//!   (its [`watchdog`] cuts off slow and idle clients; [`linger`] lets a
+//!   client refused early read its answer), and [`proxy`] checks the
+//!   caller's key ([`auth`]), what it must never forward ([`guard`]:
+//!   CONNECT, other hosts, AppSecrets) and the app's path rules
+//!   ([`policy`]).
+//! - [`logging`] keeps tokens and secrets out of every log line, whatever
+//!   the dependency that wrote it.
 //!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
 //! any of this starts (its defaults all in `config/defaults.rs`), reading
