@@ -37,9 +37,9 @@
 //! [`backoff`] says when to try again.
 
 mod admission;
-mod backoff;
+pub(crate) mod backoff;
 mod fetch;
-mod fleet;
+pub(crate) mod fleet;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
