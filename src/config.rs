@@ -305,6 +305,8 @@ pub struct AppConfig {
     pub egress: Option<EgressProxy>,
     /// Which paths callers may reach through this app.
     pub policy: PathPolicy,
+    /// WeCom only: the app's agentid, to sign `wx.agentConfig`.
+    pub agentid: Option<u64>,
 }
 
 /// `[log]`.
@@ -496,6 +498,7 @@ struct RawApp {
     proxy: Option<String>,
     allow_paths: Option<Vec<String>>,
     deny_paths: Option<Vec<String>>,
+    agentid: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -947,6 +950,15 @@ impl Validator<'_> {
             Some(url) => Some(self.egress(&key("proxy"), url)?),
             None => global_proxy.cloned(),
         };
+        let agentid = match (raw.kind, raw.agentid) {
+            (_, None) => None,
+            (AppKind::Mp, Some(_)) => {
+                return Err(self.err(key("agentid"), "agentid is for kind = \"wecom\" apps"))
+            }
+            (AppKind::Wecom, Some(id)) => Some(u64::try_from(id).ok().filter(|&id| id > 0).ok_or_else(|| {
+                self.err(key("agentid"), format!("{id} is not an agentid: use the positive integer WeCom shows for the app (e.g. 1000002)"))
+            })?),
+        };
 
         Ok(AppConfig {
             egress,
@@ -961,6 +973,7 @@ impl Validator<'_> {
                 raw.min_refresh_interval_ms.unwrap_or(5000),
             ),
             policy,
+            agentid,
             name,
         })
     }

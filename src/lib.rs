@@ -11,6 +11,8 @@
 //!   JSON; a token error makes [`token`] fetch a new token once
 //!   (single-flight, through [`wechat`]) and the request is retried once with
 //!   the body kept by [`body`].
+//! - The JS-SDK ticket calls and `/jssdk/config` are answered by [`jssdk`]
+//!   from the tickets [`ticket`] holds like tokens.
 //! - [`admin`] serves health, readiness, status (JSON, and HTML for a
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
@@ -32,6 +34,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod inspect;
+pub mod jssdk;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
@@ -40,6 +43,7 @@ pub mod query;
 pub mod server;
 pub mod status_page;
 pub mod store;
+pub mod ticket;
 pub mod token;
 pub mod upstream;
 pub mod watchdog;
@@ -115,11 +119,22 @@ pub async fn run(
         );
         let tokens = Arc::new(tokens.with_store(store.clone()));
         tokio::spawn(tokens.clone().run_refresher(stop_rx.clone()));
+        let tickets = ticket::Tickets::new(
+            tokens.clone(),
+            store.clone(),
+            ticket::Limits {
+                timeout: config.upstream.token_timeout,
+                retry_min: config.upstream.token_retry_min,
+                retry_max: config.upstream.token_retry_max,
+            },
+            stop_rx.clone(),
+        );
         apps.push(App {
             metrics: metrics.app(&app.name),
             config: app,
             tokens,
             client,
+            tickets: Arc::new(tickets),
         });
     }
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();

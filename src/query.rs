@@ -87,9 +87,48 @@ pub fn encode(value: &str) -> String {
     out
 }
 
+/// The first value of `name` in `query`, percent-decoded (`+` is a space, as
+/// forms send it); `None` when absent or not UTF-8 once decoded.
+pub fn param(query: Option<&str>, name: &str) -> Option<String> {
+    let raw = query?.split('&').find_map(|part| {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        (key == name).then_some(value)
+    })?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                out.push(bytes.get(i + 1..i + 3).and_then(hex_pair)?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_is_found_and_decoded() {
+        let q = Some("a=1&url=https%3A%2F%2Fx.cn%2Fp%3Fq%3D1%23top&b=a+b");
+        assert_eq!(param(q, "url").as_deref(), Some("https://x.cn/p?q=1#top"));
+        assert_eq!(param(q, "b").as_deref(), Some("a b"));
+        assert_eq!(param(q, "c"), None);
+        assert_eq!(param(Some("url=%zz"), "url"), None);
+        assert_eq!(param(None, "url"), None);
+    }
 
     fn rewrite(q: Option<&str>) -> String {
         let mut s = String::new();

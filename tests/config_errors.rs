@@ -215,3 +215,14 @@ fn the_kubernetes_configmap_holds_a_valid_config() {
     assert!(status.success(), "{err}\n{toml}");
     assert!(out.contains("OK (1 app: mp)"), "{out}");
 }
+
+#[test]
+fn a_bad_agentid_is_named() {
+    let wecom = "[apps.work]\nkind = \"wecom\"\ncorpid = \"ww1234567890abcdef\"\nsecret_env = \"TEST_APP_SECRET\"\n";
+    let (err, _) = refused(&format!("{wecom}agentid = 0\n"), ENV);
+    assert_says(&err, &["apps.work.agentid", "positive integer"]);
+    let (err, _) = refused(&format!("{wecom}agentid = \"1000002\"\n"), ENV);
+    assert_says(&err, &["agentid"]);
+    let (err, _) = refused(&format!("{GOOD_APP}agentid = 1000002\n"), ENV);
+    assert_says(&err, &["apps.mp.agentid", "wecom"]);
+}

@@ -341,6 +341,26 @@ impl TokenManager {
         &self.app
     }
 
+    /// The upstream connection pool of the app's egress route, for the other
+    /// calls made with this app's credentials (tickets, quota).
+    pub(crate) fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// Ends a fetch backoff now (its cause was just fixed: a new secret, a
+    /// reset quota): the refresher fetches at once, and requests no longer
+    /// get the last error. False when the last fetch did not fail.
+    pub fn end_backoff(&self) -> bool {
+        let mut st = self.lock_state();
+        if st.last_error.is_none() {
+            return false;
+        }
+        st.retry_at = Some(Instant::now());
+        drop(st);
+        self.wake.notify_one();
+        true
+    }
+
     /// The held token if it has not expired. Lock-free: this is the hot path.
     pub fn current(&self) -> Option<Arc<Token>> {
         let token = self.slot.load_full()?;
