@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod query;
+pub mod quota;
 pub mod server;
 pub mod status_page;
 pub mod store;
@@ -100,6 +101,7 @@ pub async fn run(
     log_store(&config.store);
 
     let mut apps = Vec::with_capacity(config.apps.len());
+    let mut quotas = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
         let client = match clients.iter().find(|(egress, _)| *egress == app.egress) {
             Some((_, client)) => client.clone(),
@@ -110,14 +112,23 @@ pub async fn run(
             }
         };
         let app = Arc::new(app.clone());
+        // The quota watch hears of fetches first (for 45009), then tells the
+        // metrics; it needs the token manager, which needs the observer.
+        let observer = Arc::new(quota::Relay::default());
         let tokens = TokenManager::new(
             app.clone(),
             &config.upstream,
             client.clone(),
-            Some(metrics.clone() as Arc<dyn token::RefreshObserver>),
+            Some(observer.clone() as Arc<dyn token::RefreshObserver>),
             env.clone(),
         );
         let tokens = Arc::new(tokens.with_store(store.clone()));
+        let quota = quota::Quota::new(tokens.clone(), metrics.clone());
+        observer.connect(metrics.clone(), quota.clone());
+        if let Some(quota) = &quota {
+            tokio::spawn(quota.clone().run_poller(stop_rx.clone()));
+        }
+        quotas.push(quota);
         tokio::spawn(tokens.clone().run_refresher(stop_rx.clone()));
         let tickets = ticket::Tickets::new(
             tokens.clone(),
@@ -141,7 +152,8 @@ pub async fn run(
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(
         Admin::new(managers.clone(), draining.clone(), metrics.clone())
-            .with_key(config.proxy.admin_key.clone()),
+            .with_key(config.proxy.admin_key.clone())
+            .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas),
     );
     let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;

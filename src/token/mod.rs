@@ -245,6 +245,9 @@ pub trait RefreshObserver: Send + Sync {
     fn refreshed(&self, app: &str, reason: Reason, ok: bool);
     /// Called when another system appears to fetch this app's tokens.
     fn fight(&self, app: &str);
+    /// Called with the error of every failed fetch (the quota watch acts on
+    /// 45009).
+    fn failed(&self, _app: &str, _error: &FetchError) {}
 }
 
 /// How a refresh ended well.
@@ -345,6 +348,12 @@ impl TokenManager {
     /// calls made with this app's credentials (tickets, quota).
     pub(crate) fn client(&self) -> &HttpClient {
         &self.client
+    }
+
+    /// The current secret, for the one WeChat call that takes it instead of
+    /// a token (`clear_quota/v2`).
+    pub(crate) fn secret(&self) -> Arc<Secret> {
+        self.secret.load_full()
     }
 
     /// Ends a fetch backoff now (its cause was just fixed: a new secret, a
@@ -612,6 +621,9 @@ impl TokenManager {
         }
         if let Some(observer) = &self.observer {
             observer.refreshed(app, reason, failure.is_none());
+            if let Some((e, _)) = failure {
+                observer.failed(app, e);
+            }
         }
     }
 
