@@ -317,7 +317,19 @@ async fn get_with(h: &Harness, path: &str, authorization: Option<&str>) -> Resp 
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_and_dashboard_use_only_metrics_the_proxy_exports() {
     let h = Harness::mp("stable").await;
-    // Give every family a sample: a call, an errcode, a failed refresh.
+    // Give every family a sample: the first quota reading, a call, an
+    // errcode, a failed refresh.
+    let (http, metrics) = (h.http.clone(), h.admin("/metrics"));
+    common::wait_until_async("a quota reading", Duration::from_secs(10), || {
+        let (http, metrics) = (http.clone(), metrics.clone());
+        async move {
+            http.get(&metrics)
+                .await
+                .text()
+                .contains("wechat_proxy_token_quota_remaining{")
+        }
+    })
+    .await;
     h.http.get(&h.url("/cgi-bin/user/info")).await.assert_ok();
     h.http.get(&h.url("/test/errcode?code=45009")).await;
     h.fake.set_fetch_failure(Some(FetchFailure::Http500));
