@@ -13,7 +13,9 @@ use crate::auth::InboundKey;
 use crate::body::ProxyBody;
 use crate::error::{json_response, LocalError};
 use crate::metrics::Metrics;
+use crate::quota::Quota;
 use crate::status_page;
+use crate::ticket::Tickets;
 use crate::token::{AdminRefresh, TokenManager};
 
 /// Serves the admin endpoints.
@@ -27,6 +29,11 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     /// Callers but probes must present this key, if set.
     key: Option<InboundKey>,
+    /// Every app's JS-SDK tickets, in config order (empty until
+    /// [`Admin::with_js_sdk`]).
+    tickets: Vec<Arc<Tickets>>,
+    /// Every app's quota watch, in config order; `None` for WeCom.
+    quotas: Vec<Option<Arc<Quota>>>,
 }
 
 impl Admin {
@@ -42,7 +49,21 @@ impl Admin {
             draining,
             metrics,
             key: None,
+            tickets: Vec::new(),
+            quotas: Vec::new(),
         }
+    }
+
+    /// Shows each app's tickets and quota on `/apps`, and serves
+    /// `POST /apps/NAME/clear-quota`. Both lists are in config order.
+    pub fn with_js_sdk(
+        mut self,
+        tickets: Vec<Arc<Tickets>>,
+        quotas: Vec<Option<Arc<Quota>>>,
+    ) -> Admin {
+        self.tickets = tickets;
+        self.quotas = quotas;
+        self
     }
 
     /// Requires `key` on every endpoint but `/healthz` and `/readyz`, which
@@ -70,10 +91,7 @@ impl Admin {
             return refused;
         }
         match (request.method(), path) {
-            (&Method::GET, "/") => {
-                let apps: Vec<Value> = self.apps.iter().map(|t| app_status(t)).collect();
-                status_page::response(&apps, SystemTime::now())
-            }
+            (&Method::GET, "/") => status_page::response(&self.app_statuses(), SystemTime::now()),
             (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => {
@@ -86,16 +104,19 @@ impl Admin {
                 );
                 response
             }
-            (&Method::GET, "/apps") => ok(Value::Array(
-                self.apps.iter().map(|t| app_status(t)).collect(),
-            )),
-            (&Method::POST, p) if refresh_target(p).is_some() => {
-                self.refresh(refresh_target(p).unwrap_or_default()).await
+            (&Method::GET, "/apps") => ok(Value::Array(self.app_statuses())),
+            (&Method::POST, p) if app_action(p, "clear-quota").is_some() => {
+                self.clear_quota(app_action(p, "clear-quota").unwrap_or_default())
+                    .await
+            }
+            (&Method::POST, p) if app_action(p, "refresh").is_some() => {
+                self.refresh(app_action(p, "refresh").unwrap_or_default())
+                    .await
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 "error",
-                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, /metrics, POST /apps/NAME/refresh")}),
+                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, /metrics, POST /apps/NAME/refresh, POST /apps/NAME/clear-quota")}),
             ),
         }
     }
@@ -139,14 +160,63 @@ impl Admin {
         }
     }
 
-    async fn refresh(&self, name: &str) -> Response<ProxyBody> {
-        let Some(tokens) = self.apps.iter().find(|t| t.app().name == name) else {
-            let names: Vec<&str> = self.apps.iter().map(|t| t.app().name.as_str()).collect();
+    /// Every app's `/apps` entry, tickets and quota included.
+    fn app_statuses(&self) -> Vec<Value> {
+        self.apps
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut status = app_status(t);
+                if let Some(tickets) = self.tickets.get(i) {
+                    status["tickets"] = tickets_status(tickets);
+                }
+                if let Some(Some(quota)) = self.quotas.get(i) {
+                    let (reading, resets) = quota.status();
+                    status["quota"] = reading;
+                    status["quota_resets"] = json!(resets);
+                }
+                status
+            })
+            .collect()
+    }
+
+    /// The 404 answer for an app name that is not configured, naming those
+    /// that are.
+    fn no_app(&self, name: &str) -> Response<ProxyBody> {
+        let names: Vec<&str> = self.apps.iter().map(|t| t.app().name.as_str()).collect();
+        json_response(
+            StatusCode::NOT_FOUND,
+            "error",
+            &json!({"errcode": -1, "errmsg": format!("no app named '{name}'; apps: {}", names.join(", "))}),
+        )
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.apps.iter().position(|t| t.app().name == name)
+    }
+
+    async fn clear_quota(&self, name: &str) -> Response<ProxyBody> {
+        let Some(i) = self.find(name) else {
+            return self.no_app(name);
+        };
+        let Some(Some(quota)) = self.quotas.get(i) else {
             return json_response(
                 StatusCode::NOT_FOUND,
                 "error",
-                &json!({"errcode": -1, "errmsg": format!("no app named '{name}'; apps: {}", names.join(", "))}),
+                &json!({"errcode": -1, "errmsg": format!("{name}: WeCom has no quota reset; only mp apps do")}),
             );
+        };
+        let answer = quota.reset().await;
+        let mut response = json_response(answer.status, "admin", &answer.body);
+        if answer.status.is_success() {
+            response.headers_mut().remove(crate::error::LOCAL_ANSWER);
+        }
+        response
+    }
+
+    async fn refresh(&self, name: &str) -> Response<ProxyBody> {
+        let Some(tokens) = self.find(name).map(|i| &self.apps[i]) else {
+            return self.no_app(name);
         };
         let expires_in = |t: &TokenManager| t.status().expires_in.map_or(0, |d| d.as_secs());
         match tokens.refresh_by_admin().await {
@@ -182,10 +252,12 @@ fn admits(key: &InboundKey, headers: &http::HeaderMap) -> bool {
     key.admits(headers) | basic
 }
 
-/// The app named by `POST /apps/NAME/refresh`; `None` for any other path,
-/// `/apps/refresh` included (prefix and suffix overlap there).
-fn refresh_target(path: &str) -> Option<&str> {
-    path.strip_prefix("/apps/")?.strip_suffix("/refresh")
+/// The app named by `/apps/NAME/{action}`; `None` for any other path,
+/// `/apps/{action}` included (prefix and suffix overlap there).
+fn app_action<'p>(path: &'p str, action: &str) -> Option<&'p str> {
+    path.strip_prefix("/apps/")?
+        .strip_suffix(action)?
+        .strip_suffix('/')
 }
 
 fn ok(body: Value) -> Response<ProxyBody> {
@@ -216,4 +288,18 @@ fn app_status(tokens: &TokenManager) -> Value {
         "consecutive_failures": status.failures,
         "last_error": status.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
     })
+}
+
+/// The tickets asked for since start: state and life left, never a ticket.
+fn tickets_status(tickets: &Tickets) -> Value {
+    let entries = tickets.status().into_iter().map(|t| {
+        let entry = json!({
+            "state": if t.expires_in.is_some() { "valid" } else { "missing" },
+            "expires_in_s": t.expires_in.map(|d| d.as_secs()),
+            "fetches": t.fetches,
+            "last_error": t.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
+        });
+        (t.kind.as_str().to_owned(), entry)
+    });
+    Value::Object(entries.collect())
 }

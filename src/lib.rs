@@ -12,6 +12,9 @@
 //!   (single-flight, through [`wechat`]) and the request is retried once with
 //!   the body kept by [`body`]. Before any answer leaves, [`scrub`] replaces
 //!   the tokens the proxy injected in its headers and inspected body.
+//! - The JS-SDK ticket calls and `/jssdk/config` are answered by [`jssdk`]
+//!   from the tickets [`ticket`] holds like tokens; [`quota`] keeps the
+//!   token API's quota in sight and resets it for the operator.
 //! - [`admin`] serves health, readiness, status (JSON, and HTML for a
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
@@ -45,6 +48,7 @@ pub mod config;
 mod error;
 mod guard;
 pub mod inspect;
+mod jssdk;
 mod limits;
 mod linger;
 pub mod logging;
@@ -52,11 +56,13 @@ mod metrics;
 mod policy;
 mod proxy;
 pub mod query;
+mod quota;
 mod scrub;
 mod secret;
 mod server;
 mod status_page;
 mod store;
+mod ticket;
 mod token;
 mod upstream;
 mod watchdog;
@@ -152,6 +158,7 @@ pub async fn run(
     log_config(&config);
 
     let mut apps = Vec::with_capacity(config.apps.len());
+    let mut quotas = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
         let client = match clients.iter().find(|(egress, _)| *egress == app.egress) {
             Some((_, client)) => client.clone(),
@@ -162,27 +169,48 @@ pub async fn run(
             }
         };
         let app = Arc::new(app.clone());
+        // The quota watch hears of fetches first (for 45009), then tells the
+        // metrics; it needs the token manager, which needs the observer.
+        let observer = Arc::new(quota::Relay::default());
         let tokens = TokenManager::new(
             app.clone(),
             &config.upstream,
             client.clone(),
-            Some(metrics.clone() as Arc<dyn token::RefreshObserver>),
+            Some(observer.clone() as Arc<dyn token::RefreshObserver>),
             env.clone(),
         );
         let tokens = Arc::new(tokens.with_store(store.clone()));
+        let quota = quota::Quota::new(tokens.clone(), metrics.clone());
+        observer.connect(metrics.clone(), quota.clone());
+        if let Some(quota) = &quota {
+            tokio::spawn(quota.clone().run_poller(stop_rx.clone()));
+        }
+        quotas.push(quota);
         tokio::spawn(tokens.clone().run_refresher(stop_rx.clone()));
+        let tickets = ticket::Tickets::new(
+            tokens.clone(),
+            store.clone(),
+            ticket::Limits {
+                timeout: config.upstream.token_timeout,
+                retry_min: config.upstream.token_retry_min,
+                retry_max: config.upstream.token_retry_max,
+            },
+            stop_rx.clone(),
+        );
         apps.push(App {
             metrics: metrics.app(&app.name),
             config: app,
             tokens,
             client,
+            tickets: Arc::new(tickets),
         });
     }
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(
         Admin::new(managers.clone(), draining.clone(), metrics.clone())
-            .with_key(config.proxy.admin_key.clone()),
+            .with_key(config.proxy.admin_key.clone())
+            .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas),
     );
     let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;

@@ -62,6 +62,9 @@ pub struct Metrics {
     expires_in: Family<AppLabel, Gauge>,
     /// `wechat_proxy_upstream_duration_seconds{app}`.
     upstream: Family<AppLabel, Histogram>,
+    /// `wechat_proxy_token_quota_remaining{app}`: WeChat's `remain`, mp
+    /// apps only, from the last quota reading.
+    quota_remaining: Family<AppLabel, Gauge>,
 }
 
 /// One app's hot-path handles (clones share the counters in [`Metrics`]).
@@ -97,6 +100,7 @@ impl Metrics {
         let fights = Family::default();
         let expires_in = Family::default();
         let upstream = Family::new_with_constructor(upstream_histogram as fn() -> Histogram);
+        let quota_remaining = Family::default();
         registry.register(
             "wechat_proxy_requests",
             "Requests answered, by app and HTTP status",
@@ -132,7 +136,13 @@ impl Metrics {
             "Time from sending a request to WeChat until its response headers",
             upstream.clone(),
         );
+        registry.register(
+            "wechat_proxy_token_quota_remaining",
+            "Token API calls left today as WeChat reports them (openapi/quota/get; mp apps only)",
+            quota_remaining.clone(),
+        );
         Arc::new(Metrics {
+            quota_remaining,
             registry,
             requests,
             errcodes,
@@ -172,6 +182,15 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    /// Records WeChat's `remain` for `app`'s token API.
+    pub fn quota_remaining(&self, app: &str, remain: u64) {
+        self.quota_remaining
+            .get_or_create(&AppLabel {
+                app: app.to_owned(),
+            })
+            .set(i64::try_from(remain).unwrap_or(i64::MAX));
     }
 
     /// The exposition text, with token lifetimes read now.

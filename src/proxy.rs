@@ -39,6 +39,8 @@ pub struct App {
     pub metrics: AppMetrics,
     /// The connection pool for its egress route.
     pub client: HttpClient,
+    /// Its JS-SDK tickets, answered and signed with locally.
+    pub tickets: Arc<crate::ticket::Tickets>,
 }
 
 /// Forwards requests; shared by every connection.
@@ -180,6 +182,9 @@ impl Proxy {
                 app: app.config.name.clone(),
                 refusal,
             })?;
+        if let Some(answer) = crate::jssdk::answer(app, parts, path).await {
+            return Ok(answer);
+        }
         let token = app
             .tokens
             .token()
@@ -486,7 +491,7 @@ impl Forward<'_> {
 
 /// Whether `errcode` means "this token is no good" for an app of `kind`.
 /// In WeCom 40001 means a bad secret, not a bad token.
-fn is_token_error(kind: AppKind, errcode: i64) -> bool {
+pub(crate) fn is_token_error(kind: AppKind, errcode: i64) -> bool {
     matches!(
         (kind, errcode),
         (AppKind::Mp, 40001 | 40014 | 42001) | (AppKind::Wecom, 40014 | 42001)

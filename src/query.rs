@@ -56,9 +56,42 @@ pub fn encode(value: &str) -> String {
     out
 }
 
+/// The first value of `name` in `query`, percent-decoded (`+` is a space, as
+/// forms send it); `None` when absent or not UTF-8 once decoded.
+pub fn param(query: Option<&str>, name: &str) -> Option<String> {
+    let raw = query?.split('&').find_map(|part| {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        (key == name).then_some(value)
+    })?;
+    // A broken escape is refused, not passed on as a literal '%'.
+    let well_formed = raw
+        .split('%')
+        .skip(1)
+        .all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !well_formed {
+        return None;
+    }
+    // `+` first: an escaped plus (%2B) must stay a plus.
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|v| v.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_is_found_and_decoded() {
+        let q = Some("a=1&url=https%3A%2F%2Fx.cn%2Fp%3Fq%3D1%23top&b=a+b");
+        assert_eq!(param(q, "url").as_deref(), Some("https://x.cn/p?q=1#top"));
+        assert_eq!(param(q, "b").as_deref(), Some("a b"));
+        assert_eq!(param(q, "c"), None);
+        assert_eq!(param(Some("url=%zz"), "url"), None);
+        assert_eq!(param(None, "url"), None);
+    }
 
     fn rewrite(q: Option<&str>) -> String {
         let mut s = String::new();

@@ -94,10 +94,6 @@ impl FetchError {
 struct Answer {
     access_token: Option<String>,
     expires_in: Option<u64>,
-    #[serde(default)]
-    errcode: i64,
-    #[serde(default)]
-    errmsg: String,
 }
 
 /// Fetches a token for `app` once. `force` asks the stable API to revoke the
@@ -110,10 +106,7 @@ pub async fn fetch(
 ) -> Result<Grant, FetchError> {
     let base = &app.base_url;
     let (appid, secret) = (app.appid.as_str(), secret.expose());
-    let builder = Request::builder().header(
-        header::USER_AGENT,
-        concat!("wechat-token-proxy/", env!("CARGO_PKG_VERSION")),
-    );
+    let builder = request();
     let request = match app.token_api {
         TokenApi::Classic => builder.method(Method::GET).uri(format!(
             "{base}/cgi-bin/token?grant_type=client_credential&appid={}&secret={}",
@@ -146,8 +139,27 @@ pub async fn fetch(
         .body(body)
         .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
 
-    // Errors are described without the URL: for the classic API it holds the
-    // secret.
+    let answer: Answer = serde_json::from_value(exchange(client, request).await?)
+        .map_err(|_| FetchError::BadAnswer("not a token answer".into()))?;
+    match (answer.access_token, answer.expires_in) {
+        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+            token,
+            expires_in: Duration::from_secs(secs),
+        }),
+        _ => Err(FetchError::BadAnswer(
+            "no access_token or expires_in".into(),
+        )),
+    }
+}
+
+/// Sends a call WeChat answers with small JSON (a token, a ticket, a quota)
+/// and reads the answer: not HTTP 200, not JSON, or a non-zero `errcode`
+/// become a [`FetchError`]. Errors are described without the URL: it may
+/// hold a secret or a token.
+pub async fn exchange(
+    client: &HttpClient,
+    request: Request<ProxyBody>,
+) -> Result<serde_json::Value, FetchError> {
     let response = client
         .request(request)
         .await
@@ -161,21 +173,26 @@ pub async fn fetch(
         Ok(Buffered::Partial(_)) => return Err(FetchError::BadAnswer("more than 64 KiB".into())),
         Err(e) => return Err(FetchError::Transport(e.to_string())),
     };
-    let answer: Answer = serde_json::from_slice(&body)
+    let answer: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| FetchError::BadAnswer(format!("{} bytes that are not JSON", body.len())))?;
-    if answer.errcode != 0 {
-        return Err(FetchError::Refused {
-            errcode: answer.errcode,
-            errmsg: answer.errmsg,
-        });
-    }
-    match (answer.access_token, answer.expires_in) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
-            token,
-            expires_in: Duration::from_secs(secs),
+    let errcode = answer.get("errcode").and_then(serde_json::Value::as_i64);
+    match errcode {
+        None | Some(0) => Ok(answer),
+        Some(errcode) => Err(FetchError::Refused {
+            errcode,
+            errmsg: answer
+                .get("errmsg")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         }),
-        _ => Err(FetchError::BadAnswer(
-            "no access_token or expires_in".into(),
-        )),
     }
+}
+
+/// A request to WeChat as this proxy sends it (its own User-Agent).
+pub fn request() -> http::request::Builder {
+    Request::builder().header(
+        header::USER_AGENT,
+        concat!("wechat-token-proxy/", env!("CARGO_PKG_VERSION")),
+    )
 }

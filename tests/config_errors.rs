@@ -197,3 +197,14 @@ fn an_egress_proxy_without_a_host_is_refused() {
         assert!(!err.contains("hunter2"), "the password was printed: {err}");
     }
 }
+
+#[test]
+fn a_bad_agentid_is_named() {
+    let wecom = "[apps.work]\nkind = \"wecom\"\ncorpid = \"ww1234567890abcdef\"\nsecret_env = \"TEST_APP_SECRET\"\n";
+    let (err, _) = refused(&format!("{wecom}agentid = 0\n"), ENV);
+    assert_says(&err, &["apps.work.agentid", "positive integer"]);
+    let (err, _) = refused(&format!("{wecom}agentid = \"1000002\"\n"), ENV);
+    assert_says(&err, &["agentid"]);
+    let (err, _) = refused(&format!("{GOOD_APP}agentid = 1000002\n"), ENV);
+    assert_says(&err, &["apps.mp.agentid", "wecom"]);
+}

@@ -9,6 +9,10 @@
 //!   `127.0.0.1:8080`. The fake must see each call with the real token, and a
 //!   guard loaded before the snippet fails any connection off this host, so a
 //!   snippet that goes around the proxy fails.
+//! - The JS-SDK page snippet runs in Node with the page's world stood in: a
+//!   `location`, a `fetch` that plays the application's backend relaying to
+//!   the proxy's `/jssdk/config`, and a `wx` that reports what it was given,
+//!   whose signature is checked against the fake's ticket.
 
 mod common;
 
@@ -82,6 +86,11 @@ fn client_snippets(lang: &str) -> Vec<String> {
     found
 }
 
+/// The JS-SDK snippet that runs in a page: it calls `wx.config`.
+fn is_page_snippet(code: &str) -> bool {
+    code.contains("wx.config(")
+}
+
 /// The block with the run commands (the one with `cargo run`).
 fn run_block() -> String {
     let blocks: Vec<String> = snippets()
@@ -103,7 +112,8 @@ fn every_readme_snippet_is_one_this_file_runs() {
                     // The test command, which runs this file.
                     || snippet.code.trim() == ".ci/test"
             }
-            "python" | "js" => snippet.code.contains(README_ADDR),
+            "python" => snippet.code.contains(README_ADDR),
+            "js" => snippet.code.contains(README_ADDR) || is_page_snippet(&snippet.code),
             _ => false,
         };
         assert!(
@@ -341,4 +351,63 @@ async fn the_co_wechat_api_snippet_reaches_wechat_through_the_proxy() {
         command
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_jssdk_page_snippet_gets_a_signature_for_its_page() {
+    let pages: Vec<String> = snippets()
+        .into_iter()
+        .filter(|s| s.lang == "js" && is_page_snippet(&s.code))
+        .map(|s| s.code)
+        .collect();
+    assert_eq!(pages.len(), 1, "one JS-SDK page snippet expected");
+    let h = Harness::mp("stable").await;
+    let page = "https://shop.example.com/p?id=1&x=a%20b";
+    // The page's world: its address (with a fragment the signature must
+    // drop), the backend route relaying to the proxy, and wx.config.
+    let world = format!(
+        r#"globalThis.location = {{ href: {href:?} }};
+const relay = globalThis.fetch;
+globalThis.fetch = (path) => relay({proxy:?} + path.replace('/api/wx-config', '/jssdk/config'));
+globalThis.wx = {{ config: (c) => console.log(JSON.stringify(c)) }};
+(async () => {{
+{code}
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#,
+        href = format!("{page}#pay"),
+        proxy = h.proxy.url,
+        code = pages[0],
+    );
+    let file = common::write_temp("page.js", &world);
+    let guard = repo("tests/readme/guard.js");
+    let mut command = Command::new("node");
+    command.arg("--require").arg(&guard).arg(&file);
+    let output = tokio::task::spawn_blocking(move || run(command))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the page snippet failed:\n{world}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let config: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("wx.config got JSON");
+    assert_eq!(config["appId"], MP_APPID);
+    assert!(config["jsApiList"].is_array());
+    let nonce = config["nonceStr"].as_str().unwrap();
+    let timestamp = config["timestamp"].as_u64().unwrap();
+    let tickets = h.fake.issued_tickets("jsapi");
+    assert_eq!(tickets.len(), 1, "one ticket fetched for the page");
+    let signed = format!(
+        "jsapi_ticket={}&noncestr={nonce}&timestamp={timestamp}&url={page}",
+        tickets[0]
+    );
+    let expected = common::sha1_by_python(&signed);
+    assert_eq!(config["signature"], expected.as_str(), "signed: {signed}");
+    assert!(
+        !stdout.contains(&tickets[0]),
+        "the page never sees the ticket"
+    );
 }

@@ -201,6 +201,8 @@ pub struct AppConfig {
     pub egress: Option<EgressProxy>,
     /// Which paths callers may reach through this app.
     pub policy: PathPolicy,
+    /// WeCom only: the app's agentid, to sign `wx.agentConfig`.
+    pub agentid: Option<u64>,
 }
 
 /// `[log]`.

@@ -119,6 +119,8 @@ pub(super) struct RawApp {
     pub allow_paths: Option<Vec<String>>,
     /// Paths callers may not reach.
     pub deny_paths: Option<Vec<String>>,
+    /// WeCom only: the agentid `wx.agentConfig` signatures name.
+    pub agentid: Option<i64>,
 }
 
 /// `[log]`.

@@ -430,6 +430,23 @@ impl Validator<'_> {
             Some(url) => Some(self.egress(&key("proxy"), url)?),
             None => global_proxy.cloned(),
         };
+        let agentid = match (raw.kind, raw.agentid) {
+            (_, None) => None,
+            (AppKind::Mp, Some(_)) => {
+                return Err(self.err(key("agentid"), "agentid is for kind = \"wecom\" apps"))
+            }
+            (AppKind::Wecom, Some(id)) => Some(
+                u64::try_from(id)
+                    .ok()
+                    .filter(|&id| id > 0)
+                    .ok_or_else(|| {
+                        self.err(
+                            key("agentid"),
+                            format!("{id} is not an agentid: use the positive integer WeCom shows for the app (e.g. 1000002)"),
+                        )
+                    })?,
+            ),
+        };
 
         Ok(AppConfig {
             egress,
@@ -456,6 +473,7 @@ impl Validator<'_> {
                 0..=3_600_000,
             )?),
             policy,
+            agentid,
             name,
         })
     }

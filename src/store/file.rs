@@ -1,5 +1,5 @@
-//! The file store: every app's token in one JSON file, so a restart within
-//! the token's life needs no fetch.
+//! The file store: every app's token (and tickets) in one JSON file, so a
+//! restart within their life needs no fetch.
 //!
 //! The file is read once, at start; a missing, unreadable or corrupt file is
 //! reported once and treated as empty. After every successful fetch the whole
@@ -17,8 +17,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{unix_ms, Saved, StoreError};
-use crate::config::AppConfig;
+use super::{unix_ms, Key, Saved, StoreError};
 
 /// The file's shape: `{"tokens": [{"appid", "api", "token", "expires_at_ms"}]}`.
 #[derive(Serialize, Deserialize, Default)]
@@ -67,15 +66,15 @@ impl FileStore {
         }
     }
 
-    /// The entry for `app`'s appid and API, if the file had one.
-    pub fn load(&self, app: &AppConfig) -> Option<Saved> {
+    /// The entry for `key`, if the file had one.
+    pub fn load(&self, key: Key<'_>) -> Option<Saved> {
         self.lock_entries()
             .iter()
-            .find(|s| s.belongs_to(app))
+            .find(|s| s.belongs_to(key))
             .cloned()
     }
 
-    /// Replaces the entry for `saved`'s appid and API (expired entries are
+    /// Replaces the entry for `saved`'s appid and kind (expired entries are
     /// dropped on the way) and rewrites the file.
     pub async fn save(&self, saved: Saved) -> Result<(), StoreError> {
         let _writing = self.writing.lock().await;

@@ -12,10 +12,14 @@
 //!   plus a fleet-wide lease, so only one replica fetches at a time (see
 //!   [`mod@redis`]).
 //!
-//! What is stored per app: the token, its absolute expiry (unix ms, so it
-//! means the same in another process), the appid and the token API. Entries
-//! are found by appid and API, never by the secret, and an entry saved for
-//! another appid or API is never used.
+//! What is stored per credential: the value, its absolute expiry (unix ms,
+//! so it means the same in another process), the appid and the credential's
+//! kind ([`Key`]): the token API (`stable`, `classic`, `wecom`) for an
+//! access_token, `ticket_jsapi`, `ticket_wx_card`, `ticket_corp` or
+//! `ticket_agent` for a JS-SDK ticket. Entries are found by appid and kind,
+//! never by the secret, and an entry saved for another appid or kind is never
+//! used. A token's kind is its API's name, as before tickets were held, so a
+//! running fleet keeps its tokens across the upgrade.
 
 pub mod file;
 pub mod redis;
@@ -27,26 +31,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AppConfig, StoreSettings};
 
+/// Which credential an entry or a fleet lock is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key<'a> {
+    /// The appid (or corpid) it belongs to.
+    pub appid: &'a str,
+    /// What it is: a token API's name, or a ticket kind (`ticket_jsapi`…).
+    pub kind: &'a str,
+}
+
+impl Key<'_> {
+    /// The key of `app`'s access_token.
+    pub fn token(app: &AppConfig) -> Key<'_> {
+        Key {
+            appid: &app.appid,
+            kind: app.token_api.as_str(),
+        }
+    }
+}
+
 pub use self::file::FileStore;
 pub use self::redis::{FleetLock, RedisStore};
 
-/// One app's token as a store holds it.
+/// One credential (a token or a ticket) as a store holds it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Saved {
     /// The appid (or corpid) the token belongs to.
     pub appid: String,
-    /// The token API that issued it (`stable`, `classic`, `wecom`).
+    /// Its kind ([`Key::kind`]); named `api` since tokens were all it held,
+    /// so files and Redis values written before keep being read.
     pub api: String,
-    /// The token itself. Never logged.
+    /// The token or ticket itself. Never logged.
     pub token: String,
     /// When it expires, in milliseconds since the Unix epoch.
     pub expires_at_ms: u64,
 }
 
 impl Saved {
-    /// Whether this entry is for `app`: same appid and same token API.
-    pub fn belongs_to(&self, app: &AppConfig) -> bool {
-        self.appid == app.appid && self.api == app.token_api.as_str()
+    /// Whether this entry is for `key`: same appid and same kind.
+    pub fn belongs_to(&self, key: Key<'_>) -> bool {
+        self.appid == key.appid && self.api == key.kind
     }
 
     /// Life left at `now` (zero once expired).
@@ -142,31 +166,31 @@ impl Store {
         }
     }
 
-    /// The token saved for `app`, if any (it may have expired).
-    pub async fn load(&self, app: &AppConfig) -> Result<Option<Saved>, StoreError> {
+    /// The entry saved for `key`, if any (it may have expired).
+    pub async fn load(&self, key: Key<'_>) -> Result<Option<Saved>, StoreError> {
         let saved = match self {
             Store::Memory => None,
-            Store::File(file) => file.load(app),
-            Store::Redis(redis) => redis.load(app).await?,
+            Store::File(file) => file.load(key),
+            Store::Redis(redis) => redis.load(key).await?,
         };
-        Ok(saved.filter(|s| s.belongs_to(app)))
+        Ok(saved.filter(|s| s.belongs_to(key)))
     }
 
-    /// Saves `saved` as `app`'s token.
-    pub async fn save(&self, app: &AppConfig, saved: Saved) -> Result<(), StoreError> {
+    /// Saves `saved` under `key`.
+    pub async fn save(&self, key: Key<'_>, saved: Saved) -> Result<(), StoreError> {
         match self {
             Store::Memory => Ok(()),
             Store::File(file) => file.save(saved).await,
-            Store::Redis(redis) => redis.save(app, &saved).await,
+            Store::Redis(redis) => redis.save(key, &saved).await,
         }
     }
 
-    /// Takes the fleet-wide lock on fetching `app`'s token, expiring after
-    /// `ttl` should its holder die.
-    pub async fn lock(&self, app: &AppConfig, ttl: Duration) -> Result<Lock, StoreError> {
+    /// Takes the fleet-wide lock on fetching `key`'s credential, expiring
+    /// after `ttl` should its holder die.
+    pub async fn lock(&self, key: Key<'_>, ttl: Duration) -> Result<Lock, StoreError> {
         match self {
             Store::Memory | Store::File(_) => Ok(Lock::Unshared),
-            Store::Redis(redis) => redis.lock(app, ttl).await,
+            Store::Redis(redis) => redis.lock(key, ttl).await,
         }
     }
 

@@ -2,9 +2,11 @@
 //! that one replica at a time fetches it.
 //!
 //! Keys (the prefix defaults to `wechat-token-proxy:`):
-//! - `{prefix}{appid}:{api}:token` holds the token as JSON ([`Saved`]), with
-//!   a Redis expiry equal to the token's remaining life.
-//! - `{prefix}{appid}:{api}:lock` exists while a replica fetches: set with
+//! - `{prefix}{appid}:{kind}:token` holds the credential as JSON ([`Saved`]),
+//!   with a Redis expiry equal to its remaining life. `kind` is the token API
+//!   for the access_token (the keys of before tickets were held) and e.g.
+//!   `ticket_jsapi` for a ticket.
+//! - `{prefix}{appid}:{kind}:lock` exists while a replica fetches: set with
 //!   `SET NX PX` to a random owner id as a short lease that its owner renews
 //!   while its fetch is alive (a Lua compare-and-expire), deleted only by
 //!   that owner (a Lua compare-and-delete), and lapsing within seconds if the
@@ -20,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisError};
 
-use super::{Lock, Saved, StoreError};
-use crate::config::{AppConfig, RedisSettings, RedisUrl};
+use super::{Key, Lock, Saved, StoreError};
+use crate::config::{RedisSettings, RedisUrl};
 
 /// The longest any one Redis operation may take, retry included.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -80,17 +82,17 @@ impl RedisStore {
         })
     }
 
-    /// The token saved for `app`, if any. A value that is not ours (not
+    /// The entry saved for `key`, if any. A value that is not ours (not
     /// JSON of the right shape) counts as none.
-    pub async fn load(&self, app: &AppConfig) -> Result<Option<Saved>, StoreError> {
+    pub async fn load(&self, key: Key<'_>) -> Result<Option<Saved>, StoreError> {
         let value: Option<String> = self
-            .run(redis::cmd("GET").arg(self.key(app, "token")))
+            .run(redis::cmd("GET").arg(self.key(key, "token")))
             .await?;
         Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 
     /// Saves `saved`, expiring when the token does.
-    pub async fn save(&self, app: &AppConfig, saved: &Saved) -> Result<(), StoreError> {
+    pub async fn save(&self, key: Key<'_>, saved: &Saved) -> Result<(), StoreError> {
         let left = saved.life_left(SystemTime::now());
         if left.is_zero() {
             return Ok(());
@@ -98,7 +100,7 @@ impl RedisStore {
         let value = serde_json::to_string(saved).expect("plain strings and numbers serialize");
         self.run::<()>(
             redis::cmd("SET")
-                .arg(self.key(app, "token"))
+                .arg(self.key(key, "token"))
                 .arg(value)
                 .arg("PX")
                 .arg(millis(left)),
@@ -108,9 +110,9 @@ impl RedisStore {
 
     /// `SET lock owner NX PX ttl`: acquired, or busy when another replica
     /// holds it.
-    pub async fn lock(&self, app: &AppConfig, ttl: Duration) -> Result<Lock, StoreError> {
+    pub async fn lock(&self, key: Key<'_>, ttl: Duration) -> Result<Lock, StoreError> {
         let lock = FleetLock {
-            key: self.key(app, "lock"),
+            key: self.key(key, "lock"),
             owner: owner_id(),
         };
         let set: Option<String> = self
@@ -158,13 +160,8 @@ impl RedisStore {
         .map(drop)
     }
 
-    fn key(&self, app: &AppConfig, what: &str) -> String {
-        format!(
-            "{}{}:{}:{what}",
-            self.prefix,
-            app.appid,
-            app.token_api.as_str()
-        )
+    fn key(&self, key: Key<'_>, what: &str) -> String {
+        format!("{}{}:{}:{what}", self.prefix, key.appid, key.kind)
     }
 
     /// Runs `cmd` within [`OP_TIMEOUT`]. The first command after Redis came

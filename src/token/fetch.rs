@@ -104,14 +104,10 @@ impl TokenManager {
             return Ok(false);
         }
         self.secret.store(Arc::new(fresh));
-        let mut st = self.lock_state();
-        if st.last_error.is_some() {
-            // The last fetch failed, perhaps for this very secret: try the
-            // new one now instead of after the backoff.
+        // The last fetch may have failed for this very secret: try the new
+        // one now instead of after the backoff.
+        if self.end_backoff() {
             tracing::info!(app = %self.app.name, "secret changed; fetching with the new one");
-            st.retry_at = Some(Instant::now());
-            drop(st);
-            self.wake.notify_one();
         } else {
             tracing::info!(app = %self.app.name, "secret changed; the next refresh uses it");
         }

@@ -2,6 +2,9 @@
 //! another replica saved, else fetch and save one. With Redis the fetch
 //! happens under a fleet-wide lease, so one replica fetches for all.
 //!
+//! [`Shared::obtain`] is that protocol for any credential the store holds
+//! (tokens here, JS-SDK tickets in [`crate::ticket`]).
+//!
 //! The lease is short ([`LEASE`]) and renewed by its holder while its work
 //! is alive ([`Lease`]), so a holder that dies (kill -9, lost network) costs
 //! the others a few seconds, not a whole fetch timeout; and it is released
@@ -11,29 +14,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::TokenApi;
-use crate::store::{unix_ms, FleetLock, Lock, Saved, Store, StoreError};
+use crate::store::{unix_ms, FleetLock, Key, Lock, Saved, Store, StoreError};
 
 use super::{backoff, Reason, RefreshError, Source, Token, TokenManager};
 
 /// How long the fleet lock lives unless its holder renews it: what a dead
 /// holder costs the other replicas.
-const LEASE: Duration = Duration::from_secs(3);
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
 /// How often a live holder renews it: three chances before it lapses.
 const LEASE_RENEWAL: Duration = Duration::from_secs(1);
 /// How often a replica waiting for another's fetch looks for its token.
 const FLEET_POLL: Duration = Duration::from_millis(50);
 /// A stored token with less life than this is not worth taking.
-const MIN_ADOPT_LIFE: Duration = Duration::from_secs(1);
+pub(crate) const MIN_ADOPT_LIFE: Duration = Duration::from_secs(1);
 
 impl TokenManager {
     /// A new token from the store if it holds a usable one, else fetched
-    /// (and saved). Gate held.
-    ///
-    /// With Redis, the fetch happens under the fleet lease: the holder reads
-    /// Redis again (the previous holder may have saved a token between our
-    /// read and our lock), fetches, saves and releases; the others poll until
-    /// the new token appears, or the lease is gone (its holder failed or
-    /// died) and they take it themselves. Redis unreachable: fetch alone.
+    /// (and saved), one replica fetching for the fleet ([`Shared::obtain`]).
+    /// Gate held. Redis unreachable: fetch alone.
     pub(super) async fn obtain(
         &self,
         reason: Reason,
@@ -42,40 +40,25 @@ impl TokenManager {
         // A live holder's work is bounded (two fetches: the stable API's
         // force_refresh); a lease renewed beyond that is a stuck holder.
         let give_up_at = Instant::now() + self.limits.timeout * 2 + LEASE * 2;
-        loop {
-            match self.store.load(&self.app).await {
-                Ok(Some(saved)) if self.usable(&saved, reason, rejected) => {
-                    return Ok((self.adopt(saved, reason), Source::Store))
-                }
-                Ok(_) => {}
-                Err(e) => return self.fetch_alone(&e, reason, rejected).await,
-            }
-            match self.store.lock(&self.app, LEASE).await {
-                Ok(Lock::Unshared) => return self.fetch_and_share(reason, rejected).await,
-                Ok(Lock::Acquired(lock)) => {
-                    let lease = Lease::hold(self.store.clone(), lock, &self.app.name);
-                    let result = match self.store.load(&self.app).await {
-                        Ok(Some(saved)) if self.usable(&saved, reason, rejected) => {
-                            Ok((self.adopt(saved, reason), Source::Store))
-                        }
-                        _ => self.fetch_and_share(reason, rejected).await,
-                    };
-                    lease.release().await;
-                    return result;
-                }
-                Ok(Lock::Busy) if Instant::now() < give_up_at => {
-                    tokio::time::sleep(FLEET_POLL).await;
-                }
-                Ok(Lock::Busy) => {
-                    tracing::warn!(
-                        app = %self.app.name,
-                        "another replica kept renewing the fleet lock without saving a token; fetching without it"
-                    );
-                    return self.fetch_and_share(reason, rejected).await;
-                }
-                Err(e) => return self.fetch_alone(&e, reason, rejected).await,
-            }
-        }
+        let shared = Shared {
+            store: &self.store,
+            key: Key::token(&self.app),
+            app: &self.app.name,
+            give_up_at,
+        };
+        let obtained = shared
+            .obtain(
+                |saved| self.usable(saved, reason, rejected),
+                async |unshared: Option<StoreError>| match unshared {
+                    None => self.fetch_and_share(reason, rejected).await,
+                    Some(e) => self.fetch_alone(&e, reason, rejected).await,
+                },
+            )
+            .await?;
+        Ok(match obtained {
+            Obtained::Stored(saved) => (self.adopt(saved, reason), Source::Store),
+            Obtained::Fetched(fetched) => fetched,
+        })
     }
 
     /// Whether a stored token may replace ours for this `reason`.
@@ -109,7 +92,7 @@ impl TokenManager {
                 token: token.value.to_string(),
                 expires_at_ms: unix_ms(SystemTime::now() + left),
             };
-            if let Err(e) = self.store.save(&self.app, saved).await {
+            if let Err(e) = self.store.save(Key::token(&self.app), saved).await {
                 tracing::warn!(app = %self.app.name, store = self.store.kind(), error = %e, "cannot save the token");
             }
         }
@@ -157,6 +140,76 @@ impl TokenManager {
             now + left,
             now + backoff::renew_after(left, self.app.refresh_before_expiry),
         )
+    }
+}
+
+/// What [`Shared::obtain`] came back with.
+pub(crate) enum Obtained<T> {
+    /// A usable entry the store held: take it, nothing was fetched.
+    Stored(Saved),
+    /// What the fetch returned.
+    Fetched(T),
+}
+
+/// One credential in the store, and how long to wait for another replica's
+/// fetch of it.
+pub(crate) struct Shared<'a> {
+    /// Where it is shared.
+    pub store: &'a Arc<Store>,
+    /// Which credential.
+    pub key: Key<'a>,
+    /// The app's name, for logs.
+    pub app: &'a str,
+    /// A lease still renewed after this belongs to a stuck holder: fetch
+    /// without it.
+    pub give_up_at: Instant,
+}
+
+impl Shared<'_> {
+    /// A usable stored entry if there is one, else what `fetch` returns.
+    /// With Redis, `fetch` runs under the fleet lease: the holder reads the
+    /// store again (the previous holder may have saved between our read and
+    /// our lock), fetches, saves and releases; the others poll until the new
+    /// entry appears, or the lease is gone (its holder failed or died) and
+    /// they take it themselves. `fetch` gets the store's error when the store
+    /// cannot be reached (it should fetch alone and not save), `None` when it
+    /// should save what it fetched.
+    pub(crate) async fn obtain<T, E>(
+        &self,
+        usable: impl Fn(&Saved) -> bool,
+        fetch: impl AsyncFnOnce(Option<StoreError>) -> Result<T, E>,
+    ) -> Result<Obtained<T>, E> {
+        loop {
+            match self.store.load(self.key).await {
+                Ok(Some(saved)) if usable(&saved) => return Ok(Obtained::Stored(saved)),
+                Ok(_) => {}
+                Err(e) => return fetch(Some(e)).await.map(Obtained::Fetched),
+            }
+            match self.store.lock(self.key, LEASE).await {
+                Ok(Lock::Unshared) => return fetch(None).await.map(Obtained::Fetched),
+                Ok(Lock::Acquired(lock)) => {
+                    let lease = Lease::hold(self.store.clone(), lock, self.app);
+                    let result = match self.store.load(self.key).await {
+                        Ok(Some(saved)) if usable(&saved) => Ok(Obtained::Stored(saved)),
+                        _ => fetch(None).await.map(Obtained::Fetched),
+                    };
+                    lease.release().await;
+                    return result;
+                }
+                Ok(Lock::Busy) if Instant::now() < self.give_up_at => {
+                    tokio::time::sleep(FLEET_POLL).await;
+                }
+                Ok(Lock::Busy) => {
+                    tracing::warn!(
+                        app = %self.app,
+                        kind = self.key.kind,
+                        "another replica kept renewing the fleet lock without saving; fetching without it"
+                    );
+                    return fetch(None).await.map(Obtained::Fetched);
+                }
+                Err(e) => return fetch(Some(e)).await.map(Obtained::Fetched),
+            }
+        }
     }
 }
 

@@ -37,9 +37,9 @@
 //! [`backoff`] says when to try again.
 
 mod admission;
-mod backoff;
+pub(crate) mod backoff;
 mod fetch;
-mod fleet;
+pub(crate) mod fleet;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -240,6 +240,9 @@ pub trait RefreshObserver: Send + Sync {
     fn refreshed(&self, app: &str, reason: Reason, ok: bool);
     /// Called when another system appears to fetch this app's tokens.
     fn fight(&self, app: &str);
+    /// Called with the error of every failed fetch (the quota watch acts on
+    /// 45009).
+    fn failed(&self, _app: &str, _error: &FetchError) {}
 }
 
 /// How a refresh ended well.
@@ -334,6 +337,32 @@ impl TokenManager {
     /// The app this token belongs to.
     pub fn app(&self) -> &AppConfig {
         &self.app
+    }
+
+    /// The upstream connection pool of the app's egress route, for the other
+    /// calls made with this app's credentials (tickets, quota).
+    pub(crate) fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// The current secret, for the one WeChat call that takes it instead of
+    /// a token (`clear_quota/v2`).
+    pub(crate) fn secret(&self) -> Arc<Secret> {
+        self.secret.load_full()
+    }
+
+    /// Ends a fetch backoff now (its cause was just fixed: a new secret, a
+    /// reset quota): the refresher fetches at once, and requests no longer
+    /// get the last error. False when the last fetch did not fail.
+    pub fn end_backoff(&self) -> bool {
+        let mut st = self.lock_state();
+        if st.last_error.is_none() {
+            return false;
+        }
+        st.retry_at = Some(Instant::now());
+        drop(st);
+        self.wake.notify_one();
+        true
     }
 
     /// The held token if it has not expired. Lock-free: this is the hot path.
@@ -587,6 +616,9 @@ impl TokenManager {
         }
         if let Some(observer) = &self.observer {
             observer.refreshed(app, reason, failure.is_none());
+            if let Some((e, _)) = failure {
+                observer.failed(app, e);
+            }
         }
     }
 

@@ -12,6 +12,7 @@
 mod body;
 mod handler;
 mod net;
+mod tickets;
 mod tokens;
 
 use std::collections::HashMap;
@@ -59,6 +60,9 @@ pub struct FakeOptions {
     pub stable_window: Duration,
     /// Stable `force_refresh` calls closer together than this get 45011.
     pub force_min_interval: Duration,
+    /// How long a JS-SDK ticket lives (every answer reports it in full as
+    /// `expires_in`, as WeChat does).
+    pub ticket_lifetime: Duration,
 }
 
 impl Default for FakeOptions {
@@ -70,6 +74,7 @@ impl Default for FakeOptions {
             classic_grace: Duration::from_secs(2),
             stable_window: Duration::from_secs(2),
             force_min_interval: Duration::ZERO,
+            ticket_lifetime: Duration::from_secs(7200),
         }
     }
 }
@@ -123,6 +128,15 @@ struct State {
     fetches_by_appid: HashMap<String, usize>,
     /// Stable calls with `force_refresh:true`, refused ones included.
     force_refreshes: usize,
+    /// JS-SDK tickets and their rules.
+    tickets: tickets::Tickets,
+    /// Calls to a ticket endpoint, by kind (`jsapi`, `wx_card`, `corp`,
+    /// `agent`), refused ones included.
+    ticket_fetches: HashMap<&'static str, usize>,
+    /// `clear_quota/v2` calls, refused ones included.
+    clear_quota_calls: usize,
+    /// `openapi/quota/get` calls.
+    quota_gets: usize,
     /// TCP connections accepted.
     connections: usize,
     /// Every API request, in arrival order.
@@ -184,6 +198,10 @@ impl FakeWeChat {
             "http://127.0.0.1"
         };
         let state = Arc::new(Mutex::new(State {
+            tickets: tickets::Tickets::new(opts.ticket_lifetime),
+            ticket_fetches: HashMap::new(),
+            clear_quota_calls: 0,
+            quota_gets: 0,
             tokens: Tokens::new(opts),
             token_fetches: 0,
             fetches_by_appid: HashMap::new(),
@@ -310,6 +328,36 @@ impl FakeWeChat {
     /// Makes every token endpoint fail this way until called with `None`.
     pub fn set_fetch_failure(&self, failure: Option<FetchFailure>) {
         lock(&self.state).failure = failure;
+    }
+
+    /// Calls to the ticket endpoint of `kind` (`jsapi`, `wx_card`, `corp`,
+    /// `agent`), refused ones included.
+    pub fn ticket_fetches(&self, kind: &str) -> usize {
+        lock(&self.state)
+            .ticket_fetches
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every ticket of `kind` issued so far, oldest first.
+    pub fn issued_tickets(&self, kind: &str) -> Vec<String> {
+        lock(&self.state).tickets.issued(kind)
+    }
+
+    /// Whether WeChat would accept `ticket` in a signature now.
+    pub fn ticket_is_live(&self, ticket: &str) -> bool {
+        lock(&self.state).tickets.is_live(ticket, Instant::now())
+    }
+
+    /// `clear_quota/v2` calls so far, refused ones included.
+    pub fn clear_quota_calls(&self) -> usize {
+        lock(&self.state).clear_quota_calls
+    }
+
+    /// `openapi/quota/get` calls so far.
+    pub fn quota_gets(&self) -> usize {
+        lock(&self.state).quota_gets
     }
 
     /// Every token answer waits this long after the token is issued.

@@ -66,3 +66,18 @@ pub fn port_outside_ephemeral_range<T>(
     }
     panic!("no free loopback port in {range:?}");
 }
+
+/// SHA-1 in hex by Python's hashlib: a computation independent of the
+/// proxy's, for checking JS-SDK signatures.
+pub fn sha1_by_python(text: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha1(sys.argv[1].encode()).hexdigest())",
+            text,
+        ])
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "python3 failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -55,10 +55,99 @@ pub(super) async fn handle(
         "/cgi-bin/gettoken" => Some(Flavor::WeCom),
         _ => None,
     };
-    match flavor {
-        Some(flavor) => token_endpoint(&state, &reset, flavor, req).await,
-        None => api_call(&state, req).await,
+    let query = req.uri().query().map(str::to_string);
+    let kind = query_values(query.as_deref(), "type").into_iter().next();
+    let ticket = match (req.uri().path(), kind.as_deref()) {
+        ("/cgi-bin/ticket/getticket", Some("jsapi")) => Some("jsapi"),
+        ("/cgi-bin/ticket/getticket", Some("wx_card")) => Some("wx_card"),
+        ("/cgi-bin/get_jsapi_ticket", _) => Some("corp"),
+        ("/cgi-bin/ticket/get", Some("agent_config")) => Some("agent"),
+        _ => None,
+    };
+    match (flavor, ticket, req.uri().path()) {
+        (Some(flavor), _, _) => token_endpoint(&state, &reset, flavor, req).await,
+        (None, Some(kind), _) => Ok(ticket_endpoint(&state, kind, query.as_deref())),
+        (None, None, "/cgi-bin/openapi/quota/get") => Ok(quota_get(&state, query.as_deref())),
+        (None, None, "/cgi-bin/clear_quota/v2") => Ok(clear_quota(&state, req).await),
+        (None, None, _) => api_call(&state, req).await,
     }
+}
+
+/// A ticket fetch: counted, its token judged, then the live ticket of that
+/// kind for the token's app (the same one until it ends).
+fn ticket_endpoint(
+    state: &Mutex<State>,
+    kind: &'static str,
+    query: Option<&str>,
+) -> Response<Payload> {
+    let mut st = lock(state);
+    *st.ticket_fetches.entry(kind).or_default() += 1;
+    let now = Instant::now();
+    let given = query_values(query, "access_token");
+    if let Verdict::Rejected { errcode, errmsg } = st.tokens.check(&given, now) {
+        let body = json!({ "errcode": errcode, "errmsg": errmsg });
+        return respond(StatusCode::OK, "text/plain", body.to_string());
+    }
+    let appid = st
+        .tokens
+        .owner(&given[0], now)
+        .expect("a valid token has an owner");
+    let (ticket, expires_in) = st.tickets.grant(&appid, kind, now);
+    let body = json!({ "errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": expires_in });
+    respond(StatusCode::OK, JSON_UTF8, body.to_string())
+}
+
+/// `openapi/quota/get`: the token API's daily quota, `used` counting that
+/// app's token fetches.
+fn quota_get(state: &Mutex<State>, query: Option<&str>) -> Response<Payload> {
+    let mut st = lock(state);
+    st.quota_gets += 1;
+    let now = Instant::now();
+    let given = query_values(query, "access_token");
+    if let Verdict::Rejected { errcode, errmsg } = st.tokens.check(&given, now) {
+        let body = json!({ "errcode": errcode, "errmsg": errmsg });
+        return respond(StatusCode::OK, "text/plain", body.to_string());
+    }
+    let appid = st
+        .tokens
+        .owner(&given[0], now)
+        .expect("a valid token has an owner");
+    let used = st.fetches_by_appid.get(&appid).copied().unwrap_or(0) as u64;
+    let body = json!({
+        "errcode": 0, "errmsg": "ok",
+        "quota": { "daily_limit": 2000, "used": used, "remain": 2000u64.saturating_sub(used) }
+    });
+    respond(StatusCode::OK, JSON_UTF8, body.to_string())
+}
+
+/// `clear_quota/v2`: `appid` and `appsecret` as form or query fields. A
+/// success also ends an injected 45009 on the token endpoints, as a real
+/// reset ends the daily quota's refusals.
+async fn clear_quota(state: &Mutex<State>, req: Request<Incoming>) -> Response<Payload> {
+    let query = req.uri().query().map(str::to_string);
+    let body = collect(req).await;
+    let form = String::from_utf8_lossy(&body).into_owned();
+    let field = |name: &str| {
+        query_values(Some(&form), name)
+            .into_iter()
+            .chain(query_values(query.as_deref(), name))
+            .next()
+    };
+    let mut st = lock(state);
+    st.clear_quota_calls += 1;
+    let ok = match (field("appid"), field("appsecret")) {
+        (Some(appid), Some(secret)) => st.tokens.secret_ok(&appid, &secret),
+        _ => false,
+    };
+    let body = if ok {
+        if matches!(st.failure, Some(FetchFailure::Errcode(45009, _))) {
+            st.failure = None;
+        }
+        json!({ "errcode": 0, "errmsg": "ok" })
+    } else {
+        json!({ "errcode": 40013, "errmsg": "invalid appid or appsecret" })
+    };
+    respond(StatusCode::OK, JSON_UTF8, body.to_string())
 }
 
 /// A token fetch: counted first (failed ones too), then failed on purpose or answered by

@@ -139,6 +139,18 @@ impl Tokens {
         app.secret = secret.to_string();
     }
 
+    /// Whether `appid` is known and `secret` is its secret (`clear_quota/v2`).
+    pub fn secret_ok(&self, appid: &str, secret: &str) -> bool {
+        self.apps.get(appid).is_some_and(|app| app.secret == secret)
+    }
+
+    /// The app a valid token belongs to, for calls whose answer depends on
+    /// the app (tickets, quota).
+    pub fn owner(&self, token: &str, now: Instant) -> Option<String> {
+        let valid = matches!(self.check_one(token, now), Verdict::Valid);
+        valid.then(|| self.tokens.get(token).map(|t| t.appid.clone()))?
+    }
+
     /// Every token ever issued, oldest first.
     pub fn issued(&self) -> Vec<String> {
         self.issued.clone()

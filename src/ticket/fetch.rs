@@ -1,0 +1,80 @@
+//! Getting a ticket from WeChat: with the app's access_token, and once more
+//! with a new token when WeChat says the token is no good.
+
+use std::time::Duration;
+
+use http::Method;
+
+use crate::body::ProxyBody;
+use crate::proxy::is_token_error;
+use crate::query::encode;
+use crate::token::{Token, TokenManager};
+use crate::wechat::{self, FetchError};
+
+use super::{Kind, TicketError};
+
+/// A ticket as WeChat issued it.
+pub struct Issued {
+    /// The ticket itself. Never logged.
+    pub value: String,
+    /// The life WeChat stated (7200 even for a ticket issued long ago).
+    pub expires_in: Duration,
+}
+
+/// Fetches `kind` with the app's token; a token error makes the token engine
+/// replace the token (single-flight, its own limits) and the fetch is tried
+/// once more. Each attempt is bounded by `timeout`.
+pub async fn fetch(
+    tokens: &std::sync::Arc<TokenManager>,
+    kind: Kind,
+    timeout: Duration,
+) -> Result<Issued, TicketError> {
+    let token = tokens.token().await.map_err(TicketError::Token)?;
+    match fetch_with(tokens, &token, kind, timeout).await {
+        Err(FetchError::Refused { errcode, .. }) if is_token_error(tokens.app().kind, errcode) => {
+            let fresh = tokens.replace(&token).await.map_err(TicketError::Token)?;
+            fetch_with(tokens, &fresh, kind, timeout)
+                .await
+                .map_err(TicketError::Failed)
+        }
+        outcome => outcome.map_err(TicketError::Failed),
+    }
+}
+
+async fn fetch_with(
+    tokens: &TokenManager,
+    token: &Token,
+    kind: Kind,
+    timeout: Duration,
+) -> Result<Issued, FetchError> {
+    let app = tokens.app();
+    let (path, kind_query) = kind.endpoint();
+    let uri = format!(
+        "{}{path}?{kind_query}access_token={}",
+        app.base_url,
+        encode(token.value())
+    );
+    let request = wechat::request()
+        .method(Method::GET)
+        .uri(uri)
+        .body(ProxyBody::empty())
+        .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
+    let client = tokens.client();
+    let answer = match tokio::time::timeout(timeout, wechat::exchange(client, request)).await {
+        Ok(answer) => answer?,
+        Err(_) => return Err(FetchError::Timeout(timeout)),
+    };
+    let ticket = answer.get("ticket").and_then(serde_json::Value::as_str);
+    let expires_in = answer.get("expires_in").and_then(serde_json::Value::as_u64);
+    match (ticket, expires_in) {
+        (Some(ticket), Some(secs)) if !ticket.is_empty() && secs > 0 => {
+            // A token WeChat accepted is good, whatever the status page said.
+            token.accepted();
+            Ok(Issued {
+                value: ticket.to_owned(),
+                expires_in: Duration::from_secs(secs),
+            })
+        }
+        _ => Err(FetchError::BadAnswer("no ticket or expires_in".into())),
+    }
+}

@@ -1,0 +1,83 @@
+//! The token quota in sight (`/apps`, the metric) and reset by the operator:
+//! `clear-quota` ends a 45009 backoff at once, and a second reset within 60 s
+//! is refused without reaching WeChat.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_wechat::FetchFailure;
+use common::setup::{Harness, MP_APPID, SECRET};
+use common::wait_until_async;
+
+const USER_INFO: &str = "/cgi-bin/user/info?openid=o1";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quota_is_shown_on_apps_and_exported() {
+    let h = Harness::mp("stable").await;
+    let (http, apps) = (h.http.clone(), h.admin("/apps"));
+    wait_until_async("a quota reading", Duration::from_secs(10), || {
+        let (http, apps) = (http.clone(), apps.clone());
+        async move { http.get(&apps).await.json()[0]["quota"]["remain"].is_u64() }
+    })
+    .await;
+    let app = &h.http.get(&h.admin("/apps")).await.json()[0];
+    assert_eq!(app["quota"]["daily_limit"], 2000);
+    assert_eq!(app["quota"]["remain"], 1999, "{app}");
+    assert_eq!(app["quota_resets"], 0);
+    let metrics = h.http.get(&h.admin("/metrics")).await.text();
+    assert!(
+        metrics.contains("wechat_proxy_token_quota_remaining{app=\"mp\"} 1999"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clear_quota_ends_a_45009_backoff_and_a_second_reset_within_60_s_is_refused() {
+    let h = Harness::mp("classic").await;
+    h.fake.set_fetch_failure(Some(FetchFailure::Errcode(
+        45009,
+        "reach max api daily quota limit".into(),
+    )));
+    h.fake.revoke(MP_APPID);
+    let r = h.http.get(&h.url(USER_INFO)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["errcode"], 45009);
+    // The backoff stands: WeChat demands 10 minutes.
+    let fetches = h.fake.token_fetches();
+    assert_eq!(h.http.get(&h.url(USER_INFO)).await.status, 503);
+    assert_eq!(h.fake.token_fetches(), fetches);
+    assert!(
+        h.proxy.has_log("/apps/mp/clear-quota"),
+        "no hint in the log"
+    );
+
+    let r = h
+        .http
+        .post(&h.admin("/apps/mp/clear-quota"), "text/plain", "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["errcode"], 0);
+    assert_eq!(h.fake.clear_quota_calls(), 1);
+    assert!(!r.text().contains(SECRET));
+    let (http, url) = (h.http.clone(), h.url(USER_INFO));
+    wait_until_async("calls to work again", Duration::from_secs(5), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).await.json()["errcode"] == 0 }
+    })
+    .await;
+
+    let again = h
+        .http
+        .post(&h.admin("/apps/mp/clear-quota"), "text/plain", "")
+        .await;
+    assert_eq!(again.status, 429, "{}", again.text());
+    assert!(again.json()["errmsg"].as_str().unwrap().contains("60 s"));
+    assert_eq!(
+        h.fake.clear_quota_calls(),
+        1,
+        "the second reset reached WeChat"
+    );
+    let app = &h.http.get(&h.admin("/apps")).await.json()[0];
+    assert_eq!(app["quota_resets"], 1);
+}
