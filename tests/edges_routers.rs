@@ -35,7 +35,13 @@ async fn path_parameters_and_case_do_not_pass_deny_paths() {
 async fn post_apps_refresh_without_a_name_is_answered() {
     let h = Harness::mp("stable").await;
 
-    for path in ["/apps/refresh", "/apps//refresh", "/apps/"] {
+    for path in [
+        "/apps/refresh",
+        "/apps//refresh",
+        "/apps/",
+        "/apps/clear-quota",
+        "/apps//clear-quota",
+    ] {
         let r = h.http.post(&h.admin(path), "application/json", "").await;
         assert_eq!(r.status, 404, "{path}: {r:?}");
         assert_eq!(r.json()["errcode"], -1);
@@ -93,6 +99,7 @@ fn random_request(rng: &mut Rng) -> (String, String) {
         "%00",
         "apps/refresh",
         "/refresh",
+        "/clear-quota",
         "//",
     ];
     // Now and then a whole path that routers split by prefix and suffix.
@@ -103,6 +110,8 @@ fn random_request(rng: &mut Rng) -> (String, String) {
             "/refresh",
             "/apps",
             "/apps//refresh",
+            "/apps/clear-quota",
+            "/apps/mp/clear-quota",
         ]);
         let method = if rng.next().is_multiple_of(2) {
             "POST".into()
