@@ -15,20 +15,6 @@ use common::{wait_until, wait_until_async, Http, Proxy, Resp};
 
 const GET_JSAPI: &str = "/cgi-bin/ticket/getticket?access_token=PLACEHOLDER&type=jsapi";
 
-async fn concurrently(http: &Http, url: &str, n: usize) -> Vec<Resp> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (http, url) = (http.clone(), url.to_owned());
-            tokio::spawn(async move { http.get(&url).await })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.push(t.await.expect("request task"));
-    }
-    out
-}
-
 /// The ticket of a successful ticket answer, checked for WeChat's shape.
 fn ticket_of(r: &Resp) -> String {
     let v = r.json();
@@ -59,7 +45,7 @@ async fn twenty_concurrent_getticket_calls_cause_one_fetch_and_none_at_start() {
         "no ticket fetch at start"
     );
 
-    let answers = concurrently(&h.http, &h.url(GET_JSAPI), 20).await;
+    let answers = common::concurrently(&h.http, &h.url(GET_JSAPI), 20).await;
     let tickets: Vec<String> = answers.iter().map(ticket_of).collect();
     assert_eq!(h.fake.ticket_fetches("jsapi"), 1);
     let issued = h.fake.issued_tickets("jsapi");
@@ -130,8 +116,8 @@ async fn two_proxies_sharing_redis_make_one_ticket_fetch() {
         format!("{}{GET_JSAPI}", b.url),
     );
     let (ra, rb) = tokio::join!(
-        concurrently(&http, &url_a, 10),
-        concurrently(&http, &url_b, 10),
+        common::concurrently(&http, &url_a, 10),
+        common::concurrently(&http, &url_b, 10),
     );
     let tickets: Vec<String> = ra.iter().chain(&rb).map(ticket_of).collect();
     assert_eq!(fake.ticket_fetches("jsapi"), 1, "one fetch for the fleet");

@@ -181,7 +181,7 @@ async fn token_errors_inside_the_flood_window_wait_for_the_next_fetch_and_succee
 
     // The new token dies at once too, inside the window.
     h.fake.revoke(MP_APPID);
-    let answers = concurrently(&h.http, &h.url(USER_INFO), 20).await;
+    let answers = common::concurrently(&h.http, &h.url(USER_INFO), 20).await;
 
     for r in &answers {
         r.assert_ok();
@@ -358,20 +358,6 @@ async fn replica(config: &ConfigBuilder, redis: &RedisServer, http: &Http) -> Pr
     })
     .await;
     proxy
-}
-
-async fn concurrently(http: &Http, url: &str, n: usize) -> Vec<Resp> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (http, url) = (http.clone(), url.to_owned());
-            tokio::spawn(async move { http.get(&url).await })
-        })
-        .collect();
-    let mut answers = Vec::with_capacity(n);
-    for task in tasks {
-        answers.push(task.await.expect("request task"));
-    }
-    answers
 }
 
 /// A proxy's own 503 for want of a token, in WeChat's shape.

@@ -81,3 +81,18 @@ pub fn sha1_by_python(text: &str) -> String {
     assert!(out.status.success(), "python3 failed");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// `n` GETs of `url` at once, each on its own task; their answers in order.
+pub async fn concurrently(http: &Http, url: &str, n: usize) -> Vec<Resp> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.to_owned());
+            tokio::spawn(async move { http.get(&url).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.expect("request task"));
+    }
+    answers
+}
