@@ -10,13 +10,17 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::auth::InboundKey;
-use crate::body::ProxyBody;
+use crate::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::error::{json_response, LocalError};
 use crate::metrics::Metrics;
+use crate::platform::Platform;
 use crate::quota::Quota;
 use crate::status_page;
 use crate::ticket::Tickets;
 use crate::token::{AdminRefresh, TokenManager};
+
+/// The largest admin request body read (a ticket push is under 1 KiB).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 /// Serves the admin endpoints.
 pub struct Admin {
@@ -34,6 +38,8 @@ pub struct Admin {
     tickets: Vec<Arc<Tickets>>,
     /// Every app's quota watch, in config order; `None` for WeCom.
     quotas: Vec<Option<Arc<Quota>>>,
+    /// The third-party platforms, in config order.
+    platforms: Vec<Arc<Platform>>,
 }
 
 impl Admin {
@@ -51,7 +57,15 @@ impl Admin {
             key: None,
             tickets: Vec::new(),
             quotas: Vec::new(),
+            platforms: Vec::new(),
         }
+    }
+
+    /// Serves `/platforms…`, and counts the platforms in readiness and
+    /// `/apps`.
+    pub fn with_platforms(mut self, platforms: Vec<Arc<Platform>>) -> Admin {
+        self.platforms = platforms;
+        self
     }
 
     /// Shows each app's tickets and quota on `/apps`, and serves
@@ -90,6 +104,9 @@ impl Admin {
                 .append(http::header::WWW_AUTHENTICATE, status_page::BASIC_CHALLENGE);
             return refused;
         }
+        if path == "/platforms" || path.starts_with("/platforms/") {
+            return self.platform(request).await;
+        }
         match (request.method(), path) {
             (&Method::GET, "/") => status_page::response(&self.app_statuses(), SystemTime::now()),
             (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
@@ -104,7 +121,11 @@ impl Admin {
                 );
                 response
             }
-            (&Method::GET, "/apps") => ok(Value::Array(self.app_statuses())),
+            (&Method::GET, "/apps") => {
+                let mut statuses = self.app_statuses();
+                statuses.extend(self.platforms.iter().map(|p| p.status()));
+                ok(Value::Array(statuses))
+            }
             (&Method::POST, p) if app_action(p, "clear-quota").is_some() => {
                 self.clear_quota(app_action(p, "clear-quota").unwrap_or_default())
                     .await
@@ -116,9 +137,41 @@ impl Admin {
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 "error",
-                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, /metrics, POST /apps/NAME/refresh, POST /apps/NAME/clear-quota")}),
+                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, /metrics, POST /apps/NAME/refresh, POST /apps/NAME/clear-quota, /platforms")}),
             ),
         }
+    }
+
+    /// The platform endpoints, which read a body (a push, a refresh token).
+    async fn platform(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let (parts, body) = request.into_parts();
+        let body = match buffer_up_to(body, MAX_ADMIN_BODY).await {
+            Ok(Buffered::Complete(bytes)) => bytes,
+            Ok(Buffered::Partial(_)) => {
+                return json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "error",
+                    &json!({"errcode": -1, "errmsg": format!("admin request bodies are at most {MAX_ADMIN_BODY} bytes")}),
+                )
+            }
+            Err(e) => return LocalError::ClientBody(e.to_string()).into_response(),
+        };
+        let path = parts.uri.path();
+        crate::platform::answer(
+            &self.platforms,
+            &parts.method,
+            path,
+            parts.uri.query(),
+            body,
+        )
+        .await
+        .unwrap_or_else(|| {
+            json_response(
+                StatusCode::NOT_FOUND,
+                "error",
+                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}")}),
+            )
+        })
     }
 
     fn readiness(&self) -> Response<ProxyBody> {
@@ -148,6 +201,10 @@ impl Admin {
                 };
                 Some(json!({"app": t.app().name, "reason": reason}))
             })
+            .chain(self.platforms.iter().filter_map(|p| {
+                let reason = p.not_ready()?;
+                Some(json!({"platform": p.name(), "reason": reason}))
+            }))
             .collect();
         if waiting.is_empty() {
             ok(json!({"ready": true}))

@@ -21,6 +21,14 @@ pub enum LocalError {
         /// The configured apps, comma-separated.
         apps: String,
     },
+    /// A platform path names an authorizer that is not registered.
+    #[error("{platform}: no authorizer '{appid}': register it with PUT /platforms/{platform}/authorizers/APPID on the admin listener; platform paths are /{platform}/APPID/cgi-bin/… and /{platform}/cgi-bin/component/…")]
+    UnknownAuthorizer {
+        /// The platform's name.
+        platform: String,
+        /// The path segment as sent.
+        appid: String,
+    },
     /// No valid token could be had.
     #[error("{app}: no valid access_token: {reason}")]
     TokenUnavailable {
@@ -126,6 +134,7 @@ impl LocalError {
     fn status_and_errcode(&self) -> (StatusCode, i64) {
         match self {
             LocalError::UnknownApp { .. } => (StatusCode::NOT_FOUND, -1),
+            LocalError::UnknownAuthorizer { .. } => (StatusCode::NOT_FOUND, -1),
             LocalError::TokenUnavailable { errcode, .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, *errcode)
             }

@@ -53,6 +53,7 @@ mod limits;
 mod linger;
 pub mod logging;
 mod metrics;
+mod platform;
 mod policy;
 mod proxy;
 pub mod query;
@@ -203,14 +204,49 @@ pub async fn run(
             tokens,
             client,
             tickets: Arc::new(tickets),
+            platform: None,
         });
+    }
+    let mut platforms = Vec::with_capacity(config.platforms.len());
+    for platform in &config.platforms {
+        let client = match clients
+            .iter()
+            .find(|(egress, _)| *egress == platform.app.egress)
+        {
+            Some((_, client)) => client.clone(),
+            None => {
+                let client = upstream::client(&config.upstream, platform.app.egress.as_ref())?;
+                clients.push((platform.app.egress.clone(), client.clone()));
+                client
+            }
+        };
+        let platform = Arc::new(platform::Platform::new(
+            platform,
+            &config.upstream,
+            client.clone(),
+            store.clone(),
+            env.clone(),
+        ));
+        platform.clone().start(stop_rx.clone()).await;
+        // On the request path a platform is an app whose credential depends
+        // on the path; metrics and access logs name the platform.
+        apps.push(App {
+            metrics: metrics.app(platform.name()),
+            config: platform.app().clone(),
+            tokens: platform.component().clone(),
+            client,
+            tickets: Arc::new(ticket::Tickets::none()),
+            platform: Some(platform.clone()),
+        });
+        platforms.push(platform);
     }
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(
         Admin::new(managers.clone(), draining.clone(), metrics.clone())
             .with_key(config.proxy.admin_key.clone())
-            .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas),
+            .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas)
+            .with_platforms(platforms.clone()),
     );
     let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;
@@ -249,9 +285,10 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(()) = reload.recv() => {
-                for tokens in &managers {
+                let components = platforms.iter().map(|p| p.component());
+                for tokens in managers.iter().chain(components) {
                     if let Err(problem) = tokens.reload_secret() {
-                        tracing::warn!(app = %tokens.app().name, %problem, "cannot re-read the secret");
+                        tracing::warn!(app = %tokens.label(), %problem, "cannot re-read the secret");
                     }
                 }
             }
@@ -282,6 +319,15 @@ fn log_config(config: &Config) {
             token_api = app.token_api.as_str(),
             base_url = %app.base_url,
             "app"
+        );
+    }
+    for platform in &config.platforms {
+        tracing::info!(
+            platform = %platform.app.name,
+            component_appid = %platform.app.appid,
+            base_url = %platform.app.base_url,
+            raw_pushes = platform.aes_key.is_some(),
+            "platform"
         );
     }
     tracing::info!(

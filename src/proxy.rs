@@ -41,6 +41,9 @@ pub struct App {
     pub client: HttpClient,
     /// Its JS-SDK tickets, answered and signed with locally.
     pub tickets: Arc<crate::ticket::Tickets>,
+    /// Set for a third-party platform: it picks the credential per path
+    /// (component or authorizer token); `tokens` is its component token.
+    pub platform: Option<Arc<crate::platform::Platform>>,
 }
 
 /// Forwards requests; shared by every connection.
@@ -169,6 +172,19 @@ impl Proxy {
         outcome.app = Some(index);
         let app = &self.apps[index];
         guard::target(&app.config, parts)?;
+        // A platform path names the credential: its component token, or an
+        // authorizer's token (answered here for the token endpoints).
+        let (tokens, path, param) = match &app.platform {
+            None => (app.tokens.clone(), path, "access_token"),
+            Some(platform) => match platform.route(path)? {
+                crate::platform::Routed::Answer(answer) => return Ok(answer),
+                crate::platform::Routed::Forward {
+                    tokens,
+                    path,
+                    param,
+                } => (tokens, path, param),
+            },
+        };
         // Before the policy: the placeholder carries no credential, and SDKs
         // cannot start without it.
         if let Some(answer) = placeholder_answer(app.config.kind, path) {
@@ -182,14 +198,15 @@ impl Proxy {
                 app: app.config.name.clone(),
                 refusal,
             })?;
-        if let Some(answer) = crate::jssdk::answer(app, parts, path).await {
-            return Ok(answer);
+        if app.platform.is_none() {
+            if let Some(answer) = crate::jssdk::answer(app, parts, path).await {
+                return Ok(answer);
+            }
         }
-        let token = app
-            .tokens
+        let token = tokens
             .token()
             .await
-            .map_err(|e| token_unavailable(&app.config, e))?;
+            .map_err(|e| token_unavailable(&tokens, e))?;
 
         let Some(body) = body.take() else {
             return Err(LocalError::ClientBody(
@@ -197,7 +214,12 @@ impl Proxy {
             ));
         };
         let (body, replay, ended) = self.prepare_body(body).await?;
-        let request = Forward { app, parts, path };
+        let request = Forward {
+            app,
+            parts,
+            path,
+            param,
+        };
         let response = self
             .send(&request, &token, body, replay.as_ref(), ended)
             .await?;
@@ -211,14 +233,13 @@ impl Proxy {
         let Some(replay) = replay else {
             // The body is gone: hand the token error back, but renew the
             // token so the client's next call works.
-            let tokens = app.tokens.clone();
             tokio::spawn(async move { tokens.replace(&token).await });
             return Ok(response);
         };
-        let fresh = match app.tokens.replace(&token).await {
+        let fresh = match tokens.replace(&token).await {
             Ok(fresh) => fresh,
             Err(RefreshError::NotRenewed) => return Ok(response),
-            Err(e) => return Err(token_unavailable(&app.config, e)),
+            Err(e) => return Err(token_unavailable(&tokens, e)),
         };
         outcome.retried = true;
         app.metrics.retry();
@@ -448,6 +469,8 @@ struct Forward<'a> {
     parts: &'a Parts,
     /// The path after the app prefix.
     path: &'a str,
+    /// The query parameter the token goes in.
+    param: &'static str,
 }
 
 impl Forward<'_> {
@@ -476,7 +499,7 @@ impl Forward<'_> {
         pq.push_str(&base.path);
         pq.push_str(self.path);
         pq.push('?');
-        query::with_token(query, token.value(), &mut pq);
+        query::with_param(query, self.param, token.value(), &mut pq);
         Uri::builder()
             .scheme(base.scheme.clone())
             .authority(base.authority.clone())
@@ -576,10 +599,10 @@ fn cause<'e, E: std::error::Error + 'static>(
     crate::error::causes(error).find_map(|e| e.downcast_ref::<E>())
 }
 
-fn token_unavailable(app: &AppConfig, e: RefreshError) -> LocalError {
+fn token_unavailable(tokens: &TokenManager, e: RefreshError) -> LocalError {
     let errcode = e.errcode();
     LocalError::TokenUnavailable {
-        app: app.name.clone(),
+        app: tokens.label().to_owned(),
         errcode,
         reason: e.to_string(),
     }

@@ -4,29 +4,35 @@
 /// Appends to `out` the query `query` without its `access_token` parameters,
 /// followed by `access_token=<token>` (percent-encoded where needed).
 pub fn with_token(query: Option<&str>, token: &str, out: &mut String) {
+    with_param(query, "access_token", token, out);
+}
+
+/// [`with_token`] for another parameter (`component_access_token`).
+pub fn with_param(query: Option<&str>, param: &str, token: &str, out: &mut String) {
     if let Some(query) = query {
         for part in query.split('&') {
-            if part.is_empty() || is_access_token(part) {
+            if part.is_empty() || names(part, param) {
                 continue;
             }
             out.push_str(part);
             out.push('&');
         }
     }
-    out.push_str("access_token=");
+    out.push_str(param);
+    out.push('=');
     encode_into(token, out);
 }
 
-/// Whether a `name=value` pair names `access_token`, however the client
+/// Whether a `name=value` pair names `param`, however the client
 /// percent-encoded the name.
-fn is_access_token(part: &str) -> bool {
+fn names(part: &str, param: &str) -> bool {
     let name = part.split_once('=').map_or(part, |(n, _)| n);
-    if name == "access_token" {
+    if name == param {
         return true;
     }
     // Encoded forms are longer than the plain name; anything shorter or
     // without '%' cannot be one.
-    name.len() > "access_token".len() && name.contains('%') && decoded_eq(name, b"access_token")
+    name.len() > param.len() && name.contains('%') && decoded_eq(name, param.as_bytes())
 }
 
 /// Whether `name`, percent-decoded, is `want`.

@@ -45,6 +45,11 @@ pub enum FetchError {
     /// The whole fetch took longer than `token_timeout_ms`.
     #[error("the token fetch timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
+    /// Something the fetch needs is not there yet (a platform's
+    /// component_verify_ticket, its component_access_token), or the
+    /// credential is gone (a revoked authorizer).
+    #[error("{0}")]
+    NotReady(String),
 }
 
 fn hint(errcode: i64) -> &'static str {
@@ -57,6 +62,8 @@ fn hint(errcode: i64) -> &'static str {
         45011 => " — the per-minute quota is used up",
         89503 | 89501 => " — an administrator must approve this IP in the WeChat console",
         89506 | 89507 => " — the administrator rejected this IP; WeChat blocks retries for a while",
+        61005 | 61006 => " — the component_verify_ticket is expired or invalid: the proxy asked WeChat to push a new one; check that pushes reach POST /platforms/NAME/ticket",
+        61003 | 61023 => " — the authorizer's refresh token is invalid or revoked: the account must authorize the platform again",
         _ => "",
     }
 }

@@ -77,6 +77,31 @@ pub struct Config {
     pub log: LogSettings,
     /// Where tokens are kept besides memory: a file, or Redis shared by replicas.
     pub store: StoreSettings,
+    /// The third-party platforms, in the order of their names.
+    pub platforms: Vec<PlatformConfig>,
+}
+
+/// One `[platforms.NAME]` table, validated.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// The platform as the request path and the token engine see it: the
+    /// table name (the path prefix), the component_appid and
+    /// component_appsecret, base URL, path rules, egress and timings.
+    pub app: AppConfig,
+    /// The push token, to check the signature of WeChat's raw pushes.
+    pub push_token: Option<Secret>,
+    /// The AES-256 key decoded from the EncodingAESKey, to decrypt them.
+    pub aes_key: Option<AesKey>,
+}
+
+/// The 32-byte key of WeChat's message encryption; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AesKey(pub [u8; 32]);
+
+impl std::fmt::Debug for AesKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AesKey([redacted])")
+    }
 }
 
 /// `[proxy]`: the listeners and request handling.

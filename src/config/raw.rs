@@ -29,6 +29,9 @@ pub(super) struct RawConfig {
     /// `[store]`.
     #[serde(default)]
     pub store: RawStore,
+    /// `[platforms.NAME]`, sorted by name.
+    #[serde(default)]
+    pub platforms: BTreeMap<String, RawPlatform>,
 }
 
 /// `[proxy]`.
@@ -121,6 +124,36 @@ pub(super) struct RawApp {
     pub deny_paths: Option<Vec<String>>,
     /// WeCom only: the agentid `wx.agentConfig` signatures name.
     pub agentid: Option<i64>,
+}
+
+/// `[platforms.NAME]`: a third-party platform (开放平台).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlatform {
+    /// The platform's component_appid.
+    pub component_appid: Option<String>,
+    /// Accepted only to refuse it with a helpful message.
+    pub secret: Option<toml::Value>,
+    /// Variable holding the component_appsecret.
+    pub secret_env: Option<String>,
+    /// File holding the component_appsecret.
+    pub secret_file: Option<PathBuf>,
+    /// Variable holding the push token (message verification).
+    pub push_token_env: Option<String>,
+    /// Variable holding the 43-character EncodingAESKey.
+    pub encoding_aes_key_env: Option<String>,
+    /// Where calls go instead of WeChat.
+    pub base_url: Option<String>,
+    /// Renew this long before expiry.
+    pub refresh_before_expiry_s: Option<u64>,
+    /// At most one token-error fetch per this interval.
+    pub min_refresh_interval_ms: Option<u64>,
+    /// This platform's egress proxy.
+    pub proxy: Option<String>,
+    /// Paths callers may reach.
+    pub allow_paths: Option<Vec<String>>,
+    /// Paths callers may not reach.
+    pub deny_paths: Option<Vec<String>>,
 }
 
 /// `[log]`.

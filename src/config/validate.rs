@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::defaults;
-use super::raw::{RawApp, RawConfig, RawProxy, RawStore, RawUpstream, StoreKind};
+use super::raw::{RawApp, RawConfig, RawPlatform, RawProxy, RawStore, RawUpstream, StoreKind};
 use super::url::{redact, BaseUrl, EgressProxy, RedisUrl};
 use super::{
-    AppConfig, AppKind, Config, ConfigError, LogSettings, ProxySettings, RedisSettings,
-    StoreSettings, TokenApi, UpstreamSettings,
+    AesKey, AppConfig, AppKind, Config, ConfigError, LogSettings, PlatformConfig, ProxySettings,
+    RedisSettings, StoreSettings, TokenApi, UpstreamSettings,
 };
 use crate::auth::InboundKey;
 use crate::limits::Limits;
@@ -103,16 +103,22 @@ impl Validator<'_> {
         let upstream = self.upstream(raw.upstream)?;
         let store = self.store(raw.store)?;
 
-        if raw.apps.is_empty() {
+        if raw.apps.is_empty() && raw.platforms.is_empty() {
             return Err(self.err(
                 "apps",
-                "no apps configured: add at least one [apps.NAME] table",
+                "no apps configured: add at least one [apps.NAME] (or [platforms.NAME]) table",
             ));
         }
         let apps = raw
             .apps
             .into_iter()
             .map(|(name, app)| self.app(name, app, upstream.proxy.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let platforms = raw
+            .platforms
+            .into_iter()
+            .map(|(name, platform)| self.platform(name, platform, upstream.proxy.as_ref(), &apps))
             .collect::<Result<Vec<_>, _>>()?;
 
         let default_app = match raw.proxy.default_app {
@@ -137,6 +143,7 @@ impl Validator<'_> {
                 format: raw.log.format.unwrap_or(defaults::LOG_FORMAT),
             },
             store,
+            platforms,
         })
     }
 
@@ -477,6 +484,109 @@ impl Validator<'_> {
             name,
         })
     }
+}
+
+/// Third-party platforms: validated by the app rules (name, appid, secret,
+/// base URL, timings, path rules, egress), plus the push keys.
+impl Validator<'_> {
+    fn platform(
+        &self,
+        name: String,
+        raw: RawPlatform,
+        global_proxy: Option<&EgressProxy>,
+        apps: &[AppConfig],
+    ) -> Result<PlatformConfig, ConfigError> {
+        let key = |field: &str| format!("platforms.{name}.{field}");
+        if apps.iter().any(|a| a.name == name) {
+            return Err(self.err(
+                format!("platforms.{name}"),
+                "an app has this name too; both route by the first path segment: rename one",
+            ));
+        }
+        let Some(component_appid) = raw.component_appid else {
+            return Err(self.err(
+                key("component_appid"),
+                "missing: the platform's component_appid (wx…) is required",
+            ));
+        };
+        let as_app = RawApp {
+            kind: AppKind::Mp,
+            appid: Some(component_appid),
+            corpid: None,
+            secret: raw.secret,
+            secret_env: raw.secret_env,
+            secret_file: raw.secret_file,
+            // Component tokens, like classic ones: each fetch issues a new one.
+            token_api: Some(TokenApi::Classic),
+            base_url: raw.base_url,
+            refresh_before_expiry_s: raw.refresh_before_expiry_s,
+            min_refresh_interval_ms: raw.min_refresh_interval_ms,
+            proxy: raw.proxy,
+            allow_paths: raw.allow_paths,
+            deny_paths: raw.deny_paths,
+            agentid: None,
+        };
+        // The app rules name keys `apps.NAME.…`: say `platforms.NAME.…`.
+        let app = self
+            .app(name.clone(), as_app, global_proxy)
+            .map_err(|e| match e {
+                ConfigError::Invalid { file, key, problem } => ConfigError::Invalid {
+                    file,
+                    key: key.replacen("apps.", "platforms.", 1).replace(
+                        &format!("platforms.{name}.appid"),
+                        &format!("platforms.{name}.component_appid"),
+                    ),
+                    problem: problem.replace("an mp appid", "a component_appid"),
+                },
+                e => e,
+            })?;
+        let read = |field: &str, var: Option<String>| -> Result<Option<String>, ConfigError> {
+            let Some(var) = var else { return Ok(None) };
+            SecretSource::Env(var)
+                .read(self.env)
+                .map(|s| Some(s.expose().to_owned()))
+                .map_err(|problem| self.err(key(field), problem.to_string()))
+        };
+        let push_token = read("push_token_env", raw.push_token_env)?;
+        let aes_key = match read("encoding_aes_key_env", raw.encoding_aes_key_env)? {
+            None => None,
+            Some(text) => Some(AesKey(aes_key(&text).ok_or_else(|| {
+                self.err(
+                    key("encoding_aes_key_env"),
+                    "not an EncodingAESKey: 43 characters of base64, as the Open Platform console shows it",
+                )
+            })?)),
+        };
+        if push_token.is_some() != aes_key.is_some() {
+            return Err(self.err(
+                key("push_token_env"),
+                "raw pushes need both push_token_env and encoding_aes_key_env (or neither, to accept decrypted tickets only)",
+            ));
+        }
+        Ok(PlatformConfig {
+            app,
+            push_token: push_token.map(crate::secret::Secret::new),
+            aes_key,
+        })
+    }
+}
+
+/// WeChat's EncodingAESKey: 43 base64 characters, the key being
+/// base64(key + "=").
+fn aes_key(text: &str) -> Option<[u8; 32]> {
+    use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    // The console's keys are random characters: the last one's two spare
+    // bits are often set, which a strict decoder refuses.
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    if text.len() != 43 {
+        return None;
+    }
+    let bytes = LENIENT.decode(format!("{text}=")).ok()?;
+    bytes.try_into().ok()
 }
 
 /// Who may call, limits and path rules.

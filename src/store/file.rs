@@ -17,12 +17,17 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{unix_ms, Key, Saved, StoreError};
+use super::{unix_ms, Key, Registered, Saved, StoreError};
 
-/// The file's shape: `{"tokens": [{"appid", "api", "token", "expires_at_ms"}]}`.
+/// The file's shape: `{"tokens": [{"appid", "api", "token",
+/// "expires_at_ms"}], "authorizers": [{"component_appid", "appid",
+/// "refresh_token"}]}` (the second list only once a platform registered
+/// one, so files of before read and look the same).
 #[derive(Serialize, Deserialize, Default)]
 struct Contents {
     tokens: Vec<Saved>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    authorizers: Vec<Registered>,
 }
 
 /// A token file and what it holds.
@@ -31,7 +36,7 @@ pub struct FileStore {
     path: PathBuf,
     /// The entries as last read or written; the file is only ever replaced
     /// with a snapshot of these. Never held across an await.
-    entries: Mutex<Vec<Saved>>,
+    entries: Mutex<Contents>,
     /// Held for the whole of a write, so two apps refreshing at once write
     /// one after the other and the last write holds both tokens.
     writing: tokio::sync::Mutex<()>,
@@ -44,19 +49,19 @@ impl FileStore {
         let file = path.display().to_string();
         let entries = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Contents>(&bytes) {
-                Ok(contents) => contents.tokens,
+                Ok(contents) => contents,
                 Err(e) => {
                     tracing::warn!(%file, error = %e, "the token file is corrupt; ignoring it, tokens will be fetched");
-                    Vec::new()
+                    Contents::default()
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(%file, "no token file yet; it will be written after the first fetch");
-                Vec::new()
+                Contents::default()
             }
             Err(e) => {
                 tracing::warn!(%file, error = %e, "cannot read the token file; ignoring it, tokens will be fetched");
-                Vec::new()
+                Contents::default()
             }
         };
         FileStore {
@@ -69,6 +74,7 @@ impl FileStore {
     /// The entry for `key`, if the file had one.
     pub fn load(&self, key: Key<'_>) -> Option<Saved> {
         self.lock_entries()
+            .tokens
             .iter()
             .find(|s| s.belongs_to(key))
             .cloned()
@@ -77,18 +83,59 @@ impl FileStore {
     /// Replaces the entry for `saved`'s appid and kind (expired entries are
     /// dropped on the way) and rewrites the file.
     pub async fn save(&self, saved: Saved) -> Result<(), StoreError> {
-        let _writing = self.writing.lock().await;
-        let bytes = {
-            let mut entries = self.lock_entries();
+        self.rewrite(|contents| {
             let now = unix_ms(SystemTime::now());
-            entries.retain(|s| {
+            contents.tokens.retain(|s| {
                 s.expires_at_ms > now && !(s.appid == saved.appid && s.api == saved.api)
             });
-            entries.push(saved);
-            serde_json::to_vec_pretty(&Contents {
-                tokens: entries.clone(),
-            })
-            .expect("plain strings and numbers serialize")
+            contents.tokens.push(saved);
+        })
+        .await
+    }
+
+    /// The authorizers the file holds for `component_appid`.
+    pub fn authorizers(&self, component_appid: &str) -> Vec<Registered> {
+        self.lock_entries()
+            .authorizers
+            .iter()
+            .filter(|a| a.component_appid == component_appid)
+            .cloned()
+            .collect()
+    }
+
+    /// Adds or replaces `entries` and rewrites the file.
+    pub async fn register(&self, entries: &[Registered]) -> Result<(), StoreError> {
+        self.rewrite(|contents| {
+            for entry in entries {
+                let same = |a: &Registered| {
+                    a.component_appid == entry.component_appid && a.appid == entry.appid
+                };
+                match contents.authorizers.iter_mut().find(|a| same(a)) {
+                    Some(held) => held.refresh_token.clone_from(&entry.refresh_token),
+                    None => contents.authorizers.push(entry.clone()),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Removes an authorizer and rewrites the file.
+    pub async fn unregister(&self, component_appid: &str, appid: &str) -> Result<(), StoreError> {
+        self.rewrite(|contents| {
+            contents
+                .authorizers
+                .retain(|a| !(a.component_appid == component_appid && a.appid == appid));
+        })
+        .await
+    }
+
+    /// Applies `change` to the entries and replaces the file with them.
+    async fn rewrite(&self, change: impl FnOnce(&mut Contents)) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
+        let bytes = {
+            let mut contents = self.lock_entries();
+            change(&mut contents);
+            serde_json::to_vec_pretty(&*contents).expect("plain strings and numbers serialize")
         };
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
@@ -101,7 +148,7 @@ impl FileStore {
             })
     }
 
-    fn lock_entries(&self) -> std::sync::MutexGuard<'_, Vec<Saved>> {
+    fn lock_entries(&self) -> std::sync::MutexGuard<'_, Contents> {
         // Plain values: a panic elsewhere cannot leave them half-written.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }

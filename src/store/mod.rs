@@ -89,6 +89,27 @@ impl fmt::Debug for Saved {
     }
 }
 
+/// One authorizer of a third-party platform as the registry keeps it. The
+/// refresh token is a secret: never logged, never shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The platform's component_appid.
+    pub component_appid: String,
+    /// The authorizer's appid.
+    pub appid: String,
+    /// Its `authorizer_refresh_token`.
+    pub refresh_token: String,
+}
+
+impl fmt::Debug for Registered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registered")
+            .field("component_appid", &self.component_appid)
+            .field("appid", &self.appid)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -182,6 +203,36 @@ impl Store {
             Store::Memory => Ok(()),
             Store::File(file) => file.save(saved).await,
             Store::Redis(redis) => redis.save(key, &saved).await,
+        }
+    }
+
+    /// Every authorizer registered for `component_appid`, in one read (one
+    /// `HGETALL` with Redis). Memory: none, the registry lives in the
+    /// platform only.
+    pub async fn authorizers(&self, component_appid: &str) -> Result<Vec<Registered>, StoreError> {
+        match self {
+            Store::Memory => Ok(Vec::new()),
+            Store::File(file) => Ok(file.authorizers(component_appid)),
+            Store::Redis(redis) => redis.authorizers(component_appid).await,
+        }
+    }
+
+    /// Registers (or replaces the refresh token of) these authorizers, in one
+    /// write.
+    pub async fn register(&self, entries: &[Registered]) -> Result<(), StoreError> {
+        match self {
+            Store::Memory => Ok(()),
+            Store::File(file) => file.register(entries).await,
+            Store::Redis(redis) => redis.register(entries).await,
+        }
+    }
+
+    /// Removes an authorizer from the registry.
+    pub async fn unregister(&self, component_appid: &str, appid: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory => Ok(()),
+            Store::File(file) => file.unregister(component_appid, appid).await,
+            Store::Redis(redis) => redis.unregister(component_appid, appid).await,
         }
     }
 

@@ -12,6 +12,10 @@
 //!   that owner (a Lua compare-and-delete), and lapsing within seconds if the
 //!   owner dies.
 //!
+//! - `{prefix}{component_appid}:authorizers` is a hash of a third-party
+//!   platform's authorizers: field the authorizer's appid, value its refresh
+//!   token. Read whole in one `HGETALL` at start.
+//!
 //! The secret is in no key and no value. Every operation has a deadline of
 //! [`OP_TIMEOUT`], so a slow or unreachable Redis delays a token fetch by at
 //! most that much and never a request that already has a token. The
@@ -22,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisError};
 
-use super::{Key, Lock, Saved, StoreError};
+use super::{Key, Lock, Registered, Saved, StoreError};
 use crate::config::{RedisSettings, RedisUrl};
 
 /// The longest any one Redis operation may take, retry included.
@@ -158,6 +162,51 @@ impl RedisStore {
         )
         .await
         .map(drop)
+    }
+
+    /// Every authorizer of `component_appid`: one `HGETALL`.
+    pub async fn authorizers(&self, component_appid: &str) -> Result<Vec<Registered>, StoreError> {
+        let all: Vec<(String, String)> = self
+            .run(redis::cmd("HGETALL").arg(self.registry(component_appid)))
+            .await?;
+        Ok(all
+            .into_iter()
+            .map(|(appid, refresh_token)| Registered {
+                component_appid: component_appid.to_owned(),
+                appid,
+                refresh_token,
+            })
+            .collect())
+    }
+
+    /// One `HSET` per platform for all of `entries`.
+    pub async fn register(&self, entries: &[Registered]) -> Result<(), StoreError> {
+        let mut platforms: Vec<&str> = entries.iter().map(|e| e.component_appid.as_str()).collect();
+        platforms.dedup();
+        for platform in platforms {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(self.registry(platform));
+            for e in entries.iter().filter(|e| e.component_appid == platform) {
+                cmd.arg(&e.appid).arg(&e.refresh_token);
+            }
+            self.run::<i64>(&mut cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// `HDEL`.
+    pub async fn unregister(&self, component_appid: &str, appid: &str) -> Result<(), StoreError> {
+        self.run::<i64>(
+            redis::cmd("HDEL")
+                .arg(self.registry(component_appid))
+                .arg(appid),
+        )
+        .await
+        .map(drop)
+    }
+
+    fn registry(&self, component_appid: &str) -> String {
+        format!("{}{component_appid}:authorizers", self.prefix)
     }
 
     fn key(&self, key: Key<'_>, what: &str) -> String {

@@ -174,6 +174,7 @@ fn describe(e: &FetchError) -> String {
         FetchError::Timeout(after) => {
             format!("the ticket fetch timed out after {} ms", after.as_millis())
         }
+        FetchError::NotReady(what) => what.clone(),
     }
 }
 
@@ -281,6 +282,14 @@ impl Tickets {
             })
             .collect();
         Tickets { holders }
+    }
+
+    /// No tickets: a third-party platform's (its authorizers' tickets are
+    /// fetched through the proxy like any call).
+    pub fn none() -> Tickets {
+        Tickets {
+            holders: Vec::new(),
+        }
     }
 
     /// The holder of `kind`, if the app's product has that ticket.

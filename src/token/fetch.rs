@@ -30,7 +30,7 @@ impl TokenManager {
             && self.app.token_api == TokenApi::Stable
             && self.may_force_refresh()
         {
-            tracing::info!(app = %self.app.name, "stable API returned the rejected token; forcing a refresh");
+            tracing::info!(app = %self.label(), "stable API returned the rejected token; forcing a refresh");
             sent_at = Instant::now();
             outcome = self.fetch_once(true).await;
         }
@@ -50,7 +50,7 @@ impl TokenManager {
                 if e.is_bad_secret() {
                     // A rotated secret file takes effect without a restart.
                     if let Err(problem) = self.reload_secret() {
-                        tracing::warn!(app = %self.app.name, %problem, "cannot re-read the secret");
+                        tracing::warn!(app = %self.label(), %problem, "cannot re-read the secret");
                     }
                 }
                 Err(RefreshError::Failed(e))
@@ -72,7 +72,12 @@ impl TokenManager {
 
     async fn fetch_once(&self, force: bool) -> Result<Grant, FetchError> {
         let secret = self.secret.load_full();
-        let fetch = wechat::fetch(&self.client, &self.app, &secret, force);
+        let fetch = async {
+            match &self.grantor {
+                Some(grantor) => grantor.grant(&self.client, &secret).await,
+                None => wechat::fetch(&self.client, &self.app, &secret, force).await,
+            }
+        };
         match tokio::time::timeout(self.limits.timeout, fetch).await {
             Ok(Ok(grant)) => Ok(grant),
             // The secret never appears in an error we build, but a server
@@ -107,9 +112,9 @@ impl TokenManager {
         // The last fetch may have failed for this very secret: try the new
         // one now instead of after the backoff.
         if self.end_backoff() {
-            tracing::info!(app = %self.app.name, "secret changed; fetching with the new one");
+            tracing::info!(app = %self.label(), "secret changed; fetching with the new one");
         } else {
-            tracing::info!(app = %self.app.name, "secret changed; the next refresh uses it");
+            tracing::info!(app = %self.label(), "secret changed; the next refresh uses it");
         }
         Ok(true)
     }

@@ -42,8 +42,8 @@ impl TokenManager {
         let give_up_at = Instant::now() + self.limits.timeout * 2 + LEASE * 2;
         let shared = Shared {
             store: &self.store,
-            key: Key::token(&self.app),
-            app: &self.app.name,
+            key: self.key(),
+            app: self.label(),
             give_up_at,
         };
         let obtained = shared
@@ -86,14 +86,15 @@ impl TokenManager {
         let token = self.fetch_from_wechat(reason, rejected).await?;
         if !matches!(*self.store, Store::Memory) {
             let left = token.expires_at.saturating_duration_since(Instant::now());
+            let key = self.key();
             let saved = Saved {
-                appid: self.app.appid.clone(),
-                api: self.app.token_api.as_str().to_owned(),
+                appid: key.appid.to_owned(),
+                api: key.kind.to_owned(),
                 token: token.value.to_string(),
                 expires_at_ms: unix_ms(SystemTime::now() + left),
             };
-            if let Err(e) = self.store.save(Key::token(&self.app), saved).await {
-                tracing::warn!(app = %self.app.name, store = self.store.kind(), error = %e, "cannot save the token");
+            if let Err(e) = self.store.save(key, saved).await {
+                tracing::warn!(app = %self.label(), store = self.store.kind(), error = %e, "cannot save the token");
             }
         }
         Ok((token, Source::Fetched))
@@ -114,7 +115,7 @@ impl TokenManager {
             TokenApi::Wecom => "other replicas may fetch too; WeCom throttles frequent fetches",
         };
         tracing::warn!(
-            app = %self.app.name,
+            app = %self.label(),
             reason = reason.as_str(),
             error = %e,
             consequence,
@@ -129,7 +130,7 @@ impl TokenManager {
         let left = saved.life_left(SystemTime::now());
         let now = Instant::now();
         tracing::info!(
-            app = %self.app.name,
+            app = %self.label(),
             reason = reason.as_str(),
             store = self.store.kind(),
             expires_in_s = left.as_secs(),

@@ -35,12 +35,18 @@
 //! quirk, secret rotation); [`fleet`] shares tokens through the store and,
 //! with Redis, holds a fleet-wide lease so one replica fetches for all;
 //! [`backoff`] says when to try again.
+//!
+//! The same manager holds a third-party platform's component token and each
+//! authorizer's token ([`crate::platform`]): what differs is only where the
+//! token comes from, a [`Grantor`], and its key in the store.
 
 mod admission;
 pub(crate) mod backoff;
 mod fetch;
 pub(crate) mod fleet;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,9 +55,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{AppConfig, AppKind, Environment, Secret, UpstreamSettings};
-use crate::store::Store;
+use crate::store::{Key, Store};
 use crate::upstream::HttpClient;
-use crate::wechat::FetchError;
+use crate::wechat::{FetchError, Grant};
 
 use self::admission::{Decision, Facts, Held};
 
@@ -232,6 +238,9 @@ struct State {
     fights: u64,
     /// When the last one was seen.
     last_fight: Option<SystemTime>,
+    /// When the held token was put in the slot: a use after this is a use
+    /// within its life.
+    installed_at: Option<Instant>,
 }
 
 /// Observes every fetch's outcome (metrics hook in here).
@@ -254,6 +263,25 @@ enum Source {
     Fetched,
     /// Taken from the store: an earlier run or another replica fetched it.
     Store,
+}
+
+/// Where a token other than an app's own comes from (a platform's component
+/// token, an authorizer's token): the manager keeps its slot, single flight,
+/// backoff, store and fleet lease, and asks this for the fetch itself.
+pub(crate) trait Grantor: Send + Sync {
+    /// The appid the token is for (the store's key, logs).
+    fn appid(&self) -> &str;
+    /// Its kind in the store ([`Key::kind`]).
+    fn store_kind(&self) -> &str;
+    /// The name in logs and errors (`platform` or `platform/appid`).
+    fn label(&self) -> &str;
+    /// One fetch from WeChat. `secret` is the manager's current secret (the
+    /// component_appsecret, re-read on rotation).
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>>;
 }
 
 /// One app's token: the slot, the single-flight gate and the refresher.
@@ -282,6 +310,8 @@ pub struct TokenManager {
     /// Where tokens are shared with earlier runs or other replicas; only
     /// used with `gate` held.
     store: Arc<Store>,
+    /// Fetches the token when it is not the app's own; `None` for apps.
+    grantor: Option<Arc<dyn Grantor>>,
 }
 
 /// The `[upstream]` values the token manager needs.
@@ -324,6 +354,32 @@ impl TokenManager {
             observer,
             env,
             store: Arc::new(Store::Memory),
+            grantor: None,
+        }
+    }
+
+    /// Fetches through `grantor` instead of the app's token endpoint.
+    pub(crate) fn with_grantor(mut self, grantor: Arc<dyn Grantor>) -> TokenManager {
+        self.grantor = Some(grantor);
+        self
+    }
+
+    /// The name in logs and errors: the app's, or the grantor's.
+    pub(crate) fn label(&self) -> &str {
+        match &self.grantor {
+            Some(g) => g.label(),
+            None => &self.app.name,
+        }
+    }
+
+    /// The token's key in the store.
+    fn key(&self) -> Key<'_> {
+        match &self.grantor {
+            Some(g) => Key {
+                appid: g.appid(),
+                kind: g.store_kind(),
+            },
+            None => Key::token(&self.app),
         }
     }
 
@@ -536,8 +592,8 @@ impl TokenManager {
             st.last_fight = Some(SystemTime::now());
         }
         tracing::warn!(
-            app = %self.app.name,
-            appid = %self.app.appid,
+            app = %self.label(),
+            appid = %self.key().appid,
             life_left_s = life_left.as_secs(),
             "WeChat rejected a token with life left: another system is probably fetching tokens for this appid \
              (each classic /cgi-bin/token call kills the previous token; a stable_token force_refresh kills it at once). \
@@ -570,6 +626,7 @@ impl TokenManager {
         });
         self.slot.store(Some(token.clone()));
         st.renew_at = Some(renew_at);
+        st.installed_at = Some(Instant::now());
         st.retry_at = None;
         st.failures = 0;
         st.last_error = None;
@@ -597,7 +654,7 @@ impl TokenManager {
     }
 
     fn report(&self, reason: Reason, failure: Option<(&FetchError, Duration)>) {
-        let app = self.app.name.as_str();
+        let app = self.label();
         match failure {
             None => tracing::info!(
                 app,
@@ -636,6 +693,25 @@ impl TokenManager {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// For a scheduler that renews many tokens without a task each: whether
+    /// a renewal (or a retry after a failed one) is due now for a token used
+    /// at `used_at`. Only a token used during its own life is renewed; with
+    /// no token held, nothing is due (the next request fetches).
+    pub(crate) fn renewal_due(&self, used_at: Instant, now: Instant) -> bool {
+        let st = self.lock_state();
+        let Some(installed) = st.installed_at else {
+            return false;
+        };
+        let at = st.last_error.as_ref().and(st.retry_at).or(st.renew_at);
+        used_at >= installed && at.is_some_and(|at| at <= now)
+    }
+
+    /// The renewal [`TokenManager::renewal_due`] called for; failures are
+    /// logged and scheduled inside.
+    pub(crate) async fn renew_ahead(&self) {
+        let _ = self.refresh(Reason::Ahead, None).await;
     }
 
     fn next_background_fetch(&self) -> (Instant, Reason) {

@@ -10,6 +10,7 @@
 //! makes the answer bodies, `net` accepts connections.
 
 mod body;
+mod component;
 mod handler;
 mod net;
 mod tickets;
@@ -130,6 +131,8 @@ struct State {
     force_refreshes: usize,
     /// JS-SDK tickets and their rules.
     tickets: tickets::Tickets,
+    /// Third-party platforms, their authorizers and counts.
+    component: component::Component,
     /// Calls to a ticket endpoint, by kind (`jsapi`, `wx_card`, `corp`,
     /// `agent`), refused ones included.
     ticket_fetches: HashMap<&'static str, usize>,
@@ -199,6 +202,7 @@ impl FakeWeChat {
         };
         let state = Arc::new(Mutex::new(State {
             tickets: tickets::Tickets::new(opts.ticket_lifetime),
+            component: component::Component::default(),
             ticket_fetches: HashMap::new(),
             clear_quota_calls: 0,
             quota_gets: 0,
@@ -271,6 +275,91 @@ impl FakeWeChat {
     /// Rotates an app's secret: fetches with the old one fail from now on.
     pub fn set_secret(&self, appid: &str, secret: &str) {
         lock(&self.state).tokens.set_secret(appid, secret);
+    }
+
+    /// Registers a third-party platform and its component_appsecret.
+    pub fn add_platform(&self, component_appid: &str, secret: &str) {
+        let mut st = lock(&self.state);
+        let entry = (secret.to_owned(), None);
+        st.component
+            .platforms
+            .insert(component_appid.to_owned(), entry);
+    }
+
+    /// The ticket WeChat pushed last (the one `api_component_token` accepts).
+    pub fn push_ticket(&self, component_appid: &str, ticket: &str) {
+        let mut st = lock(&self.state);
+        let platform = st
+            .component
+            .platforms
+            .get_mut(component_appid)
+            .expect("add_platform first");
+        platform.1 = Some(ticket.to_owned());
+    }
+
+    /// An account authorizes the platform, with this refresh token.
+    pub fn add_authorizer(&self, appid: &str, refresh_token: &str) {
+        let mut st = lock(&self.state);
+        st.component
+            .authorizers
+            .insert(appid.to_owned(), refresh_token.to_owned());
+    }
+
+    /// An authorization code `api_query_auth` exchanges for `appid`.
+    pub fn add_auth_code(&self, code: &str, appid: &str) {
+        lock(&self.state)
+            .component
+            .codes
+            .insert(code.to_owned(), appid.to_owned());
+    }
+
+    /// The authorizer's refresh token, as WeChat holds it now.
+    pub fn refresh_token(&self, appid: &str) -> Option<String> {
+        lock(&self.state).component.authorizers.get(appid).cloned()
+    }
+
+    /// The account revokes the platform: its refresh token is refused (61023).
+    pub fn revoke_authorizer(&self, appid: &str) {
+        lock(&self.state).component.revoked.push(appid.to_owned());
+    }
+
+    /// Rotate refresh tokens with every authorizer token from now on.
+    pub fn set_rotate_refresh_tokens(&self, on: bool) {
+        lock(&self.state).component.rotate = on;
+    }
+
+    /// `api_component_token` calls so far.
+    pub fn component_fetches(&self) -> usize {
+        lock(&self.state).component.component_fetches
+    }
+
+    /// `api_authorizer_token` calls for `appid` so far.
+    pub fn authorizer_fetches(&self, appid: &str) -> usize {
+        let st = lock(&self.state);
+        st.component
+            .authorizer_fetches
+            .get(appid)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `api_authorizer_token` calls so far, all authorizers.
+    pub fn all_authorizer_fetches(&self) -> usize {
+        lock(&self.state)
+            .component
+            .authorizer_fetches
+            .values()
+            .sum()
+    }
+
+    /// `api_start_push_ticket` calls so far.
+    pub fn start_push_calls(&self) -> usize {
+        lock(&self.state).component.start_push
+    }
+
+    /// `api_get_authorizer_list` calls so far.
+    pub fn authorizer_list_calls(&self) -> usize {
+        lock(&self.state).component.list_calls
     }
 
     /// Calls to any token endpoint so far, failed ones included.

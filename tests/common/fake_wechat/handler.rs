@@ -69,6 +69,9 @@ pub(super) async fn handle(
         (None, Some(kind), _) => Ok(ticket_endpoint(&state, kind, query.as_deref())),
         (None, None, "/cgi-bin/openapi/quota/get") => Ok(quota_get(&state, query.as_deref())),
         (None, None, "/cgi-bin/clear_quota/v2") => Ok(clear_quota(&state, req).await),
+        (None, None, p) if p.starts_with("/cgi-bin/component/") => {
+            Ok(super::component::handle(&state, req).await)
+        }
         (None, None, _) => api_call(&state, req).await,
     }
 }
@@ -441,7 +444,7 @@ fn stall(content_type: &'static str, first: &[u8], announced: u64) -> Response<P
 }
 
 /// A complete answer with a fixed body.
-fn respond(
+pub(super) fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -454,7 +457,7 @@ fn respond(
 }
 
 /// The whole request body (a body cut short by the client counts as what arrived).
-async fn collect(req: Request<Incoming>) -> Bytes {
+pub(super) async fn collect(req: Request<Incoming>) -> Bytes {
     collect_body(req.into_body()).await
 }
 

@@ -119,6 +119,15 @@ impl Tokens {
         }
     }
 
+    /// A token for `appid` (a platform or an authorizer), registered as an
+    /// mp app on first use, and its `expires_in`.
+    pub fn mint(&mut self, appid: &str, now: Instant) -> (String, u64) {
+        if !self.apps.contains_key(appid) {
+            self.add_app(AppKind::Mp, appid, "");
+        }
+        (self.issue(appid, now), self.opts.expires_in)
+    }
+
     /// Registers (or replaces) an app with the secret fetches must present.
     pub fn add_app(&mut self, kind: AppKind, appid: &str, secret: &str) {
         let app = App {

@@ -1,0 +1,268 @@
+//! The platform's calls to WeChat: the component token (needs the ticket),
+//! an authorizer's token (needs the component token and the refresh token,
+//! which WeChat may rotate), the push request, the authorization-code
+//! exchange and the authorizer list.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{header, Method};
+use serde_json::{json, Value};
+
+use crate::body::ProxyBody;
+use crate::config::{BaseUrl, Secret};
+use crate::proxy::is_token_error;
+use crate::store::{Registered, Store};
+use crate::token::{Grantor, TokenManager};
+use crate::upstream::HttpClient;
+use crate::wechat::{self, FetchError, Grant};
+
+/// Errcodes that mean the refresh token will never work again.
+pub const REVOKED: [i64; 2] = [61003, 61023];
+
+/// POSTs `body` as JSON to `path` (with `component_access_token` when
+/// given) and reads WeChat's answer.
+pub async fn call(
+    client: &HttpClient,
+    base: &BaseUrl,
+    path: &str,
+    component_token: Option<&str>,
+    body: Value,
+) -> Result<Value, FetchError> {
+    let uri = match component_token {
+        Some(t) => format!(
+            "{base}{path}?component_access_token={}",
+            crate::query::encode(t)
+        ),
+        None => format!("{base}{path}"),
+    };
+    let request = wechat::request()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(ProxyBody::full(Bytes::from(body.to_string())))
+        .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
+    wechat::exchange(client, request).await
+}
+
+/// A token and its lifetime out of WeChat's answer.
+fn grant_from(answer: &Value, field: &str) -> Result<Grant, FetchError> {
+    let token = answer.get(field).and_then(Value::as_str);
+    let secs = answer.get("expires_in").and_then(Value::as_u64);
+    match (token, secs) {
+        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+            token: token.to_owned(),
+            expires_in: Duration::from_secs(secs),
+        }),
+        _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
+    }
+}
+
+/// Replaces `secret` wherever WeChat echoed it in an error.
+fn scrub(e: FetchError, secret: &str) -> FetchError {
+    match e {
+        FetchError::Refused { errcode, errmsg }
+            if !secret.is_empty() && errmsg.contains(secret) =>
+        {
+            FetchError::Refused {
+                errcode,
+                errmsg: errmsg.replace(secret, "[redacted]"),
+            }
+        }
+        e => e,
+    }
+}
+
+/// The component token's source: the component_appsecret (the manager's
+/// secret) and the latest `component_verify_ticket`.
+pub struct ComponentGrant {
+    /// The platform's name, for logs and errors.
+    pub name: String,
+    /// The component_appid.
+    pub appid: String,
+    /// Where WeChat is.
+    pub base_url: BaseUrl,
+    /// The latest ticket pushed (here, or to another replica and found in
+    /// the store). A secret of sorts: never shown.
+    pub ticket: ArcSwapOption<Secret>,
+    /// WeChat refused the ticket (61005/61006) on the last fetch.
+    pub ticket_refused: AtomicI64,
+}
+
+impl Grantor for ComponentGrant {
+    fn appid(&self) -> &str {
+        &self.appid
+    }
+
+    fn store_kind(&self) -> &str {
+        "component_token"
+    }
+
+    fn label(&self) -> &str {
+        &self.name
+    }
+
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(ticket) = self.ticket.load_full() else {
+                return Err(FetchError::NotReady(format!(
+                    "waiting for component_verify_ticket: WeChat pushes one every 10 minutes; forward it to POST /platforms/{}/ticket",
+                    self.name
+                )));
+            };
+            let body = json!({
+                "component_appid": self.appid,
+                "component_appsecret": secret.expose(),
+                "component_verify_ticket": ticket.expose(),
+            });
+            let answer = call(
+                client,
+                &self.base_url,
+                "/cgi-bin/component/api_component_token",
+                None,
+                body,
+            )
+            .await
+            .map_err(|e| scrub(scrub(e, secret.expose()), ticket.expose()));
+            if let Err(FetchError::Refused {
+                errcode: code @ (61005 | 61006),
+                ..
+            }) = &answer
+            {
+                self.ticket_refused.store(*code, Ordering::Relaxed);
+            }
+            grant_from(&answer?, "component_access_token")
+        })
+    }
+}
+
+/// One authorizer's token source: the platform's component token and the
+/// authorizer's refresh token.
+pub struct AuthorizerGrant {
+    /// `platform/appid`, for logs and errors.
+    pub label: String,
+    /// The authorizer's appid.
+    pub appid: String,
+    /// Its kind in the store: one per platform, since two platforms an
+    /// account authorized hold different tokens for it.
+    pub store_kind: String,
+    /// The platform's component_appid.
+    pub component_appid: String,
+    /// Where WeChat is.
+    pub base_url: BaseUrl,
+    /// The platform's component token.
+    pub component: Arc<TokenManager>,
+    /// The current refresh token; replaced (after it is saved) when WeChat
+    /// rotates it.
+    pub refresh: Mutex<Secret>,
+    /// The errcode with which WeChat refused the refresh token for good;
+    /// 0 while it works.
+    pub revoked: AtomicI64,
+    /// Where the registry is kept.
+    pub store: Arc<Store>,
+}
+
+impl AuthorizerGrant {
+    fn refresh_token(&self) -> Secret {
+        self.refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn fetch(&self, client: &HttpClient) -> Result<Grant, FetchError> {
+        let refresh = self.refresh_token();
+        let body = json!({
+            "component_appid": self.component_appid,
+            "authorizer_appid": self.appid,
+            "authorizer_refresh_token": refresh.expose(),
+        });
+        let mut component = self.component.token().await.map_err(|e| {
+            FetchError::NotReady(format!("no component_access_token to fetch with: {e}"))
+        })?;
+        let mut retried = false;
+        let answer = loop {
+            let answer = call(
+                client,
+                &self.base_url,
+                "/cgi-bin/component/api_authorizer_token",
+                Some(component.value()),
+                body.clone(),
+            )
+            .await;
+            match answer {
+                Err(FetchError::Refused { errcode, .. })
+                    if !retried && is_token_error(crate::config::AppKind::Mp, errcode) =>
+                {
+                    retried = true;
+                    component = self.component.replace(&component).await.map_err(|e| {
+                        FetchError::NotReady(format!(
+                            "no component_access_token to fetch with: {e}"
+                        ))
+                    })?;
+                }
+                answer => break answer.map_err(|e| scrub(e, refresh.expose())),
+            }
+        };
+        if let Err(FetchError::Refused { errcode, .. }) = &answer {
+            if REVOKED.contains(errcode) {
+                self.revoked.store(*errcode, Ordering::Relaxed);
+            }
+        }
+        let answer = answer?;
+        let grant = grant_from(&answer, "authorizer_access_token")?;
+        if let Some(rotated) = answer
+            .get("authorizer_refresh_token")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty() && *r != refresh.expose())
+        {
+            // Kept in memory at once (the old one may be dead already), and
+            // the token is only handed out once the new one is saved.
+            *self.refresh.lock().unwrap_or_else(|e| e.into_inner()) =
+                Secret::new(rotated.to_owned());
+            let entry = Registered {
+                component_appid: self.component_appid.clone(),
+                appid: self.appid.clone(),
+                refresh_token: rotated.to_owned(),
+            };
+            if let Err(e) = self.store.register(&[entry]).await {
+                return Err(FetchError::NotReady(format!(
+                    "WeChat rotated the refresh token and it cannot be saved ({e}); the token is held back until it is"
+                )));
+            }
+            tracing::info!(authorizer = %self.label, "refresh token rotated and saved");
+        }
+        Ok(grant)
+    }
+}
+
+impl Grantor for AuthorizerGrant {
+    fn appid(&self) -> &str {
+        &self.appid
+    }
+
+    fn store_kind(&self) -> &str {
+        &self.store_kind
+    }
+
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        _secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
+        Box::pin(self.fetch(client))
+    }
+}

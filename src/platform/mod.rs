@@ -1,0 +1,506 @@
+//! Third-party platforms (开放平台): the `component_verify_ticket` WeChat
+//! pushes, the component token made from it, and the tokens of the accounts
+//! that authorized the platform, thousands of them, on the token engine.
+//!
+//! Who holds what:
+//! - The component token is a [`TokenManager`] like an app's, fetching
+//!   through [`grant::ComponentGrant`] (secret + latest ticket): renewed
+//!   ahead by its own refresher, shared through the store and fleet lease.
+//! - The ticket arrives at the admin listener ([`admin`], decrypted by
+//!   [`push`]), is kept in the store (12 h) so a restart or another replica
+//!   has it, and ends the component token's backoff at once.
+//! - The registry maps each authorizer's appid to a small [`Authorizer`]:
+//!   its refresh token (in [`grant::AuthorizerGrant`]), when it was last
+//!   used, and a [`TokenManager`] created on first use only. So 10,000
+//!   registered authorizers cost their map entries, not 10,000 tasks.
+//! - One scheduler per platform ([`Platform::run_scheduler`]) renews ahead
+//!   the tokens used during their life; an idle authorizer costs no fetch.
+//! - The registry is loaded from the store in one read at start; when it is
+//!   empty and the component token works, it is recovered from WeChat's
+//!   `api_get_authorizer_list`.
+
+mod admin;
+mod grant;
+mod push;
+
+pub use self::admin::answer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use http::{Response, StatusCode};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::body::ProxyBody;
+use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
+use crate::error::{json_response, LocalError};
+use crate::proxy::PLACEHOLDER_TOKEN;
+use crate::store::{unix_ms, Key, Registered, Saved, Store};
+use crate::token::TokenManager;
+use crate::upstream::HttpClient;
+
+use self::grant::{AuthorizerGrant, ComponentGrant};
+
+/// How long WeChat's ticket stays valid.
+const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
+/// The ticket's kind in the store.
+const TICKET_KIND: &str = "component_verify_ticket";
+/// `api_start_push_ticket` at most this often: WeChat pushes every 10 min
+/// anyway.
+const START_PUSH_INTERVAL: Duration = Duration::from_secs(600);
+/// How often the scheduler looks for tokens due for renewal.
+const TICK: Duration = Duration::from_secs(1);
+/// `api_get_authorizer_list` page size (WeChat's maximum).
+const PAGE: u64 = 500;
+
+/// One authorizer: cheap while idle.
+pub struct Authorizer {
+    /// Its refresh token and the fetch.
+    grant: Arc<AuthorizerGrant>,
+    /// Milliseconds after the platform's epoch of the last request; 0:
+    /// never.
+    last_used: AtomicU64,
+    /// Created on first use.
+    tokens: OnceLock<Arc<TokenManager>>,
+    /// A renewal started by the scheduler is under way.
+    renewing: AtomicBool,
+}
+
+/// Where a platform request goes.
+pub enum Routed<'p> {
+    /// Answered here (the token endpoints SDKs call themselves).
+    Answer(Response<ProxyBody>),
+    /// Forwarded with `tokens`' token as the query parameter `param`.
+    Forward {
+        /// The credential to inject, and to replace on a token error.
+        tokens: Arc<TokenManager>,
+        /// The path to forward.
+        path: &'p str,
+        /// `access_token` or `component_access_token`.
+        param: &'static str,
+    },
+}
+
+/// One `[platforms.NAME]`.
+pub struct Platform {
+    /// Its config as the request path sees it (name, component_appid,
+    /// base URL, path rules); shared by every authorizer's manager.
+    app: Arc<AppConfig>,
+    /// The push keys.
+    config: PlatformConfig,
+    /// The component token's source, holding the ticket.
+    component_grant: Arc<ComponentGrant>,
+    /// The component token.
+    component: Arc<TokenManager>,
+    /// The authorizers by appid.
+    authorizers: RwLock<HashMap<Box<str>, Arc<Authorizer>>>,
+    /// Where the ticket, tokens and registry are kept.
+    store: Arc<Store>,
+    /// The pool of the platform's egress route.
+    client: HttpClient,
+    /// For the authorizers' managers.
+    upstream: UpstreamSettings,
+    /// For the authorizers' managers.
+    env: Arc<dyn Environment + Send + Sync>,
+    /// `last_used` counts from here.
+    epoch: Instant,
+    /// The last `api_start_push_ticket`, for its rate limit.
+    last_start_push: Mutex<Option<Instant>>,
+}
+
+impl Platform {
+    /// A platform holding nothing yet; [`Platform::start`] loads and runs it.
+    pub fn new(
+        config: &PlatformConfig,
+        upstream: &UpstreamSettings,
+        client: HttpClient,
+        store: Arc<Store>,
+        env: Arc<dyn Environment + Send + Sync>,
+    ) -> Platform {
+        let app = Arc::new(config.app.clone());
+        let component_grant = Arc::new(ComponentGrant {
+            name: app.name.clone(),
+            appid: app.appid.clone(),
+            base_url: app.base_url.clone(),
+            ticket: ArcSwapOption::empty(),
+            ticket_refused: AtomicI64::new(0),
+        });
+        let component = TokenManager::new(app.clone(), upstream, client.clone(), None, env.clone())
+            .with_store(store.clone())
+            .with_grantor(component_grant.clone());
+        Platform {
+            app,
+            config: config.clone(),
+            component_grant,
+            component: Arc::new(component),
+            authorizers: RwLock::new(HashMap::new()),
+            store,
+            client,
+            upstream: upstream.clone(),
+            env,
+            epoch: Instant::now(),
+            last_start_push: Mutex::new(None),
+        }
+    }
+
+    /// The platform's name (its path prefix).
+    pub fn name(&self) -> &str {
+        &self.app.name
+    }
+
+    /// The platform as the request path sees it.
+    pub fn app(&self) -> &Arc<AppConfig> {
+        &self.app
+    }
+
+    /// The component token.
+    pub fn component(&self) -> &Arc<TokenManager> {
+        &self.component
+    }
+
+    /// Loads the ticket and the registry, then runs the component token's
+    /// refresher and the renewal scheduler until `shutdown`.
+    pub async fn start(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let started = Instant::now();
+        self.load_ticket().await;
+        if self.component_grant.ticket.load().is_none() {
+            self.ask_for_push().await;
+        }
+        match self.store.authorizers(&self.app.appid).await {
+            Ok(entries) => {
+                let n = entries.len();
+                self.insert_all(entries);
+                tracing::info!(platform = %self.name(), authorizers = n, took_ms = started.elapsed().as_millis() as u64, "authorizer registry loaded");
+            }
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "cannot load the authorizer registry")
+            }
+        }
+        tokio::spawn(self.component.clone().run_refresher(shutdown.clone()));
+        if self.registered() == 0 && !matches!(*self.store, Store::Memory) {
+            tokio::spawn(self.clone().recover(shutdown.clone()));
+        }
+        tokio::spawn(self.run_scheduler(shutdown));
+    }
+
+    /// How many authorizers are registered.
+    fn registered(&self) -> usize {
+        self.read().len()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<Authorizer>>> {
+        self.authorizers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<Authorizer>>> {
+        self.authorizers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes `path` (after the platform prefix).
+    pub fn route<'p>(&self, path: &'p str) -> Result<Routed<'p>, LocalError> {
+        if let Some(api) = path.strip_prefix("/cgi-bin/component/") {
+            let placeholder = match api {
+                "api_component_token" => json!({
+                    "component_access_token": PLACEHOLDER_TOKEN,
+                    "expires_in": 7200,
+                }),
+                "api_authorizer_token" => json!({
+                    "authorizer_access_token": PLACEHOLDER_TOKEN,
+                    "expires_in": 7200,
+                    "authorizer_refresh_token": PLACEHOLDER_TOKEN,
+                }),
+                _ => {
+                    return Ok(Routed::Forward {
+                        tokens: self.component.clone(),
+                        path,
+                        param: "component_access_token",
+                    })
+                }
+            };
+            return Ok(Routed::Answer(json_response(
+                StatusCode::OK,
+                "placeholder",
+                &placeholder,
+            )));
+        }
+        let after = path.strip_prefix('/').unwrap_or(path);
+        let end = after.find('/').unwrap_or(after.len());
+        let (appid, rest) = (&after[..end], &after[end..]);
+        let unknown = || LocalError::UnknownAuthorizer {
+            platform: self.name().to_owned(),
+            appid: appid.to_owned(),
+        };
+        let authorizer = self.read().get(appid).cloned().ok_or_else(unknown)?;
+        let revoked = authorizer.grant.revoked.load(Ordering::Relaxed);
+        if revoked != 0 {
+            return Err(LocalError::TokenUnavailable {
+                app: authorizer.grant.label.clone(),
+                errcode: revoked,
+                reason: "the authorizer's refresh token is invalid or revoked: the account must authorize the platform again (then PUT /platforms/NAME/authorizers/APPID)".into(),
+            });
+        }
+        let ms = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        authorizer.last_used.store(ms, Ordering::Relaxed);
+        let tokens = authorizer
+            .tokens
+            .get_or_init(|| self.manager(&authorizer.grant))
+            .clone();
+        Ok(Routed::Forward {
+            tokens,
+            path: if rest.is_empty() { "/" } else { rest },
+            param: "access_token",
+        })
+    }
+
+    fn manager(&self, grant: &Arc<AuthorizerGrant>) -> Arc<TokenManager> {
+        let manager = TokenManager::new(
+            self.app.clone(),
+            &self.upstream,
+            self.client.clone(),
+            None,
+            self.env.clone(),
+        )
+        .with_store(self.store.clone())
+        .with_grantor(grant.clone());
+        Arc::new(manager)
+    }
+
+    fn authorizer(&self, appid: &str, refresh_token: String) -> Arc<Authorizer> {
+        Arc::new(Authorizer {
+            grant: Arc::new(AuthorizerGrant {
+                label: format!("{}/{appid}", self.name()),
+                appid: appid.to_owned(),
+                store_kind: format!("authorizer_token@{}", self.app.appid),
+                component_appid: self.app.appid.clone(),
+                base_url: self.app.base_url.clone(),
+                component: self.component.clone(),
+                refresh: Mutex::new(Secret::new(refresh_token)),
+                revoked: AtomicI64::new(0),
+                store: self.store.clone(),
+            }),
+            last_used: AtomicU64::new(0),
+            tokens: OnceLock::new(),
+            renewing: AtomicBool::new(false),
+        })
+    }
+
+    /// Adds or updates authorizers in memory. A known one gets the new
+    /// refresh token and loses its revoked mark, keeping its token.
+    fn insert_all(&self, entries: Vec<Registered>) {
+        let mut map = self.write();
+        for entry in entries {
+            match map.get(entry.appid.as_str()) {
+                Some(held) => {
+                    *held.grant.refresh.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Secret::new(entry.refresh_token);
+                    held.grant.revoked.store(0, Ordering::Relaxed);
+                    if let Some(tokens) = held.tokens.get() {
+                        tokens.end_backoff();
+                    }
+                }
+                None => {
+                    let authorizer = self.authorizer(&entry.appid, entry.refresh_token);
+                    map.insert(entry.appid.into_boxed_str(), authorizer);
+                }
+            }
+        }
+    }
+
+    /// Keeps a ticket: in memory, in the store, and ends the component
+    /// token's backoff so it is fetched with it now.
+    pub async fn keep_ticket(&self, ticket: String) {
+        let saved = Saved {
+            appid: self.app.appid.clone(),
+            api: TICKET_KIND.to_owned(),
+            token: ticket.clone(),
+            expires_at_ms: unix_ms(SystemTime::now() + TICKET_LIFE),
+        };
+        self.component_grant
+            .ticket
+            .store(Some(Arc::new(Secret::new(ticket))));
+        self.component_grant
+            .ticket_refused
+            .store(0, Ordering::Relaxed);
+        let key = Key {
+            appid: &self.app.appid,
+            kind: TICKET_KIND,
+        };
+        if let Err(e) = self.store.save(key, saved).await {
+            tracing::warn!(platform = %self.name(), error = %e, "cannot save the component_verify_ticket");
+        }
+        tracing::info!(platform = %self.name(), "component_verify_ticket received");
+        if self.component.current().is_none() {
+            self.component.end_backoff();
+        }
+    }
+
+    /// The ticket an earlier run or another replica kept, if still valid.
+    async fn load_ticket(&self) -> bool {
+        let key = Key {
+            appid: &self.app.appid,
+            kind: TICKET_KIND,
+        };
+        match self.store.load(key).await {
+            Ok(Some(saved)) if !saved.life_left(SystemTime::now()).is_zero() => {
+                self.component_grant
+                    .ticket
+                    .store(Some(Arc::new(Secret::new(saved.token))));
+                tracing::info!(platform = %self.name(), store = self.store.kind(), "component_verify_ticket taken from the store");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "cannot read the component_verify_ticket from the store");
+                false
+            }
+        }
+    }
+
+    /// `api_start_push_ticket`, at most once per [`START_PUSH_INTERVAL`].
+    pub async fn ask_for_push(&self) {
+        {
+            let mut last = self
+                .last_start_push
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < START_PUSH_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let secret = self.component.secret();
+        let body = json!({
+            "component_appid": self.app.appid,
+            "component_secret": secret.expose(),
+        });
+        let path = "/cgi-bin/component/api_start_push_ticket";
+        match grant::call(&self.client, &self.app.base_url, path, None, body).await {
+            Ok(_) => {
+                tracing::info!(platform = %self.name(), "asked WeChat to push a component_verify_ticket")
+            }
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "api_start_push_ticket failed")
+            }
+        }
+    }
+
+    /// Fills an empty registry from `api_get_authorizer_list` once the
+    /// component token works.
+    async fn recover(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let token = loop {
+            if let Some(token) = self.component.current() {
+                break token;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
+        let mut offset = 0;
+        let mut found = Vec::new();
+        loop {
+            let body = json!({"component_appid": self.app.appid, "offset": offset, "count": PAGE});
+            let path = "/cgi-bin/component/api_get_authorizer_list";
+            let page = match grant::call(
+                &self.client,
+                &self.app.base_url,
+                path,
+                Some(token.value()),
+                body,
+            )
+            .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(platform = %self.name(), error = %e, "cannot recover the authorizer list");
+                    return;
+                }
+            };
+            let list = page
+                .get("list")
+                .and_then(|l| l.as_array())
+                .cloned()
+                .unwrap_or_default();
+            for item in &list {
+                let field = |f: &str| item.get(f).and_then(|v| v.as_str()).map(str::to_owned);
+                if let (Some(appid), Some(refresh_token)) =
+                    (field("authorizer_appid"), field("refresh_token"))
+                {
+                    found.push(Registered {
+                        component_appid: self.app.appid.clone(),
+                        appid,
+                        refresh_token,
+                    });
+                }
+            }
+            let total = page
+                .get("total_count")
+                .and_then(|t| t.as_u64())
+                .unwrap_or(0);
+            offset += PAGE;
+            if list.is_empty() || offset >= total {
+                break;
+            }
+        }
+        if let Err(e) = self.store.register(&found).await {
+            tracing::warn!(platform = %self.name(), error = %e, "cannot save the recovered authorizers");
+        }
+        tracing::info!(platform = %self.name(), authorizers = found.len(), "authorizer registry recovered from api_get_authorizer_list");
+        self.insert_all(found);
+    }
+
+    /// Every [`TICK`], renews the tokens due whose authorizer was used
+    /// during their life: one task for the whole registry.
+    async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = Instant::now();
+            let due: Vec<(Arc<Authorizer>, Arc<TokenManager>)> = self
+                .read()
+                .values()
+                .filter_map(|a| Some((a.clone(), a.tokens.get()?.clone())))
+                .filter(|(a, tokens)| {
+                    let used =
+                        self.epoch + Duration::from_millis(a.last_used.load(Ordering::Relaxed));
+                    !a.renewing.load(Ordering::Relaxed)
+                        && a.grant.revoked.load(Ordering::Relaxed) == 0
+                        && tokens.renewal_due(used, now)
+                })
+                .collect();
+            if self.component_grant.ticket_refused.load(Ordering::Relaxed) != 0 {
+                self.ask_for_push().await;
+            }
+            for (authorizer, tokens) in due {
+                authorizer.renewing.store(true, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    tokens.renew_ahead().await;
+                    authorizer.renewing.store(false, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+
+    /// Why the platform cannot serve yet, if it cannot.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.component_grant.ticket.load().is_none() {
+            return Some("waiting for component_verify_ticket".into());
+        }
+        let status = self.component.status();
+        if status.expires_in.is_some() {
+            return None;
+        }
+        Some(match status.last_error {
+            Some(e) => format!("no component_access_token: {e}"),
+            None => "no component_access_token fetched yet".into(),
+        })
+    }
+}

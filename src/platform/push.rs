@@ -1,0 +1,175 @@
+//! WeChat's encrypted push of the `component_verify_ticket`: check the
+//! signature, decrypt, check the AppId, read the ticket.
+//!
+//! The scheme (WeChat's "message encryption"): `msg_signature` is the SHA-1
+//! hex of the sorted concatenation of the push token, `timestamp`, `nonce`
+//! and the base64 ciphertext; the ciphertext is AES-256-CBC with the key
+//! from the EncodingAESKey and the IV its first 16 bytes, PKCS#7-padded to
+//! a multiple of 32 bytes (not the cipher's 16); the plaintext is 16 random
+//! bytes, the message length (4 bytes, big-endian), the XML message, and the
+//! component_appid. The cipher and the padding check are RustCrypto's.
+
+use aes::Aes256;
+use base64::Engine as _;
+use cbc::cipher::block_padding::{NoPadding, Pkcs7, RawPadding};
+use cbc::cipher::{BlockDecryptMut, KeyIvInit};
+use subtle::ConstantTimeEq;
+
+use crate::config::AesKey;
+
+/// WeChat pads to this, not to AES's 16-byte block.
+const PAD_BLOCK: usize = 32;
+
+/// Why a push was refused; each names what to check.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PushError {
+    /// `msg_signature`, `timestamp` or `nonce` is missing from the query.
+    #[error("the push's query lacks {0}: forward WeChat's query string (msg_signature, timestamp, nonce) with the body")]
+    MissingParam(&'static str),
+    /// The body holds no `<Encrypt>` element.
+    #[error("the body is not WeChat's encrypted push: no <Encrypt> element")]
+    NotAPush,
+    /// The signature does not match: forged, or the push token is wrong.
+    #[error(
+        "msg_signature does not match: the push is forged or push_token_env holds the wrong token"
+    )]
+    BadSignature,
+    /// The ciphertext does not decrypt into WeChat's layout.
+    #[error("the push does not decrypt: encoding_aes_key_env holds the wrong key, or the body was altered")]
+    BadCiphertext,
+    /// Decrypted, but for another platform.
+    #[error("the push is for AppId {0}, not this platform's component_appid")]
+    OtherAppId(String),
+    /// Decrypted, but holds no ticket (another event type).
+    #[error("the push holds no ComponentVerifyTicket (InfoType {0})")]
+    NoTicket(String),
+}
+
+/// The ticket a raw push carries, after every check.
+pub fn open(
+    body: &[u8],
+    query: Option<&str>,
+    push_token: &str,
+    key: &AesKey,
+    component_appid: &str,
+) -> Result<String, PushError> {
+    let param =
+        |name: &'static str| crate::query::param(query, name).ok_or(PushError::MissingParam(name));
+    let (signature, timestamp, nonce) = (
+        param("msg_signature")?,
+        param("timestamp")?,
+        param("nonce")?,
+    );
+    let body = std::str::from_utf8(body).map_err(|_| PushError::NotAPush)?;
+    let encrypted = element(body, "Encrypt").ok_or(PushError::NotAPush)?;
+    let expected = signature_of(push_token, &timestamp, &nonce, encrypted);
+    if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
+        return Err(PushError::BadSignature);
+    }
+    let (message, appid) = decrypt(key, encrypted)?;
+    if appid != component_appid {
+        return Err(PushError::OtherAppId(appid));
+    }
+    match element(&message, "ComponentVerifyTicket") {
+        Some(ticket) if !ticket.is_empty() => Ok(ticket.to_owned()),
+        _ => Err(PushError::NoTicket(
+            element(&message, "InfoType").unwrap_or("none").to_owned(),
+        )),
+    }
+}
+
+/// `msg_signature`: SHA-1 hex of the four values sorted and concatenated.
+pub fn signature_of(token: &str, timestamp: &str, nonce: &str, encrypted: &str) -> String {
+    let mut parts = [token, timestamp, nonce, encrypted];
+    parts.sort_unstable();
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        parts.concat().as_bytes(),
+    );
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decrypts `encrypted` (base64) into the message and the AppId after it.
+fn decrypt(key: &AesKey, encrypted: &str) -> Result<(String, String), PushError> {
+    let bad = |_| PushError::BadCiphertext;
+    let mut bytes = base64::engine::general_purpose::STANDARD
+        .decode(encrypted.trim())
+        .map_err(|_| PushError::BadCiphertext)?;
+    if bytes.is_empty() || bytes.len() % PAD_BLOCK != 0 {
+        return Err(PushError::BadCiphertext);
+    }
+    let decryptor = cbc::Decryptor::<Aes256>::new_from_slices(&key.0, &key.0[..16])
+        .map_err(|_| PushError::BadCiphertext)?;
+    let plain = decryptor
+        .decrypt_padded_mut::<NoPadding>(&mut bytes)
+        .map_err(bad)?;
+    // The crate's PKCS#7 check, over WeChat's 32-byte padding block.
+    let tail_at = plain.len() - PAD_BLOCK;
+    let kept = Pkcs7::raw_unpad(&plain[tail_at..]).map_err(bad)?.len();
+    let plain = &plain[..tail_at + kept];
+    let rest = plain.get(16..).ok_or(PushError::BadCiphertext)?;
+    let (len, rest) = rest.split_at_checked(4).ok_or(PushError::BadCiphertext)?;
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| PushError::BadCiphertext)?) as usize;
+    let (message, appid) = rest.split_at_checked(len).ok_or(PushError::BadCiphertext)?;
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| PushError::BadCiphertext);
+    Ok((text(message)?, text(appid)?))
+}
+
+/// The text of the first `<name>` element, CDATA unwrapped. WeChat's pushes
+/// are flat, fixed-shape XML: a general XML parser would add a dependency
+/// for no gain.
+pub fn element<'x>(xml: &'x str, name: &str) -> Option<&'x str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    let inner = xml[start..end].trim();
+    Some(
+        inner
+            .strip_prefix("<![CDATA[")
+            .and_then(|s| s.strip_suffix("]]>"))
+            .unwrap_or(inner),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_are_read_with_or_without_cdata() {
+        let xml = "<xml><AppId><![CDATA[wx1]]></AppId><Encrypt>abc</Encrypt></xml>";
+        assert_eq!(element(xml, "AppId"), Some("wx1"));
+        assert_eq!(element(xml, "Encrypt"), Some("abc"));
+        assert_eq!(element(xml, "Nonce"), None);
+    }
+
+    #[test]
+    fn the_signature_sorts_its_parts() {
+        // sha1("abcd") in hex.
+        assert_eq!(
+            signature_of("c", "a", "d", "b"),
+            "81fe8bfe87576c3ecb22426f8e57847382917acf"
+        );
+    }
+
+    #[test]
+    fn missing_query_and_forged_signature_are_refused() {
+        let key = AesKey([7; 32]);
+        let body = b"<xml><Encrypt>AAAA</Encrypt></xml>";
+        assert_eq!(
+            open(body, Some("timestamp=1&nonce=2"), "t", &key, "wx"),
+            Err(PushError::MissingParam("msg_signature"))
+        );
+        assert_eq!(
+            open(
+                body,
+                Some("msg_signature=00&timestamp=1&nonce=2"),
+                "t",
+                &key,
+                "wx"
+            ),
+            Err(PushError::BadSignature)
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! Third-party platforms through the real binary: the ticket push (raw and
+//! JSON), the component token, authorizers registered, fetched lazily,
+//! renewed on a token error, rotated, revoked, and kept across a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use aes::Aes256;
+use base64::Engine as _;
+use bytes::Bytes;
+use cbc::cipher::block_padding::{NoPadding, Pkcs7, RawPadding};
+use cbc::cipher::{BlockEncryptMut, KeyIvInit};
+use common::fake_wechat::FakeWeChat;
+use common::{wait_until, wait_until_async, write_temp, Http, Proxy};
+use http::{Method, Request};
+use http_body_util::Full;
+
+const COMPONENT: &str = "wx00000000000000c0";
+const SECRET: &str = "component-secret-0123456789abcdef";
+const PUSH_TOKEN: &str = "pushtoken";
+/// 43 characters, as the Open Platform console shows an EncodingAESKey.
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE";
+const AUTH_A: &str = "wx00000000000000a1";
+const AUTH_B: &str = "wx00000000000000b2";
+
+fn env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("SAAS_SECRET", SECRET),
+        ("SAAS_PUSH_TOKEN", PUSH_TOKEN),
+        ("SAAS_AES_KEY", AES_KEY),
+    ]
+}
+
+fn config(fake: &FakeWeChat, store: &str) -> String {
+    format!(
+        r#"[proxy]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[upstream]
+ca_file = {ca:?}
+token_timeout_ms = 2000
+token_retry_min_ms = 200
+token_retry_max_ms = 1000
+
+{store}
+
+[platforms.saas]
+component_appid = "{COMPONENT}"
+secret_env = "SAAS_SECRET"
+push_token_env = "SAAS_PUSH_TOKEN"
+encoding_aes_key_env = "SAAS_AES_KEY"
+base_url = "{base}"
+min_refresh_interval_ms = 0
+"#,
+        ca = fake.ca_file.display().to_string(),
+        base = fake.base_url,
+    )
+}
+
+/// WeChat's push, built by the scheme in the test with the same crates.
+fn encrypted_push(ticket: &str, appid: &str, token: &str) -> (String, String) {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(format!("{AES_KEY}="))
+        .expect("the test key is canonical base64");
+    let xml = format!(
+        "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>1413192605</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>"
+    );
+    let mut plain = b"0123456789abcdef".to_vec();
+    plain.extend_from_slice(&(xml.len() as u32).to_be_bytes());
+    plain.extend_from_slice(xml.as_bytes());
+    plain.extend_from_slice(appid.as_bytes());
+    let len = plain.len();
+    let padded = (len / 32 + 1) * 32;
+    plain.resize(padded, 0);
+    Pkcs7::raw_pad(&mut plain[padded - 32..], len - (padded - 32));
+    let cipher = cbc::Encryptor::<Aes256>::new_from_slices(&key, &key[..16]).expect("key");
+    let encrypted = cipher
+        .encrypt_padded_mut::<NoPadding>(&mut plain, padded)
+        .expect("whole blocks");
+    let encrypted = base64::engine::general_purpose::STANDARD.encode(encrypted);
+    let (timestamp, nonce) = ("1413192605", "1320562132");
+    let mut parts = [token, timestamp, nonce, encrypted.as_str()];
+    parts.sort_unstable();
+    let signature = common::sha1_by_python(&parts.concat());
+    let body = format!(
+        "<xml><AppId><![CDATA[{appid}]]></AppId><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+    );
+    (
+        body,
+        format!("msg_signature={signature}&timestamp={timestamp}&nonce={nonce}"),
+    )
+}
+
+async fn send(http: &Http, method: Method, url: &str, body: &str) -> common::Resp {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    http.send(request).await
+}
+
+async fn fake() -> FakeWeChat {
+    let fake = FakeWeChat::start().await;
+    fake.add_platform(COMPONENT, SECRET);
+    fake.add_authorizer(AUTH_A, "REFRESH-A");
+    fake.add_authorizer(AUTH_B, "REFRESH-B");
+    fake
+}
+
+async fn wait_ready(http: &Http, proxy: &Proxy) {
+    let url = format!("{}/readyz", proxy.admin_url);
+    wait_until_async("the platform to be ready", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).await.status == 200 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_raw_push_is_accepted_a_forged_one_refused_and_component_calls_get_the_token() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake, ""), &env());
+    let http = Http::new();
+
+    // No ticket yet: not ready, and WeChat was asked for a push.
+    let ready = http.get(&format!("{}/readyz", proxy.admin_url)).await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.text().contains("waiting for component_verify_ticket"),
+        "{}",
+        ready.text()
+    );
+    wait_until("api_start_push_ticket", Duration::from_secs(5), || {
+        fake.start_push_calls() == 1
+    })
+    .await;
+
+    fake.push_ticket(COMPONENT, "ticket@@@one");
+    let (body, query) = encrypted_push("ticket@@@one", COMPONENT, "forged-token");
+    let url = format!("{}/platforms/saas/ticket?{query}", proxy.admin_url);
+    let forged = http.post(&url, "text/xml", body).await;
+    assert_eq!(forged.status, 400, "{}", forged.text());
+    assert!(
+        forged.text().contains("msg_signature does not match"),
+        "{}",
+        forged.text()
+    );
+
+    let (body, query) = encrypted_push("ticket@@@one", COMPONENT, PUSH_TOKEN);
+    let url = format!("{}/platforms/saas/ticket?{query}", proxy.admin_url);
+    let accepted = http.post(&url, "text/xml", body).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    assert_eq!(accepted.text(), "success");
+    wait_ready(&http, &proxy).await;
+    assert_eq!(fake.component_fetches(), 1);
+
+    // A component API call: the client's component_access_token replaced.
+    let call = http
+        .post(
+            &format!(
+                "{}/saas/cgi-bin/component/api_get_authorizer_info?component_access_token=mine",
+                proxy.url
+            ),
+            "application/json",
+            "{}",
+        )
+        .await;
+    call.assert_ok();
+    let seen = fake.requests().pop().expect("the call reached WeChat");
+    assert!(seen.token_ok, "{:?}", seen.query);
+    assert!(!seen.query.unwrap_or_default().contains("=mine"));
+
+    // SDKs' own token calls are answered here.
+    let placeholder = http
+        .post(
+            &format!("{}/saas/cgi-bin/component/api_component_token", proxy.url),
+            "application/json",
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        placeholder.json()["component_access_token"],
+        "WECHAT_TOKEN_PROXY_PLACEHOLDER"
+    );
+    assert_eq!(fake.component_fetches(), 1);
+}
+
+#[tokio::test]
+async fn authorizers_are_fetched_on_first_use_renewed_on_a_token_error_and_revoked_clearly() {
+    let fake = fake().await;
+    fake.push_ticket(COMPONENT, "ticket-json");
+    let proxy = Proxy::start(&config(&fake, ""), &env());
+    let http = Http::new();
+    let admin = |p: &str| format!("{}{p}", proxy.admin_url);
+    let pushed = send(
+        &http,
+        Method::POST,
+        &admin("/platforms/saas/ticket"),
+        r#"{"component_verify_ticket":"ticket-json"}"#,
+    )
+    .await;
+    assert_eq!(pushed.text(), "success");
+    wait_ready(&http, &proxy).await;
+
+    let unknown = http
+        .get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.text().contains(AUTH_A), "{}", unknown.text());
+
+    for (appid, refresh) in [(AUTH_A, "REFRESH-A"), (AUTH_B, "REFRESH-B")] {
+        let put = send(
+            &http,
+            Method::PUT,
+            &admin(&format!("/platforms/saas/authorizers/{appid}")),
+            &format!(r#"{{"refresh_token":"{refresh}"}}"#),
+        )
+        .await;
+        assert_eq!(put.status, 200, "{}", put.text());
+    }
+    let listed = http.get(&admin("/platforms/saas/authorizers")).await;
+    assert!(!listed.text().contains("REFRESH-"), "{}", listed.text());
+    assert_eq!(listed.json()[0]["state"], "idle");
+    assert_eq!(
+        fake.all_authorizer_fetches(),
+        0,
+        "nothing fetched before use"
+    );
+
+    let call = http
+        .get(&format!(
+            "{}/saas/{AUTH_A}/cgi-bin/user/get?access_token=x",
+            proxy.url
+        ))
+        .await;
+    call.assert_ok();
+    assert_eq!(fake.authorizer_fetches(AUTH_A), 1);
+    assert_eq!(fake.authorizer_fetches(AUTH_B), 0, "B is idle");
+    let seen = fake.requests().pop().expect("forwarded");
+    assert_eq!(seen.path, "/cgi-bin/user/get");
+    assert!(seen.token_ok);
+
+    // WeChat kills A's token: the call is refreshed and retried once.
+    fake.revoke(AUTH_A);
+    let call = http
+        .get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+        .await;
+    call.assert_ok();
+    assert_eq!(fake.authorizer_fetches(AUTH_A), 2);
+
+    // The account revokes the platform: a 503 naming the authorizer.
+    fake.revoke_authorizer(AUTH_B);
+    let call = http
+        .get(&format!("{}/saas/{AUTH_B}/cgi-bin/user/get", proxy.url))
+        .await;
+    assert_eq!(call.status, 503, "{}", call.text());
+    assert!(
+        call.text().contains(AUTH_B) && call.text().contains("61023"),
+        "{}",
+        call.text()
+    );
+    let again = http
+        .get(&format!("{}/saas/{AUTH_B}/cgi-bin/user/get", proxy.url))
+        .await;
+    assert_eq!(again.status, 503);
+    assert!(
+        again.text().contains("authorize the platform again"),
+        "{}",
+        again.text()
+    );
+    assert!(!proxy
+        .logs()
+        .iter()
+        .any(|l| l.contains("REFRESH-") || l.contains(SECRET)));
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_the_file() {
+    let fake = fake().await;
+    fake.set_rotate_refresh_tokens(true);
+    fake.add_auth_code("CODE-A", AUTH_A);
+    fake.push_ticket(COMPONENT, "ticket-file");
+    let dir = write_temp("platform-store", "").with_extension("d");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("tokens.json");
+    let store = format!(
+        "[store]\nkind = \"file\"\npath = {:?}",
+        file.display().to_string()
+    );
+    let http = Http::new();
+    {
+        let proxy = Proxy::start(&config(&fake, &store), &env());
+        let admin = |p: &str| format!("{}{p}", proxy.admin_url);
+        send(
+            &http,
+            Method::POST,
+            &admin("/platforms/saas/ticket"),
+            r#"{"component_verify_ticket":"ticket-file"}"#,
+        )
+        .await;
+        wait_ready(&http, &proxy).await;
+        let added = send(
+            &http,
+            Method::POST,
+            &admin("/platforms/saas/authorizers"),
+            r#"{"auth_code":"CODE-A"}"#,
+        )
+        .await;
+        assert_eq!(added.status, 200, "{}", added.text());
+        let call = http
+            .get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+            .await;
+        call.assert_ok();
+    }
+    let rotated = fake.refresh_token(AUTH_A).expect("A");
+    assert_ne!(rotated, "REFRESH-A", "the fake rotated it");
+    let saved = std::fs::read_to_string(&file).expect("the store file");
+    assert!(
+        saved.contains(&rotated),
+        "the rotated refresh token is saved"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).expect("file").permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A new process: no push, no registration, and the token is adopted.
+    let (components, fetches) = (fake.component_fetches(), fake.authorizer_fetches(AUTH_A));
+    let proxy = Proxy::start(&config(&fake, &store), &env());
+    wait_ready(&http, &proxy).await;
+    let call = http
+        .get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+        .await;
+    call.assert_ok();
+    assert_eq!(
+        fake.component_fetches(),
+        components,
+        "the component token was in the file"
+    );
+    assert_eq!(
+        fake.authorizer_fetches(AUTH_A),
+        fetches,
+        "the authorizer token was in the file"
+    );
+    // WeChat kills the token: the refetch uses the rotated refresh token.
+    fake.revoke(AUTH_A);
+    http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+        .await
+        .assert_ok();
+    let _ = std::fs::remove_dir_all(&dir);
+}
