@@ -194,12 +194,8 @@ pub struct Status {
 /// Fetch bookkeeping; never held across an await.
 #[derive(Default)]
 struct State {
-    /// After a failure: no fetch before this.
-    retry_at: Option<Instant>,
-    /// Failures in a row, for the backoff exponent.
-    failures: u32,
-    /// The last failure, answered at once during the backoff.
-    last_error: Option<FetchError>,
+    /// Failed fetches in a row and the backoff they earned.
+    failures: backoff::Failures,
     /// When to renew ahead of expiry.
     renew_at: Option<Instant>,
     /// A request asked for the ticket since the renewal task last brought a
@@ -324,7 +320,7 @@ impl Holder {
         Status {
             kind: self.kind,
             expires_in: self.current().map(|t| t.expires_in()),
-            last_error: st.last_error.clone().map(TicketError::Failed),
+            last_error: st.failures.last().cloned().map(TicketError::Failed),
             fetches: st.fetches,
         }
     }
@@ -373,7 +369,7 @@ impl Holder {
                 let st = self.lock_state();
                 Facts {
                     valid: self.current().is_some(),
-                    retry_at: st.last_error.as_ref().and(st.retry_at),
+                    retry_at: st.failures.retry_at(),
                     renew_at: st.renew_at,
                 }
             };
@@ -382,7 +378,7 @@ impl Holder {
                     Some(ticket) => return Ok(ticket),
                     None => continue,
                 },
-                Decision::FailWithLastError => match self.lock_state().last_error.clone() {
+                Decision::FailWithLastError => match self.lock_state().failures.last().cloned() {
                     Some(e) => return Err(TicketError::Failed(e)),
                     None => continue,
                 },
@@ -507,15 +503,9 @@ impl Holder {
         let app = &self.tokens.app().name;
         if let TicketError::Failed(fetch) = &e {
             let mut st = self.lock_state();
-            st.failures = st.failures.saturating_add(1);
-            let delay = backoff::retry_delay(
-                st.failures,
-                self.limits.retry_min,
-                self.limits.retry_max,
-                fetch.min_retry_delay(),
-            );
-            st.retry_at = Some(Instant::now() + delay);
-            st.last_error = Some(fetch.clone());
+            let delay = st
+                .failures
+                .record(fetch, self.limits.retry_min, self.limits.retry_max);
             st.asked = false;
             drop(st);
             self.wake.notify_one();
@@ -544,9 +534,7 @@ impl Holder {
             self.tokens.app().refresh_before_expiry,
             repeated,
         ));
-        st.retry_at = None;
-        st.failures = 0;
-        st.last_error = None;
+        st.failures.clear();
         drop(st);
         self.wake.notify_one();
         ticket
@@ -564,7 +552,7 @@ impl Holder {
                     st.renewing = false;
                     return;
                 }
-                st.last_error.as_ref().and(st.retry_at).or(st.renew_at)
+                st.failures.retry_at().or(st.renew_at)
             };
             let sleep = async {
                 match at {

@@ -2,7 +2,64 @@
 //! failure (capped exponential backoff with jitter, never sooner than
 //! WeChat's errcode demands).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::wechat::FetchError;
+
+/// Failed fetches in a row, the last one's error and the backoff they
+/// earned; one success clears it. Kept under its owner's state lock.
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    /// Failures in a row, for the backoff exponent.
+    count: u32,
+    /// The last failure, answered at once to requests during the backoff.
+    last: Option<FetchError>,
+    /// No fetch before this (but from the refresher and an operator).
+    retry_at: Option<Instant>,
+}
+
+impl Failures {
+    /// Records `e` and sets the backoff (`min`, doubling, up to `max`);
+    /// returns the delay before the next attempt.
+    pub(crate) fn record(&mut self, e: &FetchError, min: Duration, max: Duration) -> Duration {
+        self.count = self.count.saturating_add(1);
+        let delay = retry_delay(self.count, min, max, e.min_retry_delay());
+        self.retry_at = Some(Instant::now() + delay);
+        self.last = Some(e.clone());
+        delay
+    }
+
+    /// A fetch worked: no backoff, no error.
+    pub(crate) fn clear(&mut self) {
+        *self = Failures::default();
+    }
+
+    /// Ends the backoff now (its cause was fixed); false when the last
+    /// fetch did not fail.
+    pub(crate) fn end_now(&mut self) -> bool {
+        if self.last.is_none() {
+            return false;
+        }
+        self.retry_at = Some(Instant::now());
+        true
+    }
+
+    /// When the backoff ends (it may have passed), while a failure is on
+    /// record.
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at.filter(|_| self.last.is_some())
+    }
+
+    /// The last fetch's error, if it failed.
+    pub(crate) fn last(&self) -> Option<&FetchError> {
+        self.last.as_ref()
+    }
+
+    /// Failures in a row.
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+}
 
 /// The delay before the next attempt after `failures` failed fetches in a
 /// row: `min · 2^(failures-1)`, capped at `max`, spread ±20 %, and never
@@ -66,6 +123,34 @@ mod tests {
         assert!(within(retry_delay(2, s(1), s(60), Duration::ZERO), s(2)));
         assert!(within(retry_delay(4, s(1), s(60), Duration::ZERO), s(8)));
         assert!(within(retry_delay(40, s(1), s(60), Duration::ZERO), s(60)));
+    }
+
+    #[test]
+    fn a_failure_record_backs_off_until_cleared_or_ended() {
+        let refused = FetchError::Refused {
+            errcode: 45009,
+            errmsg: "quota".into(),
+        };
+        let mut failures = Failures::default();
+        assert!(!failures.end_now(), "nothing to end before a failure");
+        let delay = failures.record(&refused, s(1), s(60));
+        assert_eq!(delay, s(600), "45009's floor");
+        assert_eq!(failures.count(), 1);
+        assert!(failures
+            .retry_at()
+            .is_some_and(|at| at > Instant::now() + s(500)));
+        assert!(failures.end_now());
+        assert!(failures.retry_at().is_some_and(|at| at <= Instant::now()));
+        assert_eq!(failures.last().map(FetchError::errcode), Some(45009));
+        failures.clear();
+        assert_eq!(
+            (
+                failures.count(),
+                failures.retry_at(),
+                failures.last().is_none()
+            ),
+            (0, None, true)
+        );
     }
 
     #[test]

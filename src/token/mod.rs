@@ -212,13 +212,8 @@ impl Status {
 /// Fetch bookkeeping; see the module docs for who may hold it when.
 #[derive(Default)]
 struct State {
-    /// After a failure: no fetch before this (but from the refresher and the
-    /// admin).
-    retry_at: Option<Instant>,
-    /// Failures in a row, for the backoff exponent.
-    failures: u32,
-    /// The last failure, answered at once to requests during the backoff.
-    last_error: Option<FetchError>,
+    /// Failed fetches in a row and the backoff they earned.
+    failures: backoff::Failures,
     /// When to renew ahead of expiry.
     renew_at: Option<Instant>,
     /// Last successful fetch, for the admin refresh's rate limit.
@@ -411,12 +406,9 @@ impl TokenManager {
     /// reset quota): the refresher fetches at once, and requests no longer
     /// get the last error. False when the last fetch did not fail.
     pub fn end_backoff(&self) -> bool {
-        let mut st = self.lock_state();
-        if st.last_error.is_none() {
+        if !self.lock_state().failures.end_now() {
             return false;
         }
-        st.retry_at = Some(Instant::now());
-        drop(st);
         self.wake.notify_one();
         true
     }
@@ -481,8 +473,8 @@ impl TokenManager {
                 .map(|t| t.expires_at - now),
             rejected: held.as_ref().is_some_and(|t| t.is_rejected()),
             last_refresh: st.last_refresh,
-            last_error: st.last_error.clone(),
-            failures: st.failures,
+            last_error: st.failures.last().cloned(),
+            failures: st.failures.count(),
             fetches: st.fetches,
             fights: st.fights,
             last_fight: st.last_fight,
@@ -506,7 +498,7 @@ impl TokenManager {
         Facts {
             held,
             // A backoff only stands with the error it answers.
-            retry_at: st.last_error.as_ref().and(st.retry_at),
+            retry_at: st.failures.retry_at(),
             renew_at: st.renew_at,
             last_token_error_fetch: st.last_token_error_fetch,
             last_success: st.last_success,
@@ -553,7 +545,7 @@ impl TokenManager {
                     // Expired between the look and now: decide again.
                     None => continue,
                 },
-                Decision::FailWithLastError => match self.lock_state().last_error.clone() {
+                Decision::FailWithLastError => match self.lock_state().failures.last().cloned() {
                     Some(e) => return Err(RefreshError::Failed(e)),
                     None => continue,
                 },
@@ -627,9 +619,7 @@ impl TokenManager {
         self.slot.store(Some(token.clone()));
         st.renew_at = Some(renew_at);
         st.installed_at = Some(Instant::now());
-        st.retry_at = None;
-        st.failures = 0;
-        st.last_error = None;
+        st.failures.clear();
         st.last_refresh = Some(SystemTime::now());
         drop(st);
         self.wake.notify_one();
@@ -638,17 +628,10 @@ impl TokenManager {
 
     /// Records a failed fetch and sets the backoff; returns the delay.
     fn record_failure(&self, e: &FetchError) -> Duration {
-        let mut st = self.lock_state();
-        st.failures = st.failures.saturating_add(1);
-        let delay = backoff::retry_delay(
-            st.failures,
-            self.limits.retry_min,
-            self.limits.retry_max,
-            e.min_retry_delay(),
-        );
-        st.retry_at = Some(Instant::now() + delay);
-        st.last_error = Some(e.clone());
-        drop(st);
+        let delay =
+            self.lock_state()
+                .failures
+                .record(e, self.limits.retry_min, self.limits.retry_max);
         self.wake.notify_one();
         delay
     }
@@ -704,7 +687,7 @@ impl TokenManager {
         let Some(installed) = st.installed_at else {
             return false;
         };
-        let at = st.last_error.as_ref().and(st.retry_at).or(st.renew_at);
+        let at = st.failures.retry_at().or(st.renew_at);
         used_at >= installed && at.is_some_and(|at| at <= now)
     }
 
@@ -722,7 +705,11 @@ impl TokenManager {
             Reason::Ahead
         };
         let st = self.lock_state();
-        let at = st.retry_at.or(st.renew_at).unwrap_or_else(Instant::now);
+        let at = st
+            .failures
+            .retry_at()
+            .or(st.renew_at)
+            .unwrap_or_else(Instant::now);
         (at, reason)
     }
 }
