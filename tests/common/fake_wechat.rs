@@ -449,7 +449,8 @@ impl FakeWeChat {
         lock(&self.state).quota_gets
     }
 
-    /// Every token answer waits this long after the token is issued.
+    /// Every token answer waits this long after the token is issued
+    /// (`api_authorizer_token`: before).
     pub fn set_token_delay(&self, delay: Duration) {
         lock(&self.state).token_delay = delay;
     }
