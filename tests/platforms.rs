@@ -587,3 +587,78 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
     );
     assert_eq!(fake.component_fetches(), 1);
 }
+
+#[tokio::test]
+async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    fake.push_ticket(COMPONENT, "ticket-one");
+    let text = config(&fake, &redis_store(&redis));
+    let http = Http::new();
+    let replicas = [Proxy::start(&text, &env()), Proxy::start(&text, &env())];
+    // WeChat's push reaches one replica (the load balancer picked it).
+    push_ticket(&http, &replicas[0], "ticket-one").await;
+    wait_ready(&http, &replicas[1]).await;
+    let put = send(
+        &http,
+        Method::PUT,
+        &format!(
+            "{}/platforms/saas/authorizers/{AUTH_A}",
+            replicas[0].admin_url
+        ),
+        r#"{"refresh_token":"REFRESH-A"}"#,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    http.get(&format!(
+        "{}/saas/{AUTH_A}/cgi-bin/user/get",
+        replicas[1].url
+    ))
+    .await
+    .assert_ok();
+    assert_eq!(fake.component_fetches(), 1, "replica 2 took replica 1's");
+    // WeChat kills the component token: replica 2 fetches the next one
+    // itself, with the ticket replica 1 kept in Redis.
+    fake.revoke(COMPONENT);
+    http.post(
+        &format!(
+            "{}/saas/cgi-bin/component/api_get_authorizer_info",
+            replicas[1].url
+        ),
+        "application/json",
+        "{}",
+    )
+    .await
+    .assert_ok();
+    assert_eq!(fake.component_fetches(), 2);
+
+    // The account revokes the platform; replica 1 finds out. It authorizes
+    // again and the new refresh token is registered through replica 2.
+    fake.revoke_authorizer(AUTH_A);
+    fake.revoke(AUTH_A);
+    let refused = http
+        .get(&format!(
+            "{}/saas/{AUTH_A}/cgi-bin/user/get",
+            replicas[0].url
+        ))
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    fake.reauthorize(AUTH_A, "REFRESH-A2");
+    let put = send(
+        &http,
+        Method::PUT,
+        &format!(
+            "{}/platforms/saas/authorizers/{AUTH_A}",
+            replicas[1].admin_url
+        ),
+        r#"{"refresh_token":"REFRESH-A2"}"#,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    http.get(&format!(
+        "{}/saas/{AUTH_A}/cgi-bin/user/get",
+        replicas[0].url
+    ))
+    .await
+    .assert_ok();
+}

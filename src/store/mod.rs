@@ -217,6 +217,20 @@ impl Store {
         }
     }
 
+    /// One authorizer's refresh token (`HGET` with Redis), for an authorizer
+    /// registered through another replica after this one loaded the
+    /// registry. Memory and file: none, they are this process's own.
+    pub async fn authorizer(
+        &self,
+        component_appid: &str,
+        appid: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory | Store::File(_) => Ok(None),
+            Store::Redis(redis) => redis.authorizer(component_appid, appid).await,
+        }
+    }
+
     /// Registers (or replaces the refresh token of) these authorizers, in one
     /// write.
     pub async fn register(&self, entries: &[Registered]) -> Result<(), StoreError> {

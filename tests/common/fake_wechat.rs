@@ -323,6 +323,16 @@ impl FakeWeChat {
         lock(&self.state).component.revoked.push(appid.to_owned());
     }
 
+    /// The account authorizes the platform again: a new refresh token, the
+    /// old revocation forgotten.
+    pub fn reauthorize(&self, appid: &str, refresh_token: &str) {
+        let mut st = lock(&self.state);
+        st.component.revoked.retain(|a| a != appid);
+        st.component
+            .authorizers
+            .insert(appid.to_owned(), refresh_token.to_owned());
+    }
+
     /// Rotate refresh tokens with every authorizer token from now on.
     pub fn set_rotate_refresh_tokens(&self, on: bool) {
         lock(&self.state).component.rotate = on;
