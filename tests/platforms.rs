@@ -586,6 +586,40 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
         "idle ones cost no fetch"
     );
     assert_eq!(fake.component_fetches(), 1);
+
+    // The replicas count the same, by platform, never naming an authorizer.
+    let mut counted = 0.0;
+    for proxy in &replicas {
+        let text = http
+            .get(&format!("{}/metrics", proxy.admin_url))
+            .await
+            .text();
+        counted += samples(
+            &text,
+            "wechat_proxy_authorizer_token_refreshes_total",
+            "saas",
+            "ok",
+        );
+        assert!(
+            !authorizers[..USED]
+                .iter()
+                .any(|(appid, _)| text.contains(appid.as_str())),
+            "an authorizer's appid in /metrics"
+        );
+    }
+    assert_eq!(counted, USED as f64);
+}
+
+/// The sum of `metric`'s samples labelled with `platform` and `result`.
+fn samples(text: &str, metric: &str, platform: &str, result: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            l.contains(&format!("platform=\"{platform}\""))
+                && l.contains(&format!("result=\"{result}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test]

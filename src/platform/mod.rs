@@ -38,9 +38,10 @@ use tokio::sync::watch;
 use crate::body::ProxyBody;
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
 use crate::error::{json_response, LocalError};
+use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::proxy::PLACEHOLDER_TOKEN;
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
-use crate::token::TokenManager;
+use crate::token::{RefreshObserver, TokenManager};
 use crate::upstream::HttpClient;
 
 use self::grant::{AuthorizerGrant, ComponentGrant};
@@ -108,6 +109,8 @@ pub struct Platform {
     upstream: UpstreamSettings,
     /// For the authorizers' managers.
     env: Arc<dyn Environment + Send + Sync>,
+    /// Counts every authorizer's fetches under the platform's name.
+    authorizer_observer: Arc<dyn RefreshObserver>,
     /// `last_used` counts from here.
     epoch: Instant,
     /// The last `api_start_push_ticket`, for its rate limit.
@@ -122,6 +125,7 @@ impl Platform {
         client: HttpClient,
         store: Arc<Store>,
         env: Arc<dyn Environment + Send + Sync>,
+        metrics: Arc<Metrics>,
     ) -> Platform {
         let app = Arc::new(config.app.clone());
         let component_grant = Arc::new(ComponentGrant {
@@ -132,9 +136,12 @@ impl Platform {
             ticket_refused: AtomicI64::new(0),
             store: store.clone(),
         });
-        let component = TokenManager::new(app.clone(), upstream, client.clone(), None, env.clone())
-            .with_store(store.clone())
-            .with_grantor(component_grant.clone());
+        // The component token counts like an app's, under the platform's name.
+        let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
+        let component =
+            TokenManager::new(app.clone(), upstream, client.clone(), observer, env.clone())
+                .with_store(store.clone())
+                .with_grantor(component_grant.clone());
         Platform {
             app,
             config: config.clone(),
@@ -145,6 +152,7 @@ impl Platform {
             client,
             upstream: upstream.clone(),
             env,
+            authorizer_observer: Arc::new(AuthorizerObserver::new(metrics, &config.app.name)),
             epoch: Instant::now(),
             last_start_push: Mutex::new(None),
         }
@@ -310,7 +318,7 @@ impl Platform {
             self.app.clone(),
             &self.upstream,
             self.client.clone(),
-            None,
+            Some(self.authorizer_observer.clone()),
             self.env.clone(),
         )
         .with_store(self.store.clone())
