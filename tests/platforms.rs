@@ -696,3 +696,29 @@ async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
     .await
     .assert_ok();
 }
+
+#[tokio::test]
+async fn a_refresh_token_rotated_by_one_replica_is_used_by_the_next_that_fetches() {
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    fake.set_rotate_refresh_tokens(true);
+    fake.push_ticket(COMPONENT, "ticket-rotate");
+    seed_registry(&redis, &fake, &[(AUTH_A.into(), "REFRESH-A".into())]);
+    let text = config(&fake, &redis_store(&redis));
+    let http = Http::new();
+    let first = Proxy::start(&text, &env());
+    push_ticket(&http, &first, "ticket-rotate").await;
+    let replicas = [first, Proxy::start(&text, &env())];
+    wait_ready(&http, &replicas[1]).await;
+    let call = |i: usize| format!("{}/saas/{AUTH_A}/cgi-bin/user/get", replicas[i].url);
+
+    // Replica 1 fetches; WeChat rotates the refresh token, and the old one
+    // no longer works.
+    http.get(&call(0)).await.assert_ok();
+    assert_ne!(fake.refresh_token(AUTH_A).as_deref(), Some("REFRESH-A"));
+    // WeChat kills the token; replica 2 is the one to fetch the next.
+    fake.revoke(AUTH_A);
+    http.get(&call(1)).await.assert_ok();
+    assert_eq!(fake.authorizer_fetches(AUTH_A), 2);
+    http.get(&call(0)).await.assert_ok();
+}

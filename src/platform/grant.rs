@@ -207,8 +207,31 @@ impl AuthorizerGrant {
             .clone()
     }
 
+    /// The refresh token to fetch with: the registry's in a shared store
+    /// (another replica may have had it rotated, and the old one then no
+    /// longer works; the fleet lease is held, so it is the latest), else the
+    /// one held.
+    async fn latest_refresh_token(&self) -> Secret {
+        match self
+            .store
+            .authorizer(&self.component_appid, &self.appid)
+            .await
+        {
+            Ok(Some(stored)) if stored != self.refresh_token().expose() => {
+                let stored = Secret::new(stored);
+                *self.refresh.lock().unwrap_or_else(|e| e.into_inner()) = stored.clone();
+                stored
+            }
+            Ok(_) => self.refresh_token(),
+            Err(e) => {
+                tracing::warn!(authorizer = %self.label, error = %e, "cannot read the refresh token from the store; using the one held");
+                self.refresh_token()
+            }
+        }
+    }
+
     async fn fetch(&self, client: &HttpClient) -> Result<Grant, FetchError> {
-        let refresh = self.refresh_token();
+        let refresh = self.latest_refresh_token().await;
         let body = json!({
             "component_appid": self.component_appid,
             "authorizer_appid": self.appid,
