@@ -695,6 +695,34 @@ async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
     ))
     .await
     .assert_ok();
+
+    // B is registered through replica 1 and removed through replica 2 (the
+    // unauthorization event reached it); replica 1 stops at its next fetch.
+    let authorizer_b = |i: usize| {
+        format!(
+            "{}/platforms/saas/authorizers/{AUTH_B}",
+            replicas[i].admin_url
+        )
+    };
+    let put = send(
+        &http,
+        Method::PUT,
+        &authorizer_b(0),
+        r#"{"refresh_token":"REFRESH-B"}"#,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let removed = send(&http, Method::DELETE, &authorizer_b(1), "").await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    let refused = http
+        .get(&format!(
+            "{}/saas/{AUTH_B}/cgi-bin/user/get",
+            replicas[0].url
+        ))
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("removed"), "{}", refused.text());
+    assert_eq!(fake.authorizer_fetches(AUTH_B), 0);
 }
 
 #[tokio::test]

@@ -210,9 +210,9 @@ impl AuthorizerGrant {
     /// The refresh token to fetch with: the registry's in a shared store
     /// (another replica may have had it rotated, and the old one then no
     /// longer works; the fleet lease is held, so it is the latest), else the
-    /// one held.
-    async fn latest_refresh_token(&self) -> Secret {
-        match self
+    /// one held. An authorizer another replica removed is not fetched for.
+    async fn latest_refresh_token(&self) -> Result<Secret, FetchError> {
+        Ok(match self
             .store
             .authorizer(&self.component_appid, &self.appid)
             .await
@@ -222,16 +222,21 @@ impl AuthorizerGrant {
                 *self.refresh.lock().unwrap_or_else(|e| e.into_inner()) = stored.clone();
                 stored
             }
+            Ok(None) if self.store.is_shared() => {
+                return Err(FetchError::NotReady(
+                    "the authorizer was removed from the registry (DELETE /platforms/NAME/authorizers/APPID, on any replica); PUT it again if it authorized the platform again".into(),
+                ))
+            }
             Ok(_) => self.refresh_token(),
             Err(e) => {
                 tracing::warn!(authorizer = %self.label, error = %e, "cannot read the refresh token from the store; using the one held");
                 self.refresh_token()
             }
-        }
+        })
     }
 
     async fn fetch(&self, client: &HttpClient) -> Result<Grant, FetchError> {
-        let refresh = self.latest_refresh_token().await;
+        let refresh = self.latest_refresh_token().await?;
         let body = json!({
             "component_appid": self.component_appid,
             "authorizer_appid": self.appid,

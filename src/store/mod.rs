@@ -187,6 +187,12 @@ impl Store {
         }
     }
 
+    /// Whether other processes share it (Redis): then its registry, not
+    /// this process's memory, says which authorizers exist.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
     /// The entry saved for `key`, if any (it may have expired).
     pub async fn load(&self, key: Key<'_>) -> Result<Option<Saved>, StoreError> {
         let saved = match self {
