@@ -750,3 +750,62 @@ async fn a_refresh_token_rotated_by_one_replica_is_used_by_the_next_that_fetches
     assert_eq!(fake.authorizer_fetches(AUTH_A), 2);
     http.get(&call(0)).await.assert_ok();
 }
+
+#[tokio::test]
+async fn renewal_ahead_is_one_fetch_per_lifetime_for_the_fleet_and_none_once_idle() {
+    let fake = FakeWeChat::start_with(common::fake_wechat::FakeOptions {
+        expires_in: 4,
+        ..Default::default()
+    })
+    .await;
+    fake.add_platform(COMPONENT, SECRET);
+    fake.push_ticket(COMPONENT, "ticket-renew");
+    let redis = RedisServer::start();
+    let (busy, once) = (nth_authorizer(1), nth_authorizer(2));
+    seed_registry(&redis, &fake, &[busy.clone(), once.clone()]);
+    let text = config(&fake, &redis_store(&redis)).replace(
+        "min_refresh_interval_ms = 0",
+        "min_refresh_interval_ms = 0\nrefresh_before_expiry_s = 2",
+    );
+    let http = Http::new();
+    let first = Proxy::start(&text, &env());
+    push_ticket(&http, &first, "ticket-renew").await;
+    let replicas = [
+        first,
+        Proxy::start(&text, &env()),
+        Proxy::start(&text, &env()),
+    ];
+    for proxy in &replicas {
+        wait_ready(&http, proxy).await;
+    }
+    let started = std::time::Instant::now();
+    http.get(&format!(
+        "{}/saas/{}/cgi-bin/user/get",
+        replicas[0].url, once.0
+    ))
+    .await
+    .assert_ok();
+    // 6 s of steady traffic to one authorizer across the three, while its
+    // 4 s tokens are renewed 2 s after each fetch.
+    for i in 0..60 {
+        let url = format!("{}/saas/{}/cgi-bin/user/get", replicas[i % 3].url, busy.0);
+        http.get(&url).await.assert_ok();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One fetch at first use and one per renewal (plus one of slack); three
+    // replicas renewing by themselves would make three per renewal.
+    let renewals = (started.elapsed().as_secs_f64() / 2.0).floor() as usize;
+    let fetches = fake.authorizer_fetches(&busy.0);
+    assert!(
+        (3..=2 + renewals).contains(&fetches),
+        "{fetches} fetches in {:?}",
+        started.elapsed()
+    );
+    // Used once at the start: renewed at most once (it was used in its
+    // first life), then left alone.
+    assert!(
+        fake.authorizer_fetches(&once.0) <= 2,
+        "{}",
+        fake.authorizer_fetches(&once.0)
+    );
+}
