@@ -252,6 +252,13 @@ async fn authorizers_are_fetched_on_first_use_renewed_on_a_token_error_and_revok
         .await;
     call.assert_ok();
     assert_eq!(fake.authorizer_fetches(AUTH_A), 2);
+    // The advice fits a platform: no stable token API to move to.
+    assert!(proxy.has_log("another system is probably fetching"));
+    assert!(
+        !proxy.has_log("token_api = \"stable\""),
+        "{:?}",
+        proxy.logs()
+    );
 
     // The account revokes the platform: a 503 naming the authorizer.
     fake.revoke_authorizer(AUTH_B);
