@@ -226,6 +226,7 @@ pub async fn run(
             client.clone(),
             store.clone(),
             env.clone(),
+            metrics.clone(),
         ));
         platform.clone().start(stop_rx.clone()).await;
         // On the request path a platform is an app whose credential depends

@@ -24,6 +24,15 @@ struct AppLabel {
     app: String,
 }
 
+/// A platform's authorizer token fetches: by platform, never by authorizer
+/// (thousands of appids would swamp Prometheus).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthorizerRefreshLabels {
+    platform: String,
+    reason: &'static str,
+    result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     app: String,
@@ -58,6 +67,8 @@ pub struct Metrics {
     /// `wechat_proxy_token_fights_total{app}`: tokens rejected well within
     /// their life, i.e. another system fetching tokens for the same appid.
     fights: Family<AppLabel, Counter>,
+    /// `wechat_proxy_authorizer_token_refreshes_total{platform,reason,result}`.
+    authorizer_refreshes: Family<AuthorizerRefreshLabels, Counter>,
     /// `wechat_proxy_token_expires_in_seconds{app}`, set at scrape time.
     expires_in: Family<AppLabel, Gauge>,
     /// `wechat_proxy_upstream_duration_seconds{app}`.
@@ -98,6 +109,7 @@ impl Metrics {
         let retries = Family::default();
         let refreshes = Family::default();
         let fights = Family::default();
+        let authorizer_refreshes = Family::default();
         let expires_in = Family::default();
         let upstream = Family::new_with_constructor(upstream_histogram as fn() -> Histogram);
         let quota_remaining = Family::default();
@@ -127,6 +139,11 @@ impl Metrics {
             fights.clone(),
         );
         registry.register(
+            "wechat_proxy_authorizer_token_refreshes",
+            "Authorizer token fetches of a third-party platform, by platform (never by authorizer), reason and result",
+            authorizer_refreshes.clone(),
+        );
+        registry.register(
             "wechat_proxy_token_expires_in_seconds",
             "Seconds of life left on the held token (0 when none is valid)",
             expires_in.clone(),
@@ -149,6 +166,7 @@ impl Metrics {
             retries,
             refreshes,
             fights,
+            authorizer_refreshes,
             expires_in,
             upstream,
         })
@@ -247,6 +265,42 @@ impl AppMetrics {
     /// Records how long WeChat took to answer.
     pub fn upstream(&self, took: Duration) {
         self.upstream.observe(took.as_secs_f64());
+    }
+}
+
+/// The observer of a platform's authorizer token managers, one for all of
+/// them: counts under the platform's name whatever authorizer fetched.
+pub struct AuthorizerObserver {
+    /// Where to count.
+    metrics: Arc<Metrics>,
+    /// The platform's name, the only label that names where a fetch was.
+    platform: String,
+}
+
+impl AuthorizerObserver {
+    /// Counts `platform`'s authorizer fetches in `metrics`.
+    pub fn new(metrics: Arc<Metrics>, platform: &str) -> AuthorizerObserver {
+        AuthorizerObserver {
+            metrics,
+            platform: platform.to_owned(),
+        }
+    }
+}
+
+impl RefreshObserver for AuthorizerObserver {
+    fn refreshed(&self, _authorizer: &str, reason: Reason, ok: bool) {
+        self.metrics
+            .authorizer_refreshes
+            .get_or_create(&AuthorizerRefreshLabels {
+                platform: self.platform.clone(),
+                reason: reason.as_str(),
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    fn fight(&self, _authorizer: &str) {
+        self.metrics.fight(&self.platform);
     }
 }
 

@@ -176,7 +176,7 @@ impl Proxy {
         // authorizer's token (answered here for the token endpoints).
         let (tokens, path, param) = match &app.platform {
             None => (app.tokens.clone(), path, "access_token"),
-            Some(platform) => match platform.route(path)? {
+            Some(platform) => match platform.route(path).await? {
                 crate::platform::Routed::Answer(answer) => return Ok(answer),
                 crate::platform::Routed::Forward {
                     tokens,

@@ -98,6 +98,13 @@ pub struct PlatformConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct AesKey(pub [u8; 32]);
 
+impl AesKey {
+    /// The key of a 43-character EncodingAESKey as the console shows it.
+    pub fn from_console(text: &str) -> Option<AesKey> {
+        validate::aes_key(text).map(AesKey)
+    }
+}
+
 impl std::fmt::Debug for AesKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AesKey([redacted])")

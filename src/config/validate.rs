@@ -573,7 +573,7 @@ impl Validator<'_> {
 
 /// WeChat's EncodingAESKey: 43 base64 characters, the key being
 /// base64(key + "=").
-fn aes_key(text: &str) -> Option<[u8; 32]> {
+pub(super) fn aes_key(text: &str) -> Option<[u8; 32]> {
     use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
     use base64::Engine as _;
     // The console's keys are random characters: the last one's two spare

@@ -211,7 +211,14 @@ impl Platform {
     /// `DELETE /platforms/NAME/authorizers/APPID` (the unauthorization
     /// event).
     async fn delete(&self, appid: &str) -> Response<ProxyBody> {
-        if !self.read().contains_key(appid) {
+        // Registered through another replica, perhaps, and not used here yet.
+        let elsewhere = async {
+            matches!(
+                self.store.authorizer(&self.app.appid, appid).await,
+                Ok(Some(_))
+            )
+        };
+        if !self.read().contains_key(appid) && !elsewhere.await {
             return refused(
                 StatusCode::NOT_FOUND,
                 format!("{}: no authorizer {appid}", self.name()),

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::body::ProxyBody;
 use crate::config::{BaseUrl, Secret};
 use crate::proxy::is_token_error;
-use crate::store::{Registered, Store};
+use crate::store::{Key, Registered, Store, StoreError};
 use crate::token::{Grantor, TokenManager};
 use crate::upstream::HttpClient;
 use crate::wechat::{self, FetchError, Grant};
@@ -92,6 +92,31 @@ pub struct ComponentGrant {
     pub ticket: ArcSwapOption<Secret>,
     /// WeChat refused the ticket (61005/61006) on the last fetch.
     pub ticket_refused: AtomicI64,
+    /// Where the ticket is kept: the push may have reached another replica.
+    pub store: Arc<Store>,
+}
+
+impl ComponentGrant {
+    /// Takes the ticket kept in the store if it is still valid and not the
+    /// one held: WeChat's push reaches one replica, and the others find it
+    /// there. True if one was taken. A store error keeps the held ticket.
+    pub async fn take_stored_ticket(&self) -> Result<bool, StoreError> {
+        let key = Key {
+            appid: &self.appid,
+            kind: super::TICKET_KIND,
+        };
+        let Some(saved) = self.store.load(key).await? else {
+            return Ok(false);
+        };
+        let held = self.ticket.load();
+        if saved.life_left(SystemTime::now()).is_zero()
+            || held.as_ref().is_some_and(|t| t.expose() == saved.token)
+        {
+            return Ok(false);
+        }
+        self.ticket.store(Some(Arc::new(Secret::new(saved.token))));
+        Ok(true)
+    }
 }
 
 impl Grantor for ComponentGrant {
@@ -113,6 +138,9 @@ impl Grantor for ComponentGrant {
         secret: &'a Secret,
     ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
         Box::pin(async move {
+            if let Err(e) = self.take_stored_ticket().await {
+                tracing::warn!(platform = %self.name, error = %e, "cannot read the component_verify_ticket from the store");
+            }
             let Some(ticket) = self.ticket.load_full() else {
                 return Err(FetchError::NotReady(format!(
                     "waiting for component_verify_ticket: WeChat pushes one every 10 minutes; forward it to POST /platforms/{}/ticket",
@@ -172,15 +200,43 @@ pub struct AuthorizerGrant {
 }
 
 impl AuthorizerGrant {
-    fn refresh_token(&self) -> Secret {
+    pub(super) fn refresh_token(&self) -> Secret {
         self.refresh
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
+    /// The refresh token to fetch with: the registry's in a shared store
+    /// (another replica may have had it rotated, and the old one then no
+    /// longer works; the fleet lease is held, so it is the latest), else the
+    /// one held. An authorizer another replica removed is not fetched for.
+    async fn latest_refresh_token(&self) -> Result<Secret, FetchError> {
+        Ok(match self
+            .store
+            .authorizer(&self.component_appid, &self.appid)
+            .await
+        {
+            Ok(Some(stored)) if stored != self.refresh_token().expose() => {
+                let stored = Secret::new(stored);
+                *self.refresh.lock().unwrap_or_else(|e| e.into_inner()) = stored.clone();
+                stored
+            }
+            Ok(None) if self.store.is_shared() => {
+                return Err(FetchError::NotReady(
+                    "the authorizer was removed from the registry (DELETE /platforms/NAME/authorizers/APPID, on any replica); PUT it again if it authorized the platform again".into(),
+                ))
+            }
+            Ok(_) => self.refresh_token(),
+            Err(e) => {
+                tracing::warn!(authorizer = %self.label, error = %e, "cannot read the refresh token from the store; using the one held");
+                self.refresh_token()
+            }
+        })
+    }
+
     async fn fetch(&self, client: &HttpClient) -> Result<Grant, FetchError> {
-        let refresh = self.refresh_token();
+        let refresh = self.latest_refresh_token().await?;
         let body = json!({
             "component_appid": self.component_appid,
             "authorizer_appid": self.appid,

@@ -38,9 +38,10 @@ use tokio::sync::watch;
 use crate::body::ProxyBody;
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
 use crate::error::{json_response, LocalError};
+use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::proxy::PLACEHOLDER_TOKEN;
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
-use crate::token::TokenManager;
+use crate::token::{RefreshObserver, TokenManager};
 use crate::upstream::HttpClient;
 
 use self::grant::{AuthorizerGrant, ComponentGrant};
@@ -56,6 +57,8 @@ const START_PUSH_INTERVAL: Duration = Duration::from_secs(600);
 const TICK: Duration = Duration::from_secs(1);
 /// `api_get_authorizer_list` page size (WeChat's maximum).
 const PAGE: u64 = 500;
+/// Longer path segments are not appids: not worth a store lookup.
+const MAX_APPID: usize = 64;
 
 /// One authorizer: cheap while idle.
 pub struct Authorizer {
@@ -106,6 +109,8 @@ pub struct Platform {
     upstream: UpstreamSettings,
     /// For the authorizers' managers.
     env: Arc<dyn Environment + Send + Sync>,
+    /// Counts every authorizer's fetches under the platform's name.
+    authorizer_observer: Arc<dyn RefreshObserver>,
     /// `last_used` counts from here.
     epoch: Instant,
     /// The last `api_start_push_ticket`, for its rate limit.
@@ -120,6 +125,7 @@ impl Platform {
         client: HttpClient,
         store: Arc<Store>,
         env: Arc<dyn Environment + Send + Sync>,
+        metrics: Arc<Metrics>,
     ) -> Platform {
         let app = Arc::new(config.app.clone());
         let component_grant = Arc::new(ComponentGrant {
@@ -128,10 +134,14 @@ impl Platform {
             base_url: app.base_url.clone(),
             ticket: ArcSwapOption::empty(),
             ticket_refused: AtomicI64::new(0),
+            store: store.clone(),
         });
-        let component = TokenManager::new(app.clone(), upstream, client.clone(), None, env.clone())
-            .with_store(store.clone())
-            .with_grantor(component_grant.clone());
+        // The component token counts like an app's, under the platform's name.
+        let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
+        let component =
+            TokenManager::new(app.clone(), upstream, client.clone(), observer, env.clone())
+                .with_store(store.clone())
+                .with_grantor(component_grant.clone());
         Platform {
             app,
             config: config.clone(),
@@ -142,6 +152,7 @@ impl Platform {
             client,
             upstream: upstream.clone(),
             env,
+            authorizer_observer: Arc::new(AuthorizerObserver::new(metrics, &config.app.name)),
             epoch: Instant::now(),
             last_start_push: Mutex::new(None),
         }
@@ -201,7 +212,7 @@ impl Platform {
     }
 
     /// Routes `path` (after the platform prefix).
-    pub fn route<'p>(&self, path: &'p str) -> Result<Routed<'p>, LocalError> {
+    pub async fn route<'p>(&self, path: &'p str) -> Result<Routed<'p>, LocalError> {
         if let Some(api) = path.strip_prefix("/cgi-bin/component/") {
             let placeholder = match api {
                 "api_component_token" => json!({
@@ -234,8 +245,23 @@ impl Platform {
             platform: self.name().to_owned(),
             appid: appid.to_owned(),
         };
-        let authorizer = self.read().get(appid).cloned().ok_or_else(unknown)?;
-        let revoked = authorizer.grant.revoked.load(Ordering::Relaxed);
+        let held = self.read().get(appid).cloned();
+        let authorizer = match held {
+            Some(authorizer) => authorizer,
+            None => self
+                .registered_elsewhere(appid, None)
+                .await
+                .ok_or_else(unknown)?,
+        };
+        let mut revoked = authorizer.grant.revoked.load(Ordering::Relaxed);
+        if revoked != 0 {
+            // Registered again through another replica, with a new refresh
+            // token: that one is worth a try.
+            let current = authorizer.grant.refresh_token();
+            if let Some(renewed) = self.registered_elsewhere(appid, Some(&current)).await {
+                revoked = renewed.grant.revoked.load(Ordering::Relaxed);
+            }
+        }
         if revoked != 0 {
             return Err(LocalError::TokenUnavailable {
                 app: authorizer.grant.label.clone(),
@@ -258,12 +284,41 @@ impl Platform {
         })
     }
 
+    /// The authorizer as the store has it, when another replica registered
+    /// it (or gave it a refresh token other than `current`) after this one
+    /// loaded the registry: one `HGET`, only for an appid not served here.
+    async fn registered_elsewhere(
+        &self,
+        appid: &str,
+        current: Option<&Secret>,
+    ) -> Option<Arc<Authorizer>> {
+        if appid.is_empty() || appid.len() > MAX_APPID {
+            return None;
+        }
+        let refresh_token = match self.store.authorizer(&self.app.appid, appid).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "cannot look the authorizer up in the store");
+                return None;
+            }
+        };
+        if current.is_some_and(|c| c.expose() == refresh_token) {
+            return None;
+        }
+        self.insert_all(vec![Registered {
+            component_appid: self.app.appid.clone(),
+            appid: appid.to_owned(),
+            refresh_token,
+        }]);
+        self.read().get(appid).cloned()
+    }
+
     fn manager(&self, grant: &Arc<AuthorizerGrant>) -> Arc<TokenManager> {
         let manager = TokenManager::new(
             self.app.clone(),
             &self.upstream,
             self.client.clone(),
-            None,
+            Some(self.authorizer_observer.clone()),
             self.env.clone(),
         )
         .with_store(self.store.clone())
@@ -342,19 +397,12 @@ impl Platform {
 
     /// The ticket an earlier run or another replica kept, if still valid.
     async fn load_ticket(&self) -> bool {
-        let key = Key {
-            appid: &self.app.appid,
-            kind: TICKET_KIND,
-        };
-        match self.store.load(key).await {
-            Ok(Some(saved)) if !saved.life_left(SystemTime::now()).is_zero() => {
-                self.component_grant
-                    .ticket
-                    .store(Some(Arc::new(Secret::new(saved.token))));
+        match self.component_grant.take_stored_ticket().await {
+            Ok(true) => {
                 tracing::info!(platform = %self.name(), store = self.store.kind(), "component_verify_ticket taken from the store");
                 true
             }
-            Ok(_) => false,
+            Ok(false) => false,
             Err(e) => {
                 tracing::warn!(platform = %self.name(), error = %e, "cannot read the component_verify_ticket from the store");
                 false
@@ -491,12 +539,14 @@ impl Platform {
 
     /// Why the platform cannot serve yet, if it cannot.
     pub fn not_ready(&self) -> Option<String> {
-        if self.component_grant.ticket.load().is_none() {
-            return Some("waiting for component_verify_ticket".into());
-        }
+        // A component token another replica fetched (found in the store)
+        // serves without this replica ever having seen the ticket.
         let status = self.component.status();
         if status.expires_in.is_some() {
             return None;
+        }
+        if self.component_grant.ticket.load().is_none() {
+            return Some("waiting for component_verify_ticket".into());
         }
         Some(match status.last_error {
             Some(e) => format!("no component_access_token: {e}"),

@@ -153,6 +153,50 @@ mod tests {
         );
     }
 
+    /// WeChat's own sample (the WXBizMsgCrypt download's Sample.py, cited
+    /// by SDKs as the known answer): key, token, query and ciphertext.
+    const SAMPLE_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    const SAMPLE_TOKEN: &str = "spamtest";
+    const SAMPLE_APPID: &str = "wx2c2769f8efd9abc2";
+    const SAMPLE_QUERY: &str =
+        "msg_signature=5d197aaffba7e9b25a30732f161a50dee96bd5fa&timestamp=1409735669&nonce=1320562132";
+    const SAMPLE_ENCRYPT: &str = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PGHQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhvQl+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE=";
+
+    #[test]
+    fn wechats_sample_push_verifies_and_decrypts() {
+        let key = AesKey::from_console(SAMPLE_KEY).expect("the sample key");
+        assert_eq!(
+            signature_of(SAMPLE_TOKEN, "1409735669", "1320562132", SAMPLE_ENCRYPT),
+            "5d197aaffba7e9b25a30732f161a50dee96bd5fa"
+        );
+        let (message, appid) = decrypt(&key, SAMPLE_ENCRYPT).expect("decrypts");
+        assert_eq!(appid, SAMPLE_APPID);
+        assert_eq!(element(&message, "Content"), Some("abcdteT"));
+        assert_eq!(element(&message, "MsgId"), Some("6054768590064713728"));
+        // A message push, not a ticket: every check passed, then no ticket.
+        let body = format!("<xml><Encrypt><![CDATA[{SAMPLE_ENCRYPT}]]></Encrypt></xml>");
+        assert_eq!(
+            open(
+                body.as_bytes(),
+                Some(SAMPLE_QUERY),
+                SAMPLE_TOKEN,
+                &key,
+                SAMPLE_APPID
+            ),
+            Err(PushError::NoTicket("none".into()))
+        );
+        assert_eq!(
+            open(
+                body.as_bytes(),
+                Some(SAMPLE_QUERY),
+                SAMPLE_TOKEN,
+                &key,
+                "wx0"
+            ),
+            Err(PushError::OtherAppId(SAMPLE_APPID.into()))
+        );
+    }
+
     #[test]
     fn missing_query_and_forged_signature_are_refused() {
         let key = AesKey([7; 32]);

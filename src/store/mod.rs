@@ -187,6 +187,12 @@ impl Store {
         }
     }
 
+    /// Whether other processes share it (Redis): then its registry, not
+    /// this process's memory, says which authorizers exist.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
     /// The entry saved for `key`, if any (it may have expired).
     pub async fn load(&self, key: Key<'_>) -> Result<Option<Saved>, StoreError> {
         let saved = match self {
@@ -214,6 +220,20 @@ impl Store {
             Store::Memory => Ok(Vec::new()),
             Store::File(file) => Ok(file.authorizers(component_appid)),
             Store::Redis(redis) => redis.authorizers(component_appid).await,
+        }
+    }
+
+    /// One authorizer's refresh token (`HGET` with Redis), for an authorizer
+    /// registered through another replica after this one loaded the
+    /// registry. Memory and file: none, they are this process's own.
+    pub async fn authorizer(
+        &self,
+        component_appid: &str,
+        appid: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory | Store::File(_) => Ok(None),
+            Store::Redis(redis) => redis.authorizer(component_appid, appid).await,
         }
     }
 

@@ -179,6 +179,20 @@ impl RedisStore {
             .collect())
     }
 
+    /// One authorizer's refresh token: `HGET`.
+    pub async fn authorizer(
+        &self,
+        component_appid: &str,
+        appid: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.run(
+            redis::cmd("HGET")
+                .arg(self.registry(component_appid))
+                .arg(appid),
+        )
+        .await
+    }
+
     /// One `HSET` per platform for all of `entries`.
     pub async fn register(&self, entries: &[Registered]) -> Result<(), StoreError> {
         let mut platforms: Vec<&str> = entries.iter().map(|e| e.component_appid.as_str()).collect();

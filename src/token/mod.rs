@@ -583,14 +583,26 @@ impl TokenManager {
             st.fights += 1;
             st.last_fight = Some(SystemTime::now());
         }
-        tracing::warn!(
-            app = %self.label(),
-            appid = %self.key().appid,
-            life_left_s = life_left.as_secs(),
-            "WeChat rejected a token with life left: another system is probably fetching tokens for this appid \
-             (each classic /cgi-bin/token call kills the previous token; a stable_token force_refresh kills it at once). \
-             Route that system through this proxy, or move every system to the stable token API (token_api = \"stable\")"
-        );
+        if self.grantor.is_some() {
+            // A platform's token: no stable token API to move to.
+            tracing::warn!(
+                app = %self.label(),
+                appid = %self.key().appid,
+                life_left_s = life_left.as_secs(),
+                "WeChat rejected a token with life left: another system is probably fetching this platform's tokens \
+                 for this appid (api_component_token, api_authorizer_token). Route that system through this proxy: \
+                 it answers those calls with placeholders"
+            );
+        } else {
+            tracing::warn!(
+                app = %self.label(),
+                appid = %self.key().appid,
+                life_left_s = life_left.as_secs(),
+                "WeChat rejected a token with life left: another system is probably fetching tokens for this appid \
+                 (each classic /cgi-bin/token call kills the previous token; a stable_token force_refresh kills it at once). \
+                 Route that system through this proxy, or move every system to the stable token API (token_api = \"stable\")"
+            );
+        }
         if let Some(observer) = &self.observer {
             observer.fight(&self.app.name);
         }

@@ -323,6 +323,16 @@ impl FakeWeChat {
         lock(&self.state).component.revoked.push(appid.to_owned());
     }
 
+    /// The account authorizes the platform again: a new refresh token, the
+    /// old revocation forgotten.
+    pub fn reauthorize(&self, appid: &str, refresh_token: &str) {
+        let mut st = lock(&self.state);
+        st.component.revoked.retain(|a| a != appid);
+        st.component
+            .authorizers
+            .insert(appid.to_owned(), refresh_token.to_owned());
+    }
+
     /// Rotate refresh tokens with every authorizer token from now on.
     pub fn set_rotate_refresh_tokens(&self, on: bool) {
         lock(&self.state).component.rotate = on;
@@ -449,7 +459,8 @@ impl FakeWeChat {
         lock(&self.state).quota_gets
     }
 
-    /// Every token answer waits this long after the token is issued.
+    /// Every token answer waits this long after the token is issued
+    /// (`api_authorizer_token`: before).
     pub fn set_token_delay(&self, delay: Duration) {
         lock(&self.state).token_delay = delay;
     }

@@ -68,6 +68,12 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
             .unwrap_or("")
             .to_owned()
     };
+    if path == "/cgi-bin/component/api_authorizer_token" {
+        // Slow like an app token fetch when the test asks, so that requests
+        // across replicas pile up while one fetch is under way.
+        let delay = lock(state).token_delay;
+        tokio::time::sleep(delay).await;
+    }
     let mut st = lock(state);
     let now = Instant::now();
     let given = query_values(query.as_deref(), "component_access_token");
