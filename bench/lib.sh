@@ -242,6 +242,10 @@ $(nginx_http_common upstream)
         location / {
             return 200 '$UPSTREAM_BODY';
         }
+        # Connections accepted so far: how many the proxy opened.
+        location = /bench/nginx_status {
+            stub_status;
+        }
     }
 }
 EOF
@@ -370,6 +374,19 @@ tree_ticks() {
 	done
 	echo "$total"
 }
+
+# upstream_accepts: connections the upstream nginx has accepted since it started.
+upstream_accepts() {
+	http_get "127.0.0.1:$UPSTREAM_PORT" /bench/nginx_status | awk 'f { print $1; exit } /server accepts handled/ { f = 1 }'
+}
+
+# upstream_conns_of PID: established connections from process PID to the upstream.
+upstream_conns_of() {
+	ss -Htnp state established "( dport = :$UPSTREAM_PORT )" 2>/dev/null | grep -c "pid=$1," || true
+}
+
+# load_avg: the 1, 5 and 15 minute load averages.
+load_avg() { awk '{ print $1, $2, $3 }' /proc/loadavg; }
 
 kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
