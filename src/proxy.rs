@@ -10,7 +10,6 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Error as ClientError, ResponseFuture};
 use tokio::sync::oneshot;
 
 use crate::auth::{self, InboundKey};
@@ -22,7 +21,7 @@ use crate::limits::{self, BodyTooLarge, Cap};
 use crate::linger::Linger;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::token::{RefreshError, Token, TokenManager};
-use crate::upstream::HttpClient;
+use crate::upstream::{Error as ClientError, HttpClient};
 use crate::{guard, query, scrub};
 
 /// What SDKs get instead of a real token when they ask for one. They send it
@@ -312,10 +311,10 @@ impl Proxy {
     ) -> Result<Response<Incoming>, LocalError> {
         let client = &request.app.client;
         let sent = Instant::now();
-        let (answer, connection) = client.request_watched(request.build(token, body)?);
+        let answer = client.request(request.build(token, body)?);
         let mut answer = self.wait(answer, ended).await;
-        let stale = matches!(&answer, Ok(Err(e)) if closed_unanswered(e));
-        if connection.was_reused() && stale {
+        let stale = matches!(&answer, Ok(Err(e)) if e.reused() && closed_unanswered(e));
+        if stale {
             if let Some(replay) = replay {
                 tracing::debug!(app = %request.app.config.name, "a pooled connection closed unanswered; sending again on a new one");
                 let again = request.build(token, ProxyBody::full(replay.clone()))?;
@@ -338,7 +337,7 @@ impl Proxy {
     /// when `ended` fires (a streamed body's last byte), or from now.
     async fn wait(
         &self,
-        answer: ResponseFuture,
+        answer: impl std::future::Future<Output = Result<Response<Incoming>, ClientError>>,
         ended: Option<oneshot::Receiver<()>>,
     ) -> Result<Result<Response<Incoming>, ClientError>, tokio::time::error::Elapsed> {
         tokio::pin!(answer);
