@@ -340,10 +340,13 @@ EOF
 }
 
 # check_token_appended HOST:PORT NAME: the upstream must see the query kept and the token added.
+# The client sends no access_token, so one in the echo was added on the way. The proxy scrubs
+# the token it sent out of answers (its placeholder stands in); nginx echoes it as it is.
 check_token_appended() {
 	local hp=$1 name=$2 resp
 	resp=$(http_get "$hp" '/bench/echo?lang=zh_CN&openid=o6_bmjrPTlm6')
-	[[ $resp == *'"args":"'*"lang=zh_CN&openid=o6_bmjrPTlm6"* && $resp == *"access_token=$BENCH_TOKEN"* ]] ||
+	[[ $resp == *'"args":"'*"lang=zh_CN&openid=o6_bmjrPTlm6"* ]] &&
+		[[ $resp == *"access_token=$BENCH_TOKEN"* || $resp == *"access_token=WECHAT_TOKEN_PROXY_PLACEHOLDER"* ]] ||
 		die "$name did not forward with the token appended; it answered:"$'\n'"$resp"
 }
 

@@ -69,9 +69,11 @@ LOAD_START=$(load_avg)
 if want B || want B-log || ((MEMORY)); then build_proxy; fi
 max_c=0
 for c in $CONNS; do ((c > max_c)) && max_c=$c; done
-max_all=$max_c
-if ((MEMORY)); then for c in $MEM_CONNS $COUNT; do ((c > max_all)) && max_all=$c; done; fi
-raise_nofile $((max_all * 4 + 256))
+# Each process holds its own sockets: wrk and the proxy one per client connection, the proxy
+# and nginx one per upstream connection too.
+need=$((max_c * 4 + 256))
+if ((MEMORY)); then for c in $MEM_CONNS $COUNT; do ((c * 2 + 1024 > need)) && need=$((c * 2 + 1024)); done; fi
+raise_nofile "$need"
 make_workdir
 CLK_TCK=$(getconf CLK_TCK)
 
