@@ -132,6 +132,18 @@ struct State {
     waiters: VecDeque<(Key, oneshot::Sender<SendRequest<ProxyBody>>)>,
 }
 
+/// How a request gets its connection.
+enum Reserved {
+    /// An idle one, ready now.
+    Idle(SendRequest<ProxyBody>),
+    /// None idle, but room for a new one.
+    Permit(OwnedSemaphorePermit),
+    /// A new one that is not kept: wait for a permit.
+    Fresh,
+    /// At the cap: wait in line.
+    Wait(oneshot::Receiver<SendRequest<ProxyBody>>),
+}
+
 /// A ready connection nobody uses.
 struct Idle {
     /// Where it goes.
@@ -167,7 +179,21 @@ impl Pool {
         };
         let dst = std::mem::replace(request.uri_mut(), origin);
 
-        let (mut sender, reused) = self.checkout(&key, dst, fresh).await?;
+        // The common case, an idle connection, needs no await; the others
+        // are boxed so that every request's future (and so every busy
+        // client connection) does not carry the size of a connect.
+        let (mut sender, reused) = match self.reserve(&key, fresh) {
+            Reserved::Idle(sender) => (sender, true),
+            Reserved::Permit(permit) => (Box::pin(self.connect(dst, permit)).await?, false),
+            Reserved::Fresh => {
+                let connect = async {
+                    let permit = self.open.clone().acquire_owned().await.expect("never closed");
+                    self.connect(dst, permit).await
+                };
+                (Box::pin(connect).await?, false)
+            }
+            Reserved::Wait(waiting) => Box::pin(self.wait(&key, dst, waiting)).await?,
+        };
         let answer = sender.send_request(request).await;
         if answer.is_ok() && !fresh {
             // Back to the pool once the answer's body has been read; a
@@ -183,43 +209,37 @@ impl Pool {
         answer.map_err(|source| Error::Send { source, reused })
     }
 
-    /// A ready connection to `key`: an idle one, a new one while under the
-    /// cap, else the first of either to come. Says whether it was reused.
-    async fn checkout(
+    /// An idle connection to `key`, else a permit to open one while under
+    /// the cap, else a place in the queue for one coming back.
+    fn reserve(&self, key: &Key, fresh: bool) -> Reserved {
+        if fresh {
+            return Reserved::Fresh;
+        }
+        let mut state = self.state.lock().expect("pool lock");
+        if let Some(sender) = state.take_idle(key, self.idle_timeout) {
+            tracing::trace!(host = %key.authority, "reusing an idle upstream connection");
+            return Reserved::Idle(sender);
+        }
+        match self.open.clone().try_acquire_owned() {
+            Ok(permit) => Reserved::Permit(permit),
+            Err(_) => {
+                tracing::debug!(host = %key.authority, "upstream connection cap reached; the request waits for one");
+                let (tx, rx) = oneshot::channel();
+                state.waiters.push_back((key.clone(), tx));
+                Reserved::Wait(rx)
+            }
+        }
+    }
+
+    /// Waits at the cap for whichever comes first: a connection handed over
+    /// by a request that is done with it, or a permit freed by one that
+    /// closed. Says whether the connection was reused.
+    async fn wait(
         self: &Arc<Self>,
         key: &Key,
         dst: Uri,
-        fresh: bool,
+        mut waiting: oneshot::Receiver<SendRequest<ProxyBody>>,
     ) -> Result<(SendRequest<ProxyBody>, bool), Error> {
-        if fresh {
-            let permit = self
-                .open
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            return Ok((self.connect(dst, permit).await?, false));
-        }
-        let waiting = {
-            let mut state = self.state.lock().expect("pool lock");
-            if let Some(sender) = state.take_idle(key, self.idle_timeout) {
-                tracing::trace!(host = %key.authority, "reusing an idle upstream connection");
-                return Ok((sender, true));
-            }
-            match self.open.clone().try_acquire_owned() {
-                Ok(permit) => Err(permit),
-                Err(_) => {
-                    tracing::debug!(host = %key.authority, "upstream connection cap reached; the request waits for one");
-                    let (tx, rx) = oneshot::channel();
-                    state.waiters.push_back((key.clone(), tx));
-                    Ok(rx)
-                }
-            }
-        };
-        let mut waiting = match waiting {
-            Ok(rx) => rx,
-            Err(permit) => return Ok((self.connect(dst, permit).await?, false)),
-        };
         tokio::select! {
             biased;
             back = &mut waiting => match back {
