@@ -187,7 +187,12 @@ impl Pool {
             Reserved::Permit(permit) => (Box::pin(self.connect(dst, permit)).await?, false),
             Reserved::Fresh => {
                 let connect = async {
-                    let permit = self.open.clone().acquire_owned().await.expect("never closed");
+                    let permit = self
+                        .open
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("never closed");
                     self.connect(dst, permit).await
                 };
                 (Box::pin(connect).await?, false)
