@@ -72,7 +72,7 @@ for c in $CONNS; do ((c > max_c)) && max_c=$c; done
 # Each process holds its own sockets: wrk and the proxy one per client connection, the proxy
 # and nginx one per upstream connection too.
 need=$((max_c * 4 + 256))
-if ((MEMORY)); then for c in $MEM_CONNS $COUNT; do ((c * 2 + 1024 > need)) && need=$((c * 2 + 1024)); done; fi
+if ((MEMORY)); then for c in $MEM_CONNS $COUNT; do ((c + 1024 > need)) && need=$((c + 1024)); done; fi
 raise_nofile "$need"
 make_workdir
 CLK_TCK=$(getconf CLK_TCK)
