@@ -8,7 +8,8 @@
 # The proxy (release build) runs against the nginx upstream of bench/run.sh. bench/idle_conns.py
 # opens the connections, each with one request answered first, then holds them silent.
 # Environment: COUNT=10000, PARALLEL=200 (connections being opened at once), SETTLE=2 (seconds
-# between the last open and the measurement), PROXY_BIN=path (skip the build), KEEP=1.
+# between the last open and the measurement), PROXY_BIN=path (skip the build), KEEP=1,
+# RESULT_FILE=path (also write peak_kib=, fresh_ms= and served= lines there, for bench/run.sh).
 # Exits non-zero if not every connection opened or a fresh request was not served.
 set -euo pipefail
 
@@ -41,7 +42,8 @@ fresh_request() {
 	resp=$(http_get "$PROXY" "$BENCH_PATH") || true
 	t1=$(date +%s%N)
 	status=$(head -n 1 <<<"$resp" | awk '{ print $2 }')
-	FRESH_LAST="HTTP ${status:-none} in $(((t1 - t0) / 1000000)) ms"
+	FRESH_MS=$(((t1 - t0) / 1000000))
+	FRESH_LAST="HTTP ${status:-none} in $FRESH_MS ms"
 	if [[ $status != 200 || $resp != *'"errcode":0'* ]]; then
 		FRESH_FAILED=1
 		FRESH_LAST+=" — FAILED"
@@ -78,6 +80,7 @@ fds_open=$(fds)
 threads=$(proc_kib "$PROXY_PID" Threads)
 fresh_request
 fresh_held=$FRESH_LAST
+fresh_held_ms=$FRESH_MS
 
 kill -TERM "$CLIENT_PID"
 for ((i = 0; i < 100; i++)); do
@@ -112,7 +115,11 @@ echo "| fresh request while they are held | $fresh_held |"
 echo "| proxy RSS after they closed | $(kib_to_mib "$rss_after") MiB |"
 echo "| fresh request after they closed | $fresh_after |"
 echo
-echo "Target: peak RSS ≤ 96 MiB with 10,000 idle connections, and served afterwards."
+echo "Target: peak RSS ≤ 64 MiB with 10,000 idle connections, and a fresh request served at once."
+if [[ -n ${RESULT_FILE:-} ]]; then
+	printf 'peak_kib=%s\nfresh_ms=%s\nserved=%s\n' "$hwm_open" "$fresh_held_ms" \
+		$((opened == COUNT && FRESH_FAILED == 0 ? 1 : 0)) >"$RESULT_FILE"
+fi
 
 ((opened == COUNT)) || die "only $opened of $COUNT connections opened"
 ((FRESH_FAILED == 0)) || die "a fresh request was not served"

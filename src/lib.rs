@@ -151,8 +151,6 @@ pub async fn run(
     mut reload: tokio::sync::mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    // One pool per egress route; most configs have exactly one.
-    let mut clients: Vec<(Option<config::EgressProxy>, upstream::HttpClient)> = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let store = Arc::new(store::Store::open(&config.store)?);
@@ -161,14 +159,12 @@ pub async fn run(
     let mut apps = Vec::with_capacity(config.apps.len());
     let mut quotas = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
-        let client = match clients.iter().find(|(egress, _)| *egress == app.egress) {
-            Some((_, client)) => client.clone(),
-            None => {
-                let client = upstream::client(&config.upstream, app.egress.as_ref())?;
-                clients.push((app.egress.clone(), client.clone()));
-                client
-            }
-        };
+        // A pool per app: the connection cap is per app.
+        let client = upstream::client(
+            &config.upstream,
+            app.egress.as_ref(),
+            config.upstream.max_connections_per_app,
+        )?;
         let app = Arc::new(app.clone());
         // The quota watch hears of fetches first (for 45009), then tells the
         // metrics; it needs the token manager, which needs the observer.
@@ -209,17 +205,13 @@ pub async fn run(
     }
     let mut platforms = Vec::with_capacity(config.platforms.len());
     for platform in &config.platforms {
-        let client = match clients
-            .iter()
-            .find(|(egress, _)| *egress == platform.app.egress)
-        {
-            Some((_, client)) => client.clone(),
-            None => {
-                let client = upstream::client(&config.upstream, platform.app.egress.as_ref())?;
-                clients.push((platform.app.egress.clone(), client.clone()));
-                client
-            }
-        };
+        // A pool per platform, as per app: the connection cap is per route
+        // name (all of a platform's authorizers share it).
+        let client = upstream::client(
+            &config.upstream,
+            platform.app.egress.as_ref(),
+            config.upstream.max_connections_per_app,
+        )?;
         let platform = Arc::new(platform::Platform::new(
             platform,
             &config.upstream,
@@ -319,6 +311,7 @@ fn log_config(config: &Config) {
             appid = %app.appid,
             token_api = app.token_api.as_str(),
             base_url = %app.base_url,
+            max_upstream_connections = config.upstream.max_connections_per_app,
             "app"
         );
     }

@@ -90,8 +90,8 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
 }
 
 /// File descriptors `max_connections` may need: each client connection,
-/// and room for the upstream pool (at most 1,024 idle upstream connections
-/// per host, more only while that many requests are in flight) and the
+/// and room for the upstream pools (capped per app by
+/// `[upstream] max_connections_per_app`, 128 by default) and the
 /// admin listener. Idle client connections hold no upstream connection.
 pub fn fds_needed(limits: &Limits) -> u64 {
     limits.max_connections as u64 + 2048

@@ -10,7 +10,6 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Error as ClientError, ResponseFuture};
 use tokio::sync::oneshot;
 
 use crate::auth::{self, InboundKey};
@@ -22,7 +21,7 @@ use crate::limits::{self, BodyTooLarge, Cap};
 use crate::linger::Linger;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::token::{RefreshError, Token, TokenManager};
-use crate::upstream::HttpClient;
+use crate::upstream::{Error as ClientError, HttpClient};
 use crate::{guard, query, scrub};
 
 /// What SDKs get instead of a real token when they ask for one. They send it
@@ -333,10 +332,10 @@ impl Proxy {
     ) -> Result<Response<Incoming>, LocalError> {
         let client = &request.app.client;
         let sent = Instant::now();
-        let (answer, connection) = client.request_watched(request.build(token, body)?);
+        let answer = client.request(request.build(token, body)?);
         let mut answer = self.wait(answer, ended).await;
-        let stale = matches!(&answer, Ok(Err(e)) if closed_unanswered(e));
-        if connection.was_reused() && stale {
+        let stale = matches!(&answer, Ok(Err(e)) if e.reused() && closed_unanswered(e));
+        if stale {
             if let Some(replay) = replay {
                 tracing::debug!(app = %request.app.config.name, "a pooled connection closed unanswered; sending again on a new one");
                 let again = request.build(token, ProxyBody::full(replay.clone()))?;
@@ -359,7 +358,7 @@ impl Proxy {
     /// when `ended` fires (a streamed body's last byte), or from now.
     async fn wait(
         &self,
-        answer: ResponseFuture,
+        answer: impl std::future::Future<Output = Result<Response<Incoming>, ClientError>>,
         ended: Option<oneshot::Receiver<()>>,
     ) -> Result<Result<Response<Incoming>, ClientError>, tokio::time::error::Elapsed> {
         tokio::pin!(answer);
@@ -632,21 +631,28 @@ fn forward_headers(client: &HeaderMap, host: &http::HeaderValue) -> HeaderMap {
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
-/// `Transfer-Encoding` goes too: hyper frames the body itself.
+/// `Transfer-Encoding` goes too: hyper frames the body itself. Runs twice
+/// per request, so it looks names up only when one is there: one pass over
+/// a handful of names costs less than nine hash lookups.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Taken out first, so the names it lists can be removed by `&str`
+    // without copying the value.
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        for name in connection.to_str().unwrap_or("").split(',') {
+            let name = name.trim();
+            if !name.is_empty() {
+                // A name that is not a valid header name matches nothing.
+                headers.remove(name);
+            }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if headers
+        .keys()
+        .any(|name| name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(name))
+    {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+        headers.remove(header::TRANSFER_ENCODING);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }

@@ -1,142 +1,375 @@
-//! The HTTP client that talks to WeChat: TLS with rustls, a keep-alive pool,
-//! connect timeouts, and optionally an HTTP CONNECT tunnel through a fixed-IP
-//! egress proxy. One client per egress route serves its apps' API calls and
-//! token fetches.
+//! The HTTP client that talks to WeChat: TLS with rustls, a keep-alive pool
+//! capped per app, connect timeouts, and optionally an HTTP CONNECT tunnel
+//! through a fixed-IP egress proxy. Each app has a client of its own; it
+//! serves the app's API calls and token fetches.
+//!
+//! The pool is this file's own, not hyper-util's: that one cannot cap
+//! connections (it races a checkout against a new connect and keeps the
+//! loser), and a sidecar in front of 5,000 clients must not open 2,700
+//! connections to WeChat. Here every open connection holds one of `cap`
+//! permits; a request that finds no idle connection and no permit waits,
+//! first come first served, for whichever comes first: a connection coming
+//! back, or a permit freed by one that closed. Idle connections close after
+//! an idle timeout, on a timer, not only when the next request comes.
 //!
 //! A pooled connection can be closed by the server just as a request goes
 //! out on it (its keep-alive timeout fired). The request never reached the
-//! application, so the proxy sends it again on a connection of its own; each
-//! connection counts its requests so the proxy can tell a reused one.
+//! application, so the proxy sends it again on a connection of its own;
+//! [`Error::reused`] tells it the connection had served a request before.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::{
-    capture_connection, CaptureConnection, Connected, Connection, HttpConnector,
-};
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tower_service::Service;
 
 use crate::body::ProxyBody;
 use crate::config::{EgressProxy, UpstreamSettings};
 
-/// WeChat's servers close idle keep-alive connections; a pooled connection
-/// must be dropped before that, or requests race the server's close. Well
-/// under the usual server timeouts (nginx 75 s, many load balancers 60 s,
-/// some 15–30 s): a new TLS connection per 10 s idle gap costs little.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The client every upstream request goes through: a keep-alive pool, and
-/// the same route without one for a retry that must not reuse a connection.
+/// The client every upstream request of one app goes through.
 #[derive(Clone)]
 pub struct HttpClient {
-    /// Keeps connections for reuse.
-    pooled: Client<HttpsConnector<Egress>, ProxyBody>,
-    /// Opens a connection per request and keeps none.
-    fresh: Client<HttpsConnector<Egress>, ProxyBody>,
+    /// The connections, idle and open, and who waits for one.
+    pool: Arc<Pool>,
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection: TCP, the egress tunnel or TLS failed.
+    #[error("cannot connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request went out or the answer's
+    /// head came in.
+    #[error("the request failed")]
+    Send {
+        /// hyper's account (closed, reset, a body that failed).
+        #[source]
+        source: hyper::Error,
+        /// Whether the connection had carried a request before this one.
+        reused: bool,
+    },
+    /// The URI names no scheme or host.
+    #[error("the request URI has no scheme or host")]
+    NoHost,
+}
+
+impl Error {
+    /// Whether no connection could be opened.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect(_))
+    }
+
+    /// Whether the request went out on a connection that had served one
+    /// before (so the server may have closed it as it was sent).
+    pub fn reused(&self) -> bool {
+        matches!(self, Error::Send { reused: true, .. })
+    }
 }
 
 impl HttpClient {
-    /// Sends `request` on a pooled connection.
-    pub async fn request(
+    /// Sends `request` on a pooled connection, or a new one while fewer than
+    /// the cap are open; else waits for one. The URI must be absolute.
+    pub async fn request(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, Error> {
+        self.pool.send(request, false).await
+    }
+
+    /// Sends `request` on a new connection that is closed afterwards (still
+    /// counted against the cap).
+    pub async fn request_fresh(
         &self,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        let (answer, connection) = self.request_watched(request);
-        let answer = answer.await;
-        // Counted like every request, so the next one on this connection
-        // knows it is reused.
-        connection.was_reused();
-        answer
-    }
-
-    /// Sends `request` on a pooled connection, and tells afterwards (through
-    /// [`Reuse::was_reused`]) whether that connection had served a request
-    /// before.
-    pub fn request_watched(&self, mut request: Request<ProxyBody>) -> (ResponseFuture, Reuse) {
-        let captured = capture_connection(&mut request);
-        (self.pooled.request(request), Reuse(captured))
-    }
-
-    /// Sends `request` on a new connection that is closed afterwards.
-    pub fn request_fresh(&self, request: Request<ProxyBody>) -> ResponseFuture {
-        self.fresh.request(request)
+    ) -> Result<Response<Incoming>, Error> {
+        self.pool.send(request, true).await
     }
 }
 
-/// Which connection a request went out on.
-pub struct Reuse(CaptureConnection);
+/// Where a connection goes: requests are pooled by scheme and host.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    /// http or https.
+    scheme: Scheme,
+    /// host:port.
+    authority: Authority,
+}
 
-impl Reuse {
-    /// Whether the connection had carried a request before this one. Call
-    /// once per request, after it was sent.
-    pub fn was_reused(&self) -> bool {
-        let connected = self.0.connection_metadata();
-        let Some(connected) = connected.as_ref() else {
-            return false;
+/// The connections of one client.
+struct Pool {
+    /// Opens connections: TCP (or a tunnel), then TLS for https.
+    connector: HttpsConnector<Egress>,
+    /// One permit per open connection, held by its connection task.
+    open: Arc<Semaphore>,
+    /// Idle connections older than this are closed.
+    idle_timeout: Duration,
+    /// Idle connections and waiting requests.
+    state: Mutex<State>,
+    /// Whether the task that closes idle connections runs.
+    reaping: AtomicBool,
+}
+
+/// What the pool's lock guards.
+#[derive(Default)]
+struct State {
+    /// Ready connections, the most recently used last.
+    idle: Vec<Idle>,
+    /// Requests waiting for a connection to come back, oldest first.
+    waiters: VecDeque<(Key, oneshot::Sender<SendRequest<ProxyBody>>)>,
+}
+
+/// How a request gets its connection.
+enum Reserved {
+    /// An idle one, ready now.
+    Idle(SendRequest<ProxyBody>),
+    /// None idle, but room for a new one.
+    Permit(OwnedSemaphorePermit),
+    /// A new one that is not kept: wait for a permit.
+    Fresh,
+    /// At the cap: wait in line.
+    Wait(oneshot::Receiver<SendRequest<ProxyBody>>),
+}
+
+/// A ready connection nobody uses.
+struct Idle {
+    /// Where it goes.
+    key: Key,
+    /// Its request side; dropping it closes the connection.
+    sender: SendRequest<ProxyBody>,
+    /// When it came back: it closes `idle_timeout` later.
+    since: Instant,
+}
+
+impl Pool {
+    async fn send(
+        self: &Arc<Self>,
+        mut request: Request<ProxyBody>,
+        fresh: bool,
+    ) -> Result<Response<Incoming>, Error> {
+        let uri = request.uri();
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(Error::NoHost);
         };
-        let mut extensions = http::Extensions::new();
-        connected.get_extras(&mut extensions);
-        extensions
-            .get::<Uses>()
-            .is_some_and(|uses| uses.0.fetch_add(1, Ordering::Relaxed) > 0)
+        let key = Key {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+        };
+        if !request.headers().contains_key(header::HOST) {
+            let host = HeaderValue::from_str(key.authority.as_str()).map_err(|_| Error::NoHost)?;
+            request.headers_mut().insert(header::HOST, host);
+        }
+        // HTTP/1.1 to an origin server: the request line holds the path only.
+        let origin = match request.uri().path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        };
+        let dst = std::mem::replace(request.uri_mut(), origin);
+
+        // The common case, an idle connection, needs no await; the others
+        // are boxed so that every request's future (and so every busy
+        // client connection) does not carry the size of a connect.
+        let (mut sender, reused) = match self.reserve(&key, fresh) {
+            Reserved::Idle(sender) => (sender, true),
+            Reserved::Permit(permit) => (Box::pin(self.connect(dst, permit)).await?, false),
+            Reserved::Fresh => {
+                let connect = async {
+                    let permit = self
+                        .open
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("never closed");
+                    self.connect(dst, permit).await
+                };
+                (Box::pin(connect).await?, false)
+            }
+            Reserved::Wait(waiting) => Box::pin(self.wait(&key, dst, waiting)).await?,
+        };
+        let answer = sender.send_request(request).await;
+        if answer.is_ok() && !fresh {
+            // Back to the pool once the answer's body has been read; a
+            // connection the server closes (or whose body is abandoned)
+            // never comes back.
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.put(key, sender);
+                }
+            });
+        }
+        answer.map_err(|source| Error::Send { source, reused })
+    }
+
+    /// An idle connection to `key`, else a permit to open one while under
+    /// the cap, else a place in the queue for one coming back.
+    fn reserve(&self, key: &Key, fresh: bool) -> Reserved {
+        if fresh {
+            return Reserved::Fresh;
+        }
+        let mut state = self.state.lock().expect("pool lock");
+        if let Some(sender) = state.take_idle(key, self.idle_timeout) {
+            tracing::trace!(host = %key.authority, "reusing an idle upstream connection");
+            return Reserved::Idle(sender);
+        }
+        match self.open.clone().try_acquire_owned() {
+            Ok(permit) => Reserved::Permit(permit),
+            Err(_) => {
+                tracing::debug!(host = %key.authority, "upstream connection cap reached; the request waits for one");
+                let (tx, rx) = oneshot::channel();
+                state.waiters.push_back((key.clone(), tx));
+                Reserved::Wait(rx)
+            }
+        }
+    }
+
+    /// Waits at the cap for whichever comes first: a connection handed over
+    /// by a request that is done with it, or a permit freed by one that
+    /// closed. Says whether the connection was reused.
+    async fn wait(
+        self: &Arc<Self>,
+        key: &Key,
+        dst: Uri,
+        mut waiting: oneshot::Receiver<SendRequest<ProxyBody>>,
+    ) -> Result<(SendRequest<ProxyBody>, bool), Error> {
+        tokio::select! {
+            biased;
+            back = &mut waiting => match back {
+                Ok(sender) => Ok((sender, true)),
+                // The pool never drops a waiter unanswered while it lives;
+                // should it, a new connection under a permit is still right.
+                Err(_) => {
+                    let permit = self.open.clone().acquire_owned().await.expect("never closed");
+                    Ok((self.connect(dst, permit).await?, false))
+                }
+            },
+            permit = self.open.clone().acquire_owned() => {
+                let permit = permit.expect("never closed");
+                // A connection handed over meanwhile goes to the next waiter.
+                waiting.close();
+                if let Ok(sender) = waiting.try_recv() {
+                    self.put(key.clone(), sender);
+                }
+                Ok((self.connect(dst, permit).await?, false))
+            }
+        }
+    }
+
+    /// Opens a connection under `permit`, which it holds until it closes.
+    async fn connect(
+        self: &Arc<Self>,
+        dst: Uri,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<SendRequest<ProxyBody>, Error> {
+        tracing::debug!(host = ?dst.authority().map(Authority::as_str), "opening an upstream connection");
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(Error::Connect)?;
+        let io = connector.call(dst).await.map_err(Error::Connect)?;
+        let (mut sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| Error::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %crate::error::with_causes(&e), "upstream connection ended with an error");
+            }
+            drop(permit);
+        });
+        self.start_reaper();
+        sender.ready().await.map_err(|e| Error::Connect(e.into()))?;
+        Ok(sender)
+    }
+
+    /// Hands a ready connection to the oldest request waiting for its host,
+    /// else keeps it idle.
+    fn put(&self, key: Key, mut sender: SendRequest<ProxyBody>) {
+        let mut state = self.state.lock().expect("pool lock");
+        let mut i = 0;
+        while i < state.waiters.len() {
+            if state.waiters[i].0 != key {
+                i += 1;
+                continue;
+            }
+            let (_, tx) = state.waiters.remove(i).expect("in range");
+            match tx.send(sender) {
+                Ok(()) => {
+                    tracing::trace!(host = %key.authority, "upstream connection handed to a waiting request");
+                    return;
+                }
+                // That request gave up waiting; try the next.
+                Err(back) => sender = back,
+            }
+        }
+        tracing::trace!(host = %key.authority, "upstream connection back in the pool");
+        state.idle.push(Idle {
+            key,
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Starts, once, the task that closes connections idle too long. It
+    /// holds the pool weakly: it ends when the last client is dropped.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 4).max(Duration::from_millis(100));
+        tokio::spawn(reap(pool, every));
     }
 }
 
-/// Requests a connection carried, shared by every copy of its metadata.
-#[derive(Clone, Default)]
-struct Uses(Arc<AtomicUsize>);
-
-/// A connection to the upstream that carries its [`Uses`] in its metadata.
-pub struct Counted<T> {
-    /// The connection.
-    io: T,
-    /// Its request count.
-    uses: Uses,
-}
-
-impl<T: Connection> Connection for Counted<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected().extra(self.uses.clone())
+/// Closes idle connections older than the pool's idle timeout, every `every`.
+async fn reap(pool: Weak<Pool>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let expired: Vec<Idle> = {
+            let mut state = pool.state.lock().expect("pool lock");
+            let timeout = pool.idle_timeout;
+            let (keep, expired) = std::mem::take(&mut state.idle)
+                .into_iter()
+                .partition(|i| i.since.elapsed() < timeout && !i.sender.is_closed());
+            state.idle = keep;
+            // Waiters that gave up: their senders are closed.
+            state.waiters.retain(|(_, tx)| !tx.is_closed());
+            expired
+        };
+        if !expired.is_empty() {
+            tracing::debug!(closed = expired.len(), "closing idle upstream connections");
+        }
+        // Dropped outside the lock: each ends its connection.
+        drop(expired);
     }
 }
 
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+impl State {
+    /// The most recently used idle connection to `key` that is still open.
+    fn take_idle(&mut self, key: &Key, timeout: Duration) -> Option<SendRequest<ProxyBody>> {
+        while let Some(at) = self.idle.iter().rposition(|i| i.key == *key) {
+            let idle = self.idle.remove(at);
+            if idle.sender.is_ready() && idle.since.elapsed() < timeout {
+                return Some(idle.sender);
+            }
+        }
+        None
     }
 }
 
@@ -166,7 +399,7 @@ pub struct EgressError {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<Uri> for Egress {
-    type Response = Counted<TokioIo<TcpStream>>;
+    type Response = TokioIo<TcpStream>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -181,13 +414,13 @@ impl tower_service::Service<Uri> for Egress {
         match self {
             Egress::Direct(http) => {
                 let connecting = http.call(dst);
-                Box::pin(async move { connecting.await.map(counted).map_err(Into::into) })
+                Box::pin(async move { connecting.await.map_err(Into::into) })
             }
             Egress::Tunnel { tunnel, shown } => {
                 let connecting = tunnel.call(dst);
                 let proxy = shown.clone();
                 Box::pin(async move {
-                    connecting.await.map(counted).map_err(|e| {
+                    connecting.await.map_err(|e| {
                         Box::new(EgressError {
                             proxy,
                             source: Box::new(e),
@@ -196,13 +429,6 @@ impl tower_service::Service<Uri> for Egress {
                 })
             }
         }
-    }
-}
-
-fn counted<T>(io: T) -> Counted<T> {
-    Counted {
-        io,
-        uses: Uses::default(),
     }
 }
 
@@ -217,11 +443,12 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds a client: WebPKI roots plus `ca_file`, HTTP/1.1, keep-alive,
-/// through `egress` when given.
+/// Builds a client: WebPKI roots plus `ca_file`, HTTP/1.1, keep-alive, at
+/// most `cap` connections open at once, through `egress` when given.
 pub fn client(
     settings: &UpstreamSettings,
     egress: Option<&EgressProxy>,
+    cap: usize,
 ) -> Result<HttpClient, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -274,13 +501,14 @@ pub fn client(
         .enable_http1()
         .wrap_connector(route);
 
+    let cap = cap.max(1);
     Ok(HttpClient {
-        pooled: Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(1024)
-            .build(https.clone()),
-        fresh: Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(https),
+        pool: Arc::new(Pool {
+            connector: https,
+            open: Arc::new(Semaphore::new(cap)),
+            idle_timeout: settings.idle_timeout,
+            state: Mutex::new(State::default()),
+            reaping: AtomicBool::new(false),
+        }),
     })
 }

@@ -124,25 +124,33 @@ struct Head {
 }
 
 impl Head {
-    /// Counts `bytes`; `Err` once the head passes `max` bytes.
+    /// Counts `bytes`; `Err` once the head passes `max` bytes. Jumps from
+    /// line end to line end (memchr) rather than looking at every byte: this
+    /// runs on every read of every request.
     fn count(&mut self, bytes: &[u8], max: usize) -> Result<(), ()> {
-        for &b in bytes {
-            if self.done {
-                return Ok(());
-            }
-            self.seen += 1;
-            if self.seen > max {
-                return Err(());
-            }
-            self.newlines = match (b, self.newlines) {
-                (b'\n', 1 | 2) => {
-                    self.done = true;
-                    0
-                }
-                (b'\n', _) => 1,
-                (b'\r', 1) => 2,
-                _ => 0,
+        let mut from = 0;
+        while !self.done && from < bytes.len() {
+            let Some(at) = memchr::memchr(b'\n', &bytes[from..]).map(|n| from + n) else {
+                // No line end: what stays open is a lone "\r" after one.
+                self.newlines = match (&bytes[from..], self.newlines) {
+                    (b"\r", 1) => 2,
+                    _ => 0,
+                };
+                from = bytes.len();
+                break;
             };
+            // The head ends at "\n\n" or "\n\r\n".
+            self.done = match at - from {
+                0 => matches!(self.newlines, 1 | 2),
+                1 => bytes[from] == b'\r' && self.newlines == 1,
+                _ => false,
+            };
+            self.newlines = if self.done { 0 } else { 1 };
+            from = at + 1;
+        }
+        self.seen += from;
+        if self.seen > max {
+            return Err(());
         }
         Ok(())
     }
@@ -401,5 +409,52 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Head;
+    use proptest::prelude::*;
+
+    /// The rule, a byte at a time: the head ends at "\n\n" or "\n\r\n".
+    fn by_byte(head: &mut Head, bytes: &[u8], max: usize) -> Result<(), ()> {
+        for &b in bytes {
+            if head.done {
+                return Ok(());
+            }
+            head.seen += 1;
+            if head.seen > max {
+                return Err(());
+            }
+            head.newlines = match (b, head.newlines) {
+                (b'\n', 1 | 2) => {
+                    head.done = true;
+                    0
+                }
+                (b'\n', _) => 1,
+                (b'\r', 1) => 2,
+                _ => 0,
+            };
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn counting_by_line_ends_agrees_with_the_byte_rule(
+            chunks in prop::collection::vec(prop::collection::vec(prop::sample::select(b"\r\nab".to_vec()), 0..12), 0..8),
+            max in 0usize..40,
+        ) {
+            let (mut fast, mut slow) = (Head::default(), Head::default());
+            for chunk in &chunks {
+                let (a, b) = (fast.count(chunk, max), by_byte(&mut slow, chunk, max));
+                prop_assert_eq!(a, b);
+                if a.is_err() {
+                    break;
+                }
+                prop_assert_eq!((fast.seen, fast.done, fast.newlines), (slow.seen, slow.done, slow.newlines));
+            }
+        }
     }
 }

@@ -36,6 +36,17 @@ pub const MAX_CONNECTIONS: u64 = 16384;
 pub const CONNECT_TIMEOUT_MS: u64 = 3000;
 /// `[upstream] request_timeout_ms`.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// `[upstream] max_connections_per_app`: enough for ~1,000 calls a second
+/// per app at WeChat's usual 50–100 ms, and a bound a pod's memory (each
+/// TLS connection costs ~50 KiB) and WeChat's patience can both live with.
+/// nginx's bench peer keeps 64 idle; beyond the cap requests wait their turn.
+pub const MAX_CONNECTIONS_PER_APP: u64 = 128;
+/// `[upstream] idle_timeout_ms`: WeChat's servers close idle keep-alive
+/// connections; a pooled one must be dropped before that, or requests race
+/// the server's close. Well under the usual server timeouts (nginx 75 s, many
+/// load balancers 60 s, some 15–30 s): a new TLS connection per 10 s idle gap
+/// costs little.
+pub const UPSTREAM_IDLE_TIMEOUT_MS: u64 = 10_000;
 /// `[upstream] token_timeout_ms`.
 pub const TOKEN_TIMEOUT_MS: u64 = 10_000;
 /// `[upstream] token_retry_min_ms`.
@@ -137,6 +148,16 @@ mod tests {
                 REQUEST_TIMEOUT_MS.to_string(),
             ),
             ("upstream", "token_timeout_ms", TOKEN_TIMEOUT_MS.to_string()),
+            (
+                "upstream",
+                "idle_timeout_ms",
+                UPSTREAM_IDLE_TIMEOUT_MS.to_string(),
+            ),
+            (
+                "upstream",
+                "max_connections_per_app",
+                MAX_CONNECTIONS_PER_APP.to_string(),
+            ),
             (
                 "upstream",
                 "token_retry_min_ms",

@@ -158,6 +158,12 @@ pub struct UpstreamSettings {
     /// Forward proxy every upstream connection goes through, unless an app
     /// names its own.
     pub proxy: Option<EgressProxy>,
+    /// Connections to WeChat one app may hold open at once; requests beyond
+    /// them wait for one to come free.
+    pub max_connections_per_app: usize,
+    /// A pooled connection idle this long is closed, before WeChat closes
+    /// it under a request, and so an idle sidecar holds no sockets.
+    pub idle_timeout: Duration,
 }
 
 /// Which WeChat product an app belongs to: decides the token endpoint and

@@ -84,6 +84,10 @@ pub(super) struct RawUpstream {
     pub request_timeout_ms: Option<u64>,
     /// Limit for one token fetch.
     pub token_timeout_ms: Option<u64>,
+    /// Open connections per app.
+    pub max_connections_per_app: Option<u64>,
+    /// Idle connections close after this.
+    pub idle_timeout_ms: Option<u64>,
     /// First backoff after a failed fetch.
     pub token_retry_min_ms: Option<u64>,
     /// Longest backoff.

@@ -237,6 +237,17 @@ impl Validator<'_> {
             )?,
             token_retry_min,
             token_retry_max,
+            max_connections_per_app: self.within(
+                "upstream.max_connections_per_app",
+                raw.max_connections_per_app,
+                defaults::MAX_CONNECTIONS_PER_APP,
+                1..=65_536,
+            )? as usize,
+            idle_timeout: self.millis(
+                "upstream.idle_timeout_ms",
+                raw.idle_timeout_ms,
+                defaults::UPSTREAM_IDLE_TIMEOUT_MS,
+            )?,
             proxy: raw
                 .proxy
                 .map(|url| self.egress("upstream.proxy", &url))

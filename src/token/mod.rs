@@ -583,6 +583,10 @@ impl TokenManager {
             st.fights += 1;
             st.last_fight = Some(SystemTime::now());
         }
+        // Counted before it is logged: whoever reads the line finds it counted.
+        if let Some(observer) = &self.observer {
+            observer.fight(&self.app.name);
+        }
         if self.grantor.is_some() {
             // A platform's token: no stable token API to move to.
             tracing::warn!(
@@ -602,9 +606,6 @@ impl TokenManager {
                  (each classic /cgi-bin/token call kills the previous token; a stable_token force_refresh kills it at once). \
                  Route that system through this proxy, or move every system to the stable token API (token_api = \"stable\")"
             );
-        }
-        if let Some(observer) = &self.observer {
-            observer.fight(&self.app.name);
         }
     }
 

@@ -142,6 +142,10 @@ struct State {
     quota_gets: usize,
     /// TCP connections accepted.
     connections: usize,
+    /// TCP connections open now.
+    open_connections: usize,
+    /// The most TCP connections open at once.
+    max_open_connections: usize,
     /// Every API request, in arrival order.
     requests: Vec<Recorded>,
     /// The failure every token endpoint answers with, if any.
@@ -211,6 +215,8 @@ impl FakeWeChat {
             fetches_by_appid: HashMap::new(),
             force_refreshes: 0,
             connections: 0,
+            open_connections: 0,
+            max_open_connections: 0,
             requests: Vec::new(),
             failure: None,
             api_delay: Duration::ZERO,
@@ -391,6 +397,17 @@ impl FakeWeChat {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         lock(&self.state).connections
+    }
+
+    /// TCP connections open now (closed ones are counted out once their
+    /// task sees the close).
+    pub fn open_connections(&self) -> usize {
+        lock(&self.state).open_connections
+    }
+
+    /// The most TCP connections that were open at once.
+    pub fn max_open_connections(&self) -> usize {
+        lock(&self.state).max_open_connections
     }
 
     /// Every API (non-token) request so far, in arrival order.

@@ -33,8 +33,28 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        lock(&state).connections += 1;
-        tokio::spawn(serve_connection(tcp, tls.clone(), state.clone()));
+        {
+            let mut state = lock(&state);
+            state.connections += 1;
+            state.open_connections += 1;
+            state.max_open_connections = state.max_open_connections.max(state.open_connections);
+        }
+        let open = OpenGuard(state.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            serve_connection(tcp, tls, open.0.clone()).await;
+            drop(open);
+        });
+    }
+}
+
+/// Counts a connection out of `open_connections` when its task ends, however
+/// it ends (the runtime dropping it at shutdown too).
+struct OpenGuard(Arc<Mutex<State>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        lock(&self.0).open_connections -= 1;
     }
 }
 
