@@ -253,7 +253,9 @@ async fn authorizers_are_fetched_on_first_use_renewed_on_a_token_error_and_revok
     call.assert_ok();
     assert_eq!(fake.authorizer_fetches(AUTH_A), 2);
     // The advice fits a platform: no stable token API to move to.
-    assert!(proxy.has_log("another system is probably fetching"));
+    proxy
+        .wait_for_log("another system is probably fetching")
+        .await;
     assert!(
         !proxy.has_log("token_api = \"stable\""),
         "{:?}",

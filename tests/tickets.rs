@@ -163,10 +163,11 @@ async fn a_ticket_is_renewed_ahead_while_used_never_lengthened_by_a_repeated_exp
         h.fake.issued_tickets("jsapi").len() == 2
     })
     .await;
-    let renewed = h.proxy.logs().iter().any(|l| {
-        l.contains("ticket fetched") && l.contains("ahead") && l.contains("repeated=false")
-    });
-    assert!(renewed, "no renewal ahead in the log");
+    let renewed = h
+        .proxy
+        .wait_for_log("ticket=\"jsapi\" reason=\"ahead\" repeated=false")
+        .await;
+    assert!(renewed.contains("ticket fetched"), "{renewed}");
     let fetches = h.fake.ticket_fetches("jsapi");
 
     // Nobody asked for the new ticket: it is not renewed again.

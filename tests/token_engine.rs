@@ -299,12 +299,9 @@ async fn another_system_fetching_the_same_appids_tokens_is_reported_as_a_fight()
     h.fake.revoke(MP_APPID);
     h.http.get(&h.url(USER_INFO)).await.assert_ok();
 
-    // The line comes from another process through a pipe: wait for it.
-    wait_until("the fight warning", Duration::from_secs(5), || {
-        h.proxy
-            .has_log("another system is probably fetching tokens")
-    })
-    .await;
+    h.proxy
+        .wait_for_log("another system is probably fetching tokens")
+        .await;
     assert_eq!(
         metric(&h, "wechat_proxy_token_fights_total{app=\"mp\"}").await,
         Some(1.0)

@@ -138,6 +138,21 @@ impl Proxy {
         self.logs().iter().any(|line| line.contains(needle))
     }
 
+    /// Waits up to 5 s for a log line containing `needle` and returns it;
+    /// panics naming it otherwise. Lines reach the test through a pipe from
+    /// another process, so one written just before an answer may be read
+    /// just after it.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let found = || self.logs().into_iter().find(|line| line.contains(needle));
+        super::wait_until(
+            &format!("a log line with {needle:?}"),
+            Duration::from_secs(5),
+            || found().is_some(),
+        )
+        .await;
+        found().expect("just seen")
+    }
+
     /// The process id, for signals and `/proc`.
     pub fn pid(&self) -> u32 {
         self.child.id()
