@@ -173,15 +173,21 @@ impl Proxy {
         guard::target(&app.config, parts)?;
         // A platform path names the credential: its component token, or an
         // authorizer's token (answered here for the token endpoints).
+        // Borrowed for an app (the common case: no reference count touched
+        // per request); a platform's route hands out the manager it picked.
+        let routed;
         let (tokens, path, param) = match &app.platform {
-            None => (app.tokens.clone(), path, "access_token"),
+            None => (&app.tokens, path, "access_token"),
             Some(platform) => match platform.route(path).await? {
                 crate::platform::Routed::Answer(answer) => return Ok(answer),
                 crate::platform::Routed::Forward {
                     tokens,
                     path,
                     param,
-                } => (tokens, path, param),
+                } => {
+                    routed = tokens;
+                    (&routed, path, param)
+                }
             },
         };
         // Before the policy: the placeholder carries no credential, and SDKs
@@ -205,7 +211,7 @@ impl Proxy {
         let token = tokens
             .token()
             .await
-            .map_err(|e| token_unavailable(&tokens, e))?;
+            .map_err(|e| token_unavailable(tokens, e))?;
 
         let Some(body) = body.take() else {
             return Err(LocalError::ClientBody(
@@ -232,13 +238,14 @@ impl Proxy {
         let Some(replay) = replay else {
             // The body is gone: hand the token error back, but renew the
             // token so the client's next call works.
+            let tokens = tokens.clone();
             tokio::spawn(async move { tokens.replace(&token).await });
             return Ok(response);
         };
         let fresh = match tokens.replace(&token).await {
             Ok(fresh) => fresh,
             Err(RefreshError::NotRenewed) => return Ok(response),
-            Err(e) => return Err(token_unavailable(&tokens, e)),
+            Err(e) => return Err(token_unavailable(tokens, e)),
         };
         outcome.retried = true;
         app.metrics.retry();
