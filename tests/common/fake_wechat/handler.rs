@@ -86,18 +86,27 @@ fn ticket_endpoint(
     let mut st = lock(state);
     *st.ticket_fetches.entry(kind).or_default() += 1;
     let now = Instant::now();
-    let given = query_values(query, "access_token");
-    if let Verdict::Rejected { errcode, errmsg } = st.tokens.check(&given, now) {
-        let body = json!({ "errcode": errcode, "errmsg": errmsg });
-        return respond(StatusCode::OK, "text/plain", body.to_string());
-    }
-    let appid = st
-        .tokens
-        .owner(&given[0], now)
-        .expect("a valid token has an owner");
+    let appid = match token_owner(&st, query, now) {
+        Ok(appid) => appid,
+        Err(refusal) => return respond(StatusCode::OK, "text/plain", refusal),
+    };
     let (ticket, expires_in) = st.tickets.grant(&appid, kind, now);
     let body = json!({ "errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": expires_in });
     respond(StatusCode::OK, JSON_UTF8, body.to_string())
+}
+
+/// The app whose valid `access_token` the query carries, or the body of
+/// WeChat's refusal of the token.
+fn token_owner(st: &State, query: Option<&str>, now: Instant) -> Result<String, String> {
+    let given = query_values(query, "access_token");
+    if let Verdict::Rejected { errcode, errmsg } = st.tokens.check(&given, now) {
+        let body = json!({ "errcode": errcode, "errmsg": errmsg });
+        return Err(body.to_string());
+    }
+    Ok(st
+        .tokens
+        .owner(&given[0], now)
+        .expect("a valid token has an owner"))
 }
 
 /// `openapi/quota/get`: the token API's daily quota, `used` counting that
@@ -106,15 +115,10 @@ fn quota_get(state: &Mutex<State>, query: Option<&str>) -> Response<Payload> {
     let mut st = lock(state);
     st.quota_gets += 1;
     let now = Instant::now();
-    let given = query_values(query, "access_token");
-    if let Verdict::Rejected { errcode, errmsg } = st.tokens.check(&given, now) {
-        let body = json!({ "errcode": errcode, "errmsg": errmsg });
-        return respond(StatusCode::OK, "text/plain", body.to_string());
-    }
-    let appid = st
-        .tokens
-        .owner(&given[0], now)
-        .expect("a valid token has an owner");
+    let appid = match token_owner(&st, query, now) {
+        Ok(appid) => appid,
+        Err(refusal) => return respond(StatusCode::OK, "text/plain", refusal),
+    };
     let used = st.fetches_by_appid.get(&appid).copied().unwrap_or(0) as u64;
     let body = json!({
         "errcode": 0, "errmsg": "ok",
