@@ -9,8 +9,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::auth::InboundKey;
-use crate::body::{buffer_up_to, Buffered, ProxyBody};
+use crate::inbound::auth::InboundKey;
+use crate::forward::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::error::{json_response, LocalError};
 use crate::metrics::Metrics;
 use crate::platform::Platform;

@@ -5,7 +5,7 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::forward::body::ProxyBody;
 
 /// Header on every answer the proxy makes itself; the value says which kind.
 pub const LOCAL_ANSWER: &str = "x-wechat-token-proxy";
@@ -67,11 +67,11 @@ pub enum LocalError {
         /// The app's name.
         app: String,
         /// Which rule refused, and the path.
-        refusal: crate::policy::Refusal,
+        refusal: crate::forward::policy::Refusal,
     },
     /// The request body is over `max_request_body_bytes`.
     #[error(transparent)]
-    BodyTooLarge(#[from] crate::limits::BodyTooLarge),
+    BodyTooLarge(#[from] crate::inbound::limits::BodyTooLarge),
     /// A body kept for replay did not arrive within `idle_timeout_ms`.
     #[error("the request body did not arrive within {ms} ms")]
     ClientTimeout {

@@ -22,10 +22,10 @@ use ring::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 
-use crate::body::ProxyBody;
+use crate::forward::body::ProxyBody;
 use crate::config::AppKind;
 use crate::error::json_response;
-use crate::proxy::App;
+use crate::forward::proxy::App;
 use crate::ticket::{Kind, Ticket, TicketError};
 
 /// Answers `path` locally if it is a ticket call or a JS-SDK path; `None`
@@ -85,7 +85,7 @@ async fn config(app: &App, parts: &Parts, kind: Kind) -> Response<ProxyBody> {
         }
         (_, _, agentid) => agentid,
     };
-    let url = match page_url(crate::query::param(parts.uri.query(), "url")) {
+    let url = match page_url(crate::forward::query::param(parts.uri.query(), "url")) {
         Ok(url) => url,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, format!("{name}: {why}")),
     };

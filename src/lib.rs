@@ -42,35 +42,25 @@
 // Only what the binary, the tests and the benchmarks use is public, so the
 // compiler reports what nothing uses.
 mod admin;
-mod auth;
-mod body;
 pub mod config;
 mod error;
-mod guard;
-pub mod inspect;
+mod forward;
+mod inbound;
 mod jssdk;
-mod limits;
-mod linger;
 pub mod logging;
 mod metrics;
 mod platform;
-mod policy;
-mod proxy;
-pub mod query;
 mod quota;
-mod scrub;
 mod secret;
-mod server;
 mod status_page;
 mod store;
 mod ticket;
 mod token;
-mod upstream;
-mod watchdog;
 mod wechat;
 
-pub use limits::{fds_needed, raise_fd_limit};
-pub use server::termination;
+pub use inbound::limits::{fds_needed, raise_fd_limit};
+pub use forward::{inspect, query};
+pub use inbound::server::termination;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -84,7 +74,7 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::config::{Config, Environment};
 use crate::metrics::Metrics;
-use crate::proxy::{App, Proxy};
+use crate::forward::proxy::{App, Proxy};
 use crate::token::TokenManager;
 
 /// The two bound listeners; bound by the caller so tests can use port 0.
@@ -134,7 +124,7 @@ pub struct BindError {
 pub enum RunError {
     /// The upstream client could not be built (bad `ca_file`).
     #[error(transparent)]
-    Upstream(#[from] upstream::UpstreamError),
+    Upstream(#[from] forward::upstream::UpstreamError),
     /// The token store could not be prepared.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -160,7 +150,7 @@ pub async fn run(
     let mut quotas = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
         // A pool per app: the connection cap is per app.
-        let client = upstream::client(
+        let client = forward::upstream::client(
             &config.upstream,
             app.egress.as_ref(),
             config.upstream.max_connections_per_app,
@@ -207,7 +197,7 @@ pub async fn run(
     for platform in &config.platforms {
         // A pool per platform, as per app: the connection cap is per route
         // name (all of a platform's authorizers share it).
-        let client = upstream::client(
+        let client = forward::upstream::client(
             &config.upstream,
             platform.app.egress.as_ref(),
             config.upstream.max_connections_per_app,
@@ -247,7 +237,7 @@ pub async fn run(
 
     log_listening("proxy", &listeners.proxy);
     log_listening("admin", &listeners.admin);
-    let proxy_server = tokio::spawn(server::serve(
+    let proxy_server = tokio::spawn(inbound::server::serve(
         "proxy",
         listeners.proxy,
         move |request| {
@@ -261,7 +251,7 @@ pub async fn run(
     // The admin listener outlives the drain, so probes see /readyz turn 503
     // while in-flight requests finish.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let admin_server = tokio::spawn(server::serve(
+    let admin_server = tokio::spawn(inbound::server::serve(
         "admin",
         listeners.admin,
         move |request| {

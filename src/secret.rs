@@ -2,7 +2,7 @@
 //! wrapper that keeps them out of every log line and message.
 //!
 //! Its own module so that both the config (which resolves secrets) and
-//! [`crate::auth`] (which compares keys) depend on it, and not on each other.
+//! [`crate::inbound::auth`] (which compares keys) depend on it, and not on each other.
 
 use std::fmt;
 use std::path::PathBuf;

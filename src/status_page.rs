@@ -18,7 +18,7 @@ use http::header::{HeaderMap, AUTHORIZATION};
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value};
 
-use crate::body::ProxyBody;
+use crate::forward::body::ProxyBody;
 
 /// How often the page reloads itself, in seconds.
 const RELOAD_S: u64 = 5;

@@ -7,11 +7,11 @@ use bytes::Bytes;
 use http::{header, Method, Request};
 use serde::Deserialize;
 
-use crate::body::{buffer_up_to, Buffered, ProxyBody};
+use crate::forward::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::config::{AppConfig, Secret, TokenApi};
 use crate::error::with_causes;
-use crate::query::encode;
-use crate::upstream::HttpClient;
+use crate::forward::query::encode;
+use crate::forward::upstream::HttpClient;
 
 /// A token as WeChat granted it.
 pub struct Grant {

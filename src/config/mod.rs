@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::InboundKey;
-use crate::limits::Limits;
-use crate::policy::PathPolicy;
+use crate::inbound::auth::InboundKey;
+use crate::inbound::limits::Limits;
+use crate::forward::policy::PathPolicy;
 
 // Secrets have their own module; these paths stay for the code that
 // imported them from here.

@@ -13,9 +13,9 @@ use super::{
     AesKey, AppConfig, AppKind, Config, ConfigError, LogSettings, PlatformConfig, ProxySettings,
     RedisSettings, StoreSettings, TokenApi, UpstreamSettings,
 };
-use crate::auth::InboundKey;
-use crate::limits::Limits;
-use crate::policy::PathPolicy;
+use crate::inbound::auth::InboundKey;
+use crate::inbound::limits::Limits;
+use crate::forward::policy::PathPolicy;
 use crate::secret::{Environment, SecretSource};
 
 /// Path segments WeChat's own APIs start with; an app of that name would
@@ -623,7 +623,7 @@ impl Validator<'_> {
         let secret = source
             .read(self.env)
             .map_err(|problem| self.err(&key, problem.to_string()))?;
-        if let Some(problem) = crate::auth::key_problem(&secret) {
+        if let Some(problem) = crate::inbound::auth::key_problem(&secret) {
             return Err(self.err(key, problem));
         }
         Ok(Some(InboundKey::new(secret)))
@@ -707,7 +707,7 @@ impl Validator<'_> {
     ) -> Result<Vec<String>, ConfigError> {
         let rules = rules.unwrap_or_default();
         for (i, rule) in rules.iter().enumerate() {
-            if let Some(problem) = crate::policy::rule_problem(rule) {
+            if let Some(problem) = crate::forward::policy::rule_problem(rule) {
                 return Err(self.err(format!("{key}[{i}]"), format!("\"{rule}\" {problem}")));
             }
         }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::body::ProxyBody;
+use crate::forward::body::ProxyBody;
 use crate::error::json_response;
 use crate::store::Registered;
 

@@ -14,12 +14,12 @@ use bytes::Bytes;
 use http::{header, Method};
 use serde_json::{json, Value};
 
-use crate::body::ProxyBody;
+use crate::forward::body::ProxyBody;
 use crate::config::{BaseUrl, Secret};
-use crate::proxy::is_token_error;
+use crate::forward::proxy::is_token_error;
 use crate::store::{Key, Registered, Store, StoreError};
 use crate::token::{Grantor, TokenManager};
-use crate::upstream::HttpClient;
+use crate::forward::upstream::HttpClient;
 use crate::wechat::{self, FetchError, Grant};
 
 /// Errcodes that mean the refresh token will never work again.
@@ -37,7 +37,7 @@ pub async fn call(
     let uri = match component_token {
         Some(t) => format!(
             "{base}{path}?component_access_token={}",
-            crate::query::encode(t)
+            crate::forward::query::encode(t)
         ),
         None => format!("{base}{path}"),
     };

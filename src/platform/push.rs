@@ -54,7 +54,7 @@ pub fn open(
     component_appid: &str,
 ) -> Result<String, PushError> {
     let param =
-        |name: &'static str| crate::query::param(query, name).ok_or(PushError::MissingParam(name));
+        |name: &'static str| crate::forward::query::param(query, name).ok_or(PushError::MissingParam(name));
     let (signature, timestamp, nonce) = (
         param("msg_signature")?,
         param("timestamp")?,

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::body::ProxyBody;
-use crate::proxy::is_token_error;
-use crate::query::encode;
+use crate::forward::body::ProxyBody;
+use crate::forward::proxy::is_token_error;
+use crate::forward::query::encode;
 use crate::token::{Token, TokenManager};
 use crate::wechat::{self, FetchError};
 

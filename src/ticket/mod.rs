@@ -95,7 +95,7 @@ impl Kind {
     /// calls are answered from the held ticket. A `type` the proxy does not
     /// hold goes to WeChat as any call does.
     pub fn asked_by(app: AppKind, path: &str, query: Option<&str>) -> Option<Kind> {
-        let kind = crate::query::param(query, "type");
+        let kind = crate::forward::query::param(query, "type");
         match (app, path, kind.as_deref()) {
             (AppKind::Mp, "/cgi-bin/ticket/getticket", Some("jsapi")) => Some(Kind::Jsapi),
             (AppKind::Mp, "/cgi-bin/ticket/getticket", Some("wx_card")) => Some(Kind::WxCard),

@@ -56,7 +56,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{AppConfig, AppKind, Environment, Secret, UpstreamSettings};
 use crate::store::{Key, Store};
-use crate::upstream::HttpClient;
+use crate::forward::upstream::HttpClient;
 use crate::wechat::{FetchError, Grant};
 
 use self::admission::{Decision, Facts, Held};

@@ -18,11 +18,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::body::ProxyBody;
+use crate::forward::body::ProxyBody;
 use crate::error::with_causes;
-use crate::limits::Limits;
-use crate::linger::Linger;
-use crate::watchdog::{Timeouts, Tracked, Tracker, Watched};
+use crate::inbound::limits::Limits;
+use crate::inbound::linger::Linger;
+use crate::inbound::watchdog::{Timeouts, Tracked, Tracker, Watched};
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `stop` flips, then
 /// drains for at most `grace`. `limits` bounds heads, timings and the

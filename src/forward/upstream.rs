@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
-use crate::body::ProxyBody;
+use crate::forward::body::ProxyBody;
 use crate::config::{EgressProxy, UpstreamSettings};
 
 /// The client every upstream request of one app goes through.

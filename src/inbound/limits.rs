@@ -5,9 +5,9 @@
 //! |---|---|---|
 //! | request head size | hyper's `max_header_size` | 431, connection closed |
 //! | request body size | [`declared_too_large`] at once, [`Cap`] while streaming | 413 JSON |
-//! | head read / idle keep-alive / stalled download | [`crate::watchdog`] | connection closed |
+//! | head read / idle keep-alive / stalled download | [`crate::inbound::watchdog`] | connection closed |
 //! | stalled upload | a timeout around buffering the body | 408 JSON |
-//! | concurrent connections | the accept loop ([`crate::server`]) | nothing: no accept until one closes |
+//! | concurrent connections | the accept loop ([`crate::inbound::server`]) | nothing: no accept until one closes |
 
 use std::time::Duration;
 

@@ -19,7 +19,7 @@ use http::Method;
 
 use crate::config::{AppConfig, AppKind};
 use crate::error::LocalError;
-use crate::query;
+use crate::forward::query;
 
 /// Query parameters that carry an AppSecret in WeChat's APIs.
 const SECRET_PARAMS: [&str; 4] = ["secret", "corpsecret", "appsecret", "component_appsecret"];

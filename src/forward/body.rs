@@ -17,10 +17,10 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::limits::Cap;
+use crate::inbound::limits::Cap;
 
 /// Errors a forwarded body can end with: the peer's (`hyper::Error`), or a
-/// limit the proxy enforces ([`crate::limits::BodyTooLarge`]).
+/// limit the proxy enforces ([`crate::inbound::limits::BodyTooLarge`]).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body as the proxy forwards it.

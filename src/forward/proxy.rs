@@ -12,17 +12,17 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::auth::{self, InboundKey};
-use crate::body::{buffer_up_to, Buffered, ProxyBody, Stalled};
+use crate::inbound::auth::{self, InboundKey};
+use crate::forward::body::{buffer_up_to, Buffered, ProxyBody, Stalled};
 use crate::config::{AppConfig, AppKind, Config};
 use crate::error::{json_response, with_causes, LocalError};
-use crate::inspect::{self, INSPECT_LIMIT};
-use crate::limits::{self, BodyTooLarge, Cap};
-use crate::linger::Linger;
+use crate::forward::inspect::{self, INSPECT_LIMIT};
+use crate::inbound::limits::{self, BodyTooLarge, Cap};
+use crate::inbound::linger::Linger;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::token::{RefreshError, Token, TokenManager};
-use crate::upstream::{Error as ClientError, HttpClient};
-use crate::{guard, query, scrub};
+use crate::forward::upstream::{Error as ClientError, HttpClient};
+use crate::forward::{guard, query, scrub};
 
 /// What SDKs get instead of a real token when they ask for one. They send it
 /// back on every call; the proxy drops it and puts in the real one.

@@ -22,8 +22,8 @@
 //! The IO wrapper also ends connections properly where hyper cannot: it
 //! counts each request head's bytes and answers a head over
 //! `max_request_header_bytes` with a JSON 431 itself, and it closes
-//! lingering ([`crate::linger`]) after that and after answers the service
-//! marked with [`crate::linger::Linger`].
+//! lingering ([`crate::inbound::linger`]) after that and after answers the service
+//! marked with [`crate::inbound::linger::Linger`].
 
 use std::future::Future;
 use std::io;
@@ -37,7 +37,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::linger::{self, Draining};
+use crate::inbound::linger::{self, Draining};
 
 /// What a connection is doing, as far as its timers care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

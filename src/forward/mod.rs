@@ -1,0 +1,11 @@
+//! The request path: route, guard, place the credential, forward through
+//! the pooled upstream client, read WeChat's answer and scrub it.
+
+pub mod body;
+pub mod guard;
+pub mod inspect;
+pub mod policy;
+pub mod proxy;
+pub mod query;
+pub mod scrub;
+pub mod upstream;
