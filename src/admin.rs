@@ -9,9 +9,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::inbound::auth::InboundKey;
-use crate::forward::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::error::{json_response, LocalError};
+use crate::forward::body::{buffer_up_to, Buffered, ProxyBody};
+use crate::inbound::auth::InboundKey;
 use crate::metrics::Metrics;
 use crate::platform::Platform;
 use crate::quota::Quota;

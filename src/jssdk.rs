@@ -22,16 +22,24 @@ use ring::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 
-use crate::forward::body::ProxyBody;
-use crate::config::AppKind;
+use crate::config::{AppConfig, AppKind};
 use crate::error::json_response;
-use crate::forward::proxy::App;
-use crate::ticket::{Kind, Ticket, TicketError};
+use crate::forward::body::ProxyBody;
+use crate::ticket::{Kind, Ticket, TicketError, Tickets};
 
 /// Answers `path` locally if it is a ticket call or a JS-SDK path; `None`
 /// lets the request go on to WeChat. Called after the client key and the
 /// app's path policy were checked.
-pub async fn answer(app: &App, parts: &Parts, path: &str) -> Option<Response<ProxyBody>> {
+pub async fn answer(
+    app: &AppConfig,
+    tickets: &Tickets,
+    parts: &Parts,
+    path: &str,
+) -> Option<Response<ProxyBody>> {
+    let app = &App {
+        config: app,
+        tickets,
+    };
     let query = parts.uri.query();
     let signed = match path {
         "/jssdk/config" => match app.config.kind {
@@ -60,7 +68,15 @@ pub async fn answer(app: &App, parts: &Parts, path: &str) -> Option<Response<Pro
 }
 
 /// The signed `wx.config` or `wx.agentConfig` values for the page at `url`.
-async fn config(app: &App, parts: &Parts, kind: Kind) -> Response<ProxyBody> {
+/// The parts of an app the answers need.
+struct App<'a> {
+    /// Its name, kind, appid and agentid.
+    config: &'a AppConfig,
+    /// The tickets it signs with.
+    tickets: &'a Tickets,
+}
+
+async fn config(app: &App<'_>, parts: &Parts, kind: Kind) -> Response<ProxyBody> {
     let name = &app.config.name;
     if !matches!(parts.method, Method::GET | Method::HEAD) {
         return refuse(
@@ -121,7 +137,7 @@ async fn config(app: &App, parts: &Parts, kind: Kind) -> Response<ProxyBody> {
     no_store(json_response(StatusCode::OK, "jssdk", &body))
 }
 
-async fn ticket(app: &App, kind: Kind) -> Result<std::sync::Arc<Ticket>, TicketError> {
+async fn ticket(app: &App<'_>, kind: Kind) -> Result<std::sync::Arc<Ticket>, TicketError> {
     let holder = app
         .tickets
         .get(kind)
@@ -172,7 +188,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A 503 for a ticket that cannot be had, with WeChat's errcode if it gave
 /// one. Never the ticket.
-fn unavailable(app: &App, kind: Kind, e: &TicketError) -> Response<ProxyBody> {
+fn unavailable(app: &App<'_>, kind: Kind, e: &TicketError) -> Response<ProxyBody> {
     json_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "error",

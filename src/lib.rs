@@ -58,8 +58,8 @@ mod ticket;
 mod token;
 mod wechat;
 
-pub use inbound::limits::{fds_needed, raise_fd_limit};
 pub use forward::{inspect, query};
+pub use inbound::limits::{fds_needed, raise_fd_limit};
 pub use inbound::server::termination;
 
 use std::future::Future;
@@ -73,8 +73,8 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::{Config, Environment};
-use crate::metrics::Metrics;
 use crate::forward::proxy::{App, Proxy};
+use crate::metrics::Metrics;
 use crate::token::TokenManager;
 
 /// The two bound listeners; bound by the caller so tests can use port 0.

@@ -16,10 +16,10 @@ use http::{header, Method};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
-use crate::forward::body::ProxyBody;
 use crate::config::TokenApi;
-use crate::metrics::Metrics;
+use crate::forward::body::ProxyBody;
 use crate::forward::query::encode;
+use crate::metrics::Metrics;
 use crate::token::{Reason, RefreshObserver, TokenManager};
 use crate::wechat::{self, FetchError};
 

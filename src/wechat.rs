@@ -1,5 +1,6 @@
-//! WeChat's token endpoints: building the fetch, reading the answer, and what
-//! each refusal means.
+//! What the proxy knows of WeChat: the placeholder SDKs get instead of a
+//! token, which errcodes mean "this token is no good", the token endpoints,
+//! and how a fetch is built, read, and each refusal explained.
 
 use std::time::Duration;
 
@@ -7,11 +8,24 @@ use bytes::Bytes;
 use http::{header, Method, Request};
 use serde::Deserialize;
 
-use crate::forward::body::{buffer_up_to, Buffered, ProxyBody};
-use crate::config::{AppConfig, Secret, TokenApi};
+use crate::config::{AppConfig, AppKind, Secret, TokenApi};
 use crate::error::with_causes;
+use crate::forward::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::forward::query::encode;
 use crate::forward::upstream::HttpClient;
+
+/// What SDKs get instead of a real token when they ask for one. They send it
+/// back on every call; the proxy drops it and puts in the real one.
+pub const PLACEHOLDER_TOKEN: &str = "WECHAT_TOKEN_PROXY_PLACEHOLDER";
+
+/// Whether `errcode` means "this token is no good" for an app of `kind`.
+/// In WeCom 40001 means a bad secret, not a bad token.
+pub(crate) fn is_token_error(kind: AppKind, errcode: i64) -> bool {
+    matches!(
+        (kind, errcode),
+        (AppKind::Mp, 40001 | 40014 | 42001) | (AppKind::Wecom, 40014 | 42001)
+    )
+}
 
 /// A token as WeChat granted it.
 pub struct Grant {

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::forward::policy::PathPolicy;
 use crate::inbound::auth::InboundKey;
 use crate::inbound::limits::Limits;
-use crate::forward::policy::PathPolicy;
 
 // Secrets have their own module; these paths stay for the code that
 // imported them from here.

@@ -13,9 +13,9 @@ use super::{
     AesKey, AppConfig, AppKind, Config, ConfigError, LogSettings, PlatformConfig, ProxySettings,
     RedisSettings, StoreSettings, TokenApi, UpstreamSettings,
 };
+use crate::forward::policy::PathPolicy;
 use crate::inbound::auth::InboundKey;
 use crate::inbound::limits::Limits;
-use crate::forward::policy::PathPolicy;
 use crate::secret::{Environment, SecretSource};
 
 /// Path segments WeChat's own APIs start with; an app of that name would

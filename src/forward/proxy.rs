@@ -12,21 +12,18 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::inbound::auth::{self, InboundKey};
-use crate::forward::body::{buffer_up_to, Buffered, ProxyBody, Stalled};
 use crate::config::{AppConfig, AppKind, Config};
 use crate::error::{json_response, with_causes, LocalError};
+use crate::forward::body::{buffer_up_to, Buffered, ProxyBody, Stalled};
 use crate::forward::inspect::{self, INSPECT_LIMIT};
+use crate::forward::upstream::{Error as ClientError, HttpClient};
+use crate::forward::{guard, query, scrub};
+use crate::inbound::auth::{self, InboundKey};
 use crate::inbound::limits::{self, BodyTooLarge, Cap};
 use crate::inbound::linger::Linger;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::token::{RefreshError, Token, TokenManager};
-use crate::forward::upstream::{Error as ClientError, HttpClient};
-use crate::forward::{guard, query, scrub};
-
-/// What SDKs get instead of a real token when they ask for one. They send it
-/// back on every call; the proxy drops it and puts in the real one.
-pub const PLACEHOLDER_TOKEN: &str = "WECHAT_TOKEN_PROXY_PLACEHOLDER";
+use crate::wechat::{is_token_error, PLACEHOLDER_TOKEN};
 
 /// An app as the request path sees it.
 pub struct App {
@@ -204,7 +201,8 @@ impl Proxy {
                 refusal,
             })?;
         if app.platform.is_none() {
-            if let Some(answer) = crate::jssdk::answer(app, parts, path).await {
+            if let Some(answer) = crate::jssdk::answer(&app.config, &app.tickets, parts, path).await
+            {
                 return Ok(answer);
             }
         }
@@ -516,15 +514,6 @@ impl Forward<'_> {
             // refuses. Do not echo it: it may carry the token.
             .map_err(|_| LocalError::ClientBody("the request path cannot be forwarded".into()))
     }
-}
-
-/// Whether `errcode` means "this token is no good" for an app of `kind`.
-/// In WeCom 40001 means a bad secret, not a bad token.
-pub(crate) fn is_token_error(kind: AppKind, errcode: i64) -> bool {
-    matches!(
-        (kind, errcode),
-        (AppKind::Mp, 40001 | 40014 | 42001) | (AppKind::Wecom, 40014 | 42001)
-    )
 }
 
 /// Media, images and downloads are never inspected, whatever their size.

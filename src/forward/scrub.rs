@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use memchr::memmem;
 
-use crate::forward::proxy::PLACEHOLDER_TOKEN;
+use crate::wechat::PLACEHOLDER_TOKEN;
 
 /// The path of WeChat's `rid/get`, whose answer quotes an earlier query.
 pub const RID_GET: &str = "/cgi-bin/openapi/rid/get";

@@ -39,8 +39,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
-use crate::forward::body::ProxyBody;
 use crate::config::{EgressProxy, UpstreamSettings};
+use crate::forward::body::ProxyBody;
 
 /// The client every upstream request of one app goes through.
 #[derive(Clone)]

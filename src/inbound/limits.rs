@@ -79,7 +79,10 @@ impl Cap {
 /// The [`BodyTooLarge`] somewhere in an error's causes (the upstream client
 /// reports a failed request body as its own error).
 pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> Option<BodyTooLarge> {
-    crate::error::causes(error).find_map(|e| e.downcast_ref::<BodyTooLarge>().copied())
+    // Walked here rather than through the error module, which depends on
+    // this one for the 413 answer.
+    std::iter::successors(Some(error), |e| e.source())
+        .find_map(|e| e.downcast_ref::<BodyTooLarge>().copied())
 }
 
 /// Raises this process's soft limit on open files to the hard limit, so

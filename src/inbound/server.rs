@@ -18,8 +18,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::forward::body::ProxyBody;
 use crate::error::with_causes;
+use crate::forward::body::ProxyBody;
 use crate::inbound::limits::Limits;
 use crate::inbound::linger::Linger;
 use crate::inbound::watchdog::{Timeouts, Tracked, Tracker, Watched};

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::forward::body::ProxyBody;
 use crate::error::json_response;
+use crate::forward::body::ProxyBody;
 use crate::store::Registered;
 
 use super::{grant, push, Platform};

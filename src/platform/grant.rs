@@ -14,12 +14,12 @@ use bytes::Bytes;
 use http::{header, Method};
 use serde_json::{json, Value};
 
-use crate::forward::body::ProxyBody;
 use crate::config::{BaseUrl, Secret};
-use crate::forward::proxy::is_token_error;
+use crate::forward::body::ProxyBody;
+use crate::forward::upstream::HttpClient;
 use crate::store::{Key, Registered, Store, StoreError};
 use crate::token::{Grantor, TokenManager};
-use crate::forward::upstream::HttpClient;
+use crate::wechat::is_token_error;
 use crate::wechat::{self, FetchError, Grant};
 
 /// Errcodes that mean the refresh token will never work again.

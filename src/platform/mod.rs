@@ -35,14 +35,14 @@ use http::{Response, StatusCode};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::forward::body::ProxyBody;
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
 use crate::error::{json_response, LocalError};
+use crate::forward::body::ProxyBody;
+use crate::forward::upstream::HttpClient;
 use crate::metrics::{AuthorizerObserver, Metrics};
-use crate::forward::proxy::PLACEHOLDER_TOKEN;
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
 use crate::token::{RefreshObserver, TokenManager};
-use crate::forward::upstream::HttpClient;
+use crate::wechat::PLACEHOLDER_TOKEN;
 
 use self::grant::{AuthorizerGrant, ComponentGrant};
 

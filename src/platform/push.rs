@@ -53,8 +53,9 @@ pub fn open(
     key: &AesKey,
     component_appid: &str,
 ) -> Result<String, PushError> {
-    let param =
-        |name: &'static str| crate::forward::query::param(query, name).ok_or(PushError::MissingParam(name));
+    let param = |name: &'static str| {
+        crate::forward::query::param(query, name).ok_or(PushError::MissingParam(name))
+    };
     let (signature, timestamp, nonce) = (
         param("msg_signature")?,
         param("timestamp")?,

@@ -6,9 +6,9 @@ use std::time::Duration;
 use http::Method;
 
 use crate::forward::body::ProxyBody;
-use crate::forward::proxy::is_token_error;
 use crate::forward::query::encode;
 use crate::token::{Token, TokenManager};
+use crate::wechat::is_token_error;
 use crate::wechat::{self, FetchError};
 
 use super::{Kind, TicketError};

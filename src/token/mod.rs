@@ -55,8 +55,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{AppConfig, AppKind, Environment, Secret, UpstreamSettings};
-use crate::store::{Key, Store};
 use crate::forward::upstream::HttpClient;
+use crate::store::{Key, Store};
 use crate::wechat::{FetchError, Grant};
 
 use self::admission::{Decision, Facts, Held};
