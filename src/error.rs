@@ -119,6 +119,31 @@ pub enum LocalError {
         /// The app's own token paths.
         own: &'static str,
     },
+    /// The path has no normal form every server agrees on.
+    #[error("the path cannot be served as sent: it holds {0}; send the plain path")]
+    BadPath(#[from] crate::forward::route::BadPath),
+    /// A web browser sent the request.
+    #[error("refused a request sent by a web browser (Origin or Sec-Fetch-Site): the proxy serves application servers; call it from your backend, never from a page")]
+    Browser,
+    /// A loopback listener was reached under a name that is not loopback.
+    #[error("refused Host: this listener is on a loopback address and serves only localhost, 127.0.0.1 and [::1]; another name is how a web page reaches it (DNS rebinding)")]
+    ForeignHost,
+    /// A login that needs an account's own AppSecret, under a platform.
+    #[error("{platform}: {path} needs the account's own AppSecret; a platform logs users in with /{platform}/sns/component/jscode2session and /{platform}/sns/oauth2/component/access_token")]
+    AuthorizerLogin {
+        /// The platform's name.
+        platform: String,
+        /// The path after the authorizer's appid.
+        path: String,
+    },
+    /// An answer that can hold credentials could not be scrubbed.
+    #[error("{app}: WeChat's answer was withheld: {reason}")]
+    Unscrubbable {
+        /// The app's name.
+        app: String,
+        /// Why it could not be scrubbed.
+        reason: &'static str,
+    },
     /// WeChat's answer stopped arriving mid-body.
     #[error("{app}: WeChat's answer stopped arriving for {ms} ms")]
     UpstreamStalled {
@@ -151,6 +176,11 @@ impl LocalError {
             LocalError::Secret { .. } => (StatusCode::FORBIDDEN, -1),
             LocalError::TokenPath { .. } => (StatusCode::NOT_FOUND, -1),
             LocalError::UpstreamStalled { .. } => (StatusCode::GATEWAY_TIMEOUT, -1),
+            LocalError::BadPath(_) => (StatusCode::BAD_REQUEST, -1),
+            LocalError::Browser => (StatusCode::FORBIDDEN, -1),
+            LocalError::ForeignHost => (StatusCode::MISDIRECTED_REQUEST, -1),
+            LocalError::AuthorizerLogin { .. } => (StatusCode::NOT_FOUND, -1),
+            LocalError::Unscrubbable { .. } => (StatusCode::BAD_GATEWAY, -1),
         }
     }
 

@@ -25,30 +25,32 @@ use serde_json::json;
 use crate::config::{AppConfig, AppKind};
 use crate::error::json_response;
 use crate::forward::body::ProxyBody;
+use crate::forward::route::Local;
 use crate::ticket::{Kind, Ticket, TicketError, Tickets};
 
-/// Answers `path` locally if it is a ticket call or a JS-SDK path; `None`
-/// lets the request go on to WeChat. Called after the client key and the
-/// app's path policy were checked.
+/// Answers a ticket call or a JS-SDK path (`local`, from the route table)
+/// here; `None` lets the request go on to WeChat (a ticket of a type the
+/// proxy does not hold). Called after the client key and the app's path
+/// policy were checked.
 pub async fn answer(
     app: &AppConfig,
     tickets: &Tickets,
     parts: &Parts,
     path: &str,
+    local: Local,
 ) -> Option<Response<ProxyBody>> {
     let app = &App {
         config: app,
         tickets,
     };
-    let query = parts.uri.query();
-    let signed = match path {
-        "/jssdk/config" => match app.config.kind {
+    let signed = match local {
+        Local::JssdkConfig => match app.config.kind {
             AppKind::Mp => Kind::Jsapi,
             AppKind::Wecom => Kind::Corp,
         },
-        "/jssdk/agent-config" => Kind::Agent,
-        _ => {
-            let kind = Kind::asked_by(app.config.kind, path, query)?;
+        Local::JssdkAgentConfig => Kind::Agent,
+        Local::Ticket => {
+            let kind = Kind::asked_by(app.config.kind, path, parts.uri.query())?;
             return Some(match ticket(app, kind).await {
                 Ok(ticket) => no_store(json_response(
                     StatusCode::OK,
@@ -63,6 +65,7 @@ pub async fn answer(
                 Err(e) => unavailable(app, kind, &e),
             });
         }
+        Local::Placeholder(_) => return None,
     };
     Some(config(app, parts, signed).await)
 }

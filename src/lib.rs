@@ -237,6 +237,7 @@ pub async fn run(
 
     log_listening("proxy", &listeners.proxy);
     log_listening("admin", &listeners.admin);
+    let admin_hosts = inbound::host::Hosts::of(config.proxy.admin_listen);
     let proxy_server = tokio::spawn(inbound::server::serve(
         "proxy",
         listeners.proxy,
@@ -256,7 +257,13 @@ pub async fn run(
         listeners.admin,
         move |request| {
             let admin = admin.clone();
-            async move { admin.handle(request).await }
+            async move {
+                let (parts, body) = request.into_parts();
+                if let Err(refused) = admin_hosts.check(&parts) {
+                    return refused.into_response();
+                }
+                admin.handle(http::Request::from_parts(parts, body)).await
+            }
         },
         admin_stop_rx,
         grace,

@@ -156,7 +156,7 @@ async fn every_request_on_either_listener_is_answered() {
         let mut conn = RawConn::connect(addr).await;
         let body = if method == "POST" { "{}" } else { "" };
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: proxy\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         conn.send(request.as_bytes()).await.unwrap();

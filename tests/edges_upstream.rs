@@ -64,7 +64,7 @@ async fn an_upload_that_keeps_flowing_outlasts_the_request_timeout() {
     let mut conn = RawConn::connect(h.proxy.addr).await;
 
     conn.send(
-        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
     )
     .await
     .unwrap();
@@ -94,7 +94,7 @@ async fn a_stalled_streamed_upload_is_still_cut_off() {
     let mut conn = RawConn::connect(h.proxy.addr).await;
 
     conn.send(
-        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: proxy\r\nContent-Length: 100000\r\n\r\n",
+        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n",
     )
     .await
     .unwrap();

@@ -69,7 +69,7 @@ async fn clients_vanishing_mid_upload_leak_nothing() {
     for _ in 0..20 {
         let mut conn = RawConn::connect(h.proxy.addr).await;
         let head = format!(
-            "POST /cgi-bin/media/upload HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+            "POST /cgi-bin/media/upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
         );
         conn.send(head.as_bytes()).await.unwrap();
         // A quarter of the body, past the replay buffer, then the client is gone.

@@ -65,7 +65,7 @@ async fn a_declared_body_over_the_limit_is_413_before_a_byte_is_read() {
     let mut conn = RawConn::connect(h.proxy.addr).await;
 
     conn.send(
-        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: proxy\r\nContent-Length: 100001\r\n\r\n",
+        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100001\r\n\r\n",
     )
     .await
     .unwrap();
@@ -87,7 +87,7 @@ fn chunk(len: usize) -> Vec<u8> {
     out
 }
 
-const CHUNKED_POST: &[u8] = b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+const CHUNKED_POST: &[u8] = b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chunked_body_over_the_limit_is_413_while_it_is_read() {
@@ -237,7 +237,7 @@ async fn an_upload_that_stalls_is_408() {
     let h = with_proxy_lines(&["idle_timeout_ms = 500"]).await;
     let mut conn = RawConn::connect(h.proxy.addr).await;
 
-    conn.send(b"POST /cgi-bin/message/custom/send HTTP/1.1\r\nHost: proxy\r\nContent-Length: 1000\r\n\r\n{\"touser\":")
+    conn.send(b"POST /cgi-bin/message/custom/send HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{\"touser\":")
         .await
         .unwrap();
 

@@ -9,17 +9,21 @@
 //!   than the app's WeChat host: the token must not go to, or be used for,
 //!   another service. Old HTTP clients behind `HTTPS_PROXY` send the app's
 //!   own host this way, and that is served.
-//! - Anything carrying an AppSecret: a token request of the other app kind,
-//!   the third-party platform's component token, or a `secret`-like query
-//!   parameter on any path. The proxy holds the secret; callers never need
-//!   to send one, and one sent by mistake must not reach WeChat's logs.
+//! - Anything carrying an AppSecret: a `secret`-like query parameter on any
+//!   path (on a login route, the client's `secret` is dropped and the app's
+//!   placed). The proxy holds the secret; callers never need to send one,
+//!   and one sent by mistake must not reach WeChat's logs. (Token requests
+//!   of another kind are refused by the route table.)
+//! - A request a web browser sent: a page on any site could otherwise make
+//!   the user's browser call the proxy with the app's token.
 
 use http::request::Parts;
-use http::Method;
+use http::{header, Method};
 
-use crate::config::{AppConfig, AppKind};
+use crate::config::AppConfig;
 use crate::error::LocalError;
 use crate::forward::query;
+use crate::forward::route::Place;
 
 /// Query parameters that carry an AppSecret in WeChat's APIs.
 const SECRET_PARAMS: [&str; 4] = ["secret", "corpsecret", "appsecret", "component_appsecret"];
@@ -50,30 +54,15 @@ pub fn target(app: &AppConfig, parts: &Parts) -> Result<(), LocalError> {
     })
 }
 
-/// Refuses a request that carries an AppSecret or asks for a token the app
-/// does not use. `path` is after the app prefix; the app's own token paths
-/// were answered with the placeholder before this.
-pub fn secrets(app: &AppConfig, path: &str, parts: &Parts) -> Result<(), LocalError> {
-    let own = match app.kind {
-        AppKind::Mp => "/cgi-bin/token or /cgi-bin/stable_token",
-        AppKind::Wecom => "/cgi-bin/gettoken",
+/// Refuses a request that carries an AppSecret. On a login route the proxy
+/// places the app's `secret` itself, so a client's `secret` there is
+/// dropped rather than refused (`place` says which).
+pub fn secrets(app: &AppConfig, place: Place, parts: &Parts) -> Result<(), LocalError> {
+    let dropped = match place {
+        Place::AppSecret => Some("secret"),
+        _ => None,
     };
-    let token_path = matches!(
-        path,
-        "/cgi-bin/token"
-            | "/cgi-bin/stable_token"
-            | "/cgi-bin/gettoken"
-            | "/cgi-bin/component/api_component_token"
-    );
-    if token_path {
-        return Err(LocalError::TokenPath {
-            app: app.name.clone(),
-            kind: app.kind.as_str(),
-            path: path.to_owned(),
-            own,
-        });
-    }
-    if let Some(name) = parts.uri.query().and_then(secret_param) {
+    if let Some(name) = parts.uri.query().and_then(|q| secret_param(q, dropped)) {
         return Err(LocalError::Secret {
             app: app.name.clone(),
             param: name,
@@ -82,13 +71,26 @@ pub fn secrets(app: &AppConfig, path: &str, parts: &Parts) -> Result<(), LocalEr
     Ok(())
 }
 
-/// The first `secret`-like parameter name in `query`, however encoded.
-fn secret_param(query: &str) -> Option<&'static str> {
+/// Refuses a request a web browser sent: it carries `Origin`, or a
+/// `Sec-Fetch-Site` other than `none` (a URL typed in). SDKs and servers send
+/// neither, and a page on any site must not spend the app's token.
+pub fn browser(parts: &Parts) -> Result<(), LocalError> {
+    let site = parts.headers.get("sec-fetch-site");
+    if parts.headers.contains_key(header::ORIGIN) || site.is_some_and(|v| v != "none") {
+        return Err(LocalError::Browser);
+    }
+    Ok(())
+}
+
+/// The first `secret`-like parameter name in `query`, however encoded,
+/// other than `dropped`.
+fn secret_param(query: &str, dropped: Option<&str>) -> Option<&'static str> {
     query.split('&').find_map(|part| {
         let name = part.split_once('=').map_or(part, |(n, _)| n);
         SECRET_PARAMS.into_iter().find(|want| {
-            name.eq_ignore_ascii_case(want)
-                || (name.contains('%') && query::decoded_eq(name, want.as_bytes()))
+            Some(*want) != dropped
+                && (name.eq_ignore_ascii_case(want)
+                    || (name.contains('%') && query::decoded_eq(name, want.as_bytes())))
         })
     })
 }
@@ -99,14 +101,19 @@ mod tests {
 
     #[test]
     fn secret_parameters_are_found_however_spelled() {
-        assert_eq!(secret_param("appid=x&secret=y"), Some("secret"));
-        assert_eq!(secret_param("corpsecret"), Some("corpsecret"));
-        assert_eq!(secret_param("a=1&secr%65t=y"), Some("secret"));
-        assert_eq!(secret_param("SECRET=y"), Some("secret"));
+        assert_eq!(secret_param("appid=x&secret=y", None), Some("secret"));
+        assert_eq!(secret_param("corpsecret", None), Some("corpsecret"));
+        assert_eq!(secret_param("a=1&secr%65t=y", None), Some("secret"));
+        assert_eq!(secret_param("SECRET=y", None), Some("secret"));
         assert_eq!(
-            secret_param("component_appsecret=z"),
+            secret_param("component_appsecret=z", None),
             Some("component_appsecret")
         );
-        assert_eq!(secret_param("secret_key=1&secrets=2&x=secret"), None);
+        assert_eq!(secret_param("secret_key=1&secrets=2&x=secret", None), None);
+        assert_eq!(secret_param("secret=y&SECRET=z", Some("secret")), None);
+        assert_eq!(
+            secret_param("secret=y&appsecret=z", Some("secret")),
+            Some("appsecret")
+        );
     }
 }

@@ -7,5 +7,6 @@ pub mod inspect;
 pub mod policy;
 pub mod proxy;
 pub mod query;
+pub mod route;
 pub mod scrub;
 pub mod upstream;

@@ -12,13 +12,15 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::config::{AppConfig, AppKind, Config};
+use crate::config::{AppConfig, AppKind, Config, Secret};
 use crate::error::{json_response, with_causes, LocalError};
 use crate::forward::body::{buffer_up_to, Buffered, ProxyBody, Stalled};
 use crate::forward::inspect::{self, INSPECT_LIMIT};
+use crate::forward::route::{self, Action, Local, Place, Placeholder, Refuse, Scope, Scrub};
 use crate::forward::upstream::{Error as ClientError, HttpClient};
 use crate::forward::{guard, query, scrub};
 use crate::inbound::auth::{self, InboundKey};
+use crate::inbound::host::Hosts;
 use crate::inbound::limits::{self, BodyTooLarge, Cap};
 use crate::inbound::linger::Linger;
 use crate::metrics::{AppMetrics, Metrics};
@@ -68,6 +70,8 @@ pub struct Proxy {
     body_timeout: Duration,
     /// For the connect-timeout answer.
     connect_timeout: Duration,
+    /// The `Host` names the listener answers to.
+    hosts: Hosts,
 }
 
 /// What a request came to, for the access log.
@@ -96,6 +100,7 @@ impl Proxy {
             max_body: config.proxy.limits.max_body_bytes,
             body_timeout: config.proxy.limits.idle_timeout,
             connect_timeout: config.upstream.connect_timeout,
+            hosts: Hosts::of(config.proxy.listen),
         }
     }
 
@@ -154,6 +159,8 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, LocalError> {
         guard::method(parts)?;
+        self.hosts.check(parts)?;
+        guard::browser(parts)?;
         if self
             .client_key
             .as_ref()
@@ -164,35 +171,21 @@ impl Proxy {
         if limits::declared_too_large(&parts.headers, self.max_body) {
             return Err(BodyTooLarge(self.max_body).into());
         }
-        let (index, path) = self.route(parts.uri.path())?;
+        let normal = route::normalize(parts.uri.path())?;
+        let (index, path) = self.app_for(&normal)?;
         outcome.app = Some(index);
         let app = &self.apps[index];
         guard::target(&app.config, parts)?;
-        // A platform path names the credential: its component token, or an
-        // authorizer's token (answered here for the token endpoints).
-        // Borrowed for an app (the common case: no reference count touched
-        // per request); a platform's route hands out the manager it picked.
-        let routed;
-        let (tokens, path, param) = match &app.platform {
-            None => (&app.tokens, path, "access_token"),
-            Some(platform) => match platform.route(path).await? {
-                crate::platform::Routed::Answer(answer) => return Ok(answer),
-                crate::platform::Routed::Forward {
-                    tokens,
-                    path,
-                    param,
-                } => {
-                    routed = tokens;
-                    (&routed, path, param)
-                }
-            },
+        let (action, path, authorizer) = classify(app, path).await?;
+        let (place, scrub) = match action {
+            // Before the policy: the placeholder carries no credential, and
+            // SDKs cannot start without it.
+            Action::Local(Local::Placeholder(kind)) => return Ok(placeholder(kind)),
+            Action::Refuse(why) => return Err(refusal(app, why, path)),
+            Action::Forward { place, scrub } => (place, scrub),
+            Action::Local(_) => (Place::AccessToken, Scrub::Placed),
         };
-        // Before the policy: the placeholder carries no credential, and SDKs
-        // cannot start without it.
-        if let Some(answer) = placeholder_answer(app.config.kind, path) {
-            return Ok(answer);
-        }
-        guard::secrets(&app.config, path, parts)?;
+        guard::secrets(&app.config, place, parts)?;
         app.config
             .policy
             .check(path)
@@ -200,16 +193,36 @@ impl Proxy {
                 app: app.config.name.clone(),
                 refusal,
             })?;
-        if app.platform.is_none() {
-            if let Some(answer) = crate::jssdk::answer(&app.config, &app.tickets, parts, path).await
+        if let Action::Local(local) = action {
+            if let Some(answer) =
+                crate::jssdk::answer(&app.config, &app.tickets, parts, path, local).await
             {
                 return Ok(answer);
             }
         }
-        let token = tokens
-            .token()
-            .await
-            .map_err(|e| token_unavailable(tokens, e))?;
+        // The credential's source: an authorizer's token, the app's (or a
+        // platform's component) token, or none (a login takes the secret or
+        // the user's own token). Borrowed for an app: no reference count
+        // touched per request.
+        let tokens = match place {
+            Place::AccessToken => Some(authorizer.as_ref().unwrap_or(&app.tokens)),
+            Place::ComponentToken | Place::ComponentLogin => Some(&app.tokens),
+            Place::AppSecret | Place::Nothing => None,
+        };
+        let token = match tokens {
+            Some(tokens) => Some(
+                tokens
+                    .token()
+                    .await
+                    .map_err(|e| token_unavailable(tokens, e))?,
+            ),
+            None => None,
+        };
+        let secret = (place == Place::AppSecret).then(|| app.tokens.secret());
+        let placed = Placed {
+            token: token.as_deref(),
+            secret: secret.as_deref(),
+        };
 
         let Some(body) = body.take() else {
             return Err(LocalError::ClientBody(
@@ -221,13 +234,18 @@ impl Proxy {
             app,
             parts,
             path,
-            param,
+            place,
         };
         let response = self
-            .send(&request, &token, body, replay.as_ref(), ended)
+            .send(&request, placed, body, replay.as_ref(), ended)
             .await?;
-        let (response, errcode) = self.inspect(app, path, response, &[token.value()]).await?;
+        let (response, errcode) = self
+            .inspect(app, scrub, response, &[placed.value()])
+            .await?;
         outcome.errcode = errcode;
+        let (Some(tokens), Some(token)) = (tokens, token) else {
+            return Ok(response);
+        };
         if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
             token.accepted();
             return Ok(response);
@@ -247,10 +265,14 @@ impl Proxy {
         };
         outcome.retried = true;
         app.metrics.retry();
+        let placed = Placed {
+            token: Some(&fresh),
+            secret: None,
+        };
         let retry = self
             .send(
                 &request,
-                &fresh,
+                placed,
                 ProxyBody::full(replay.clone()),
                 Some(&replay),
                 None,
@@ -258,21 +280,18 @@ impl Proxy {
             .await?;
         // The answer may quote either token: the one sent, or the one it replaced.
         let (retry, errcode) = self
-            .inspect(app, path, retry, &[fresh.value(), token.value()])
+            .inspect(app, scrub, retry, &[fresh.value(), token.value()])
             .await?;
         outcome.errcode = errcode;
         Ok(retry)
     }
 
-    /// Picks the app by the first path segment, else the default app.
-    /// Returns the app's index and the path to forward.
-    fn route<'p>(&self, path: &'p str) -> Result<(usize, &'p str), LocalError> {
-        let after = path.strip_prefix('/').unwrap_or(path);
-        let end = after.find('/').unwrap_or(after.len());
-        let segment = &after[..end];
+    /// Picks the app by the first segment of the normalized path, else the
+    /// default app. Returns the app's index and the path after its prefix.
+    fn app_for<'p>(&self, path: &'p str) -> Result<(usize, &'p str), LocalError> {
+        let (segment, rest) = first_segment(path);
         if let Some(i) = self.apps.iter().position(|a| a.config.name == segment) {
-            let rest = &after[end..];
-            return Ok((i, if rest.is_empty() { "/" } else { rest }));
+            return Ok((i, rest));
         }
         match self.default_app {
             Some(i) => Ok((i, path)),
@@ -330,20 +349,20 @@ impl Proxy {
     async fn send(
         &self,
         request: &Forward<'_>,
-        token: &Token,
+        placed: Placed<'_>,
         body: ProxyBody,
         replay: Option<&Bytes>,
         ended: Option<oneshot::Receiver<()>>,
     ) -> Result<Response<Incoming>, LocalError> {
         let client = &request.app.client;
         let sent = Instant::now();
-        let answer = client.request(request.build(token, body)?);
+        let answer = client.request(request.build(placed, body)?);
         let mut answer = self.wait(answer, ended).await;
         let stale = matches!(&answer, Ok(Err(e)) if e.reused() && closed_unanswered(e));
         if stale {
             if let Some(replay) = replay {
                 tracing::debug!(app = %request.app.config.name, "a pooled connection closed unanswered; sending again on a new one");
-                let again = request.build(token, ProxyBody::full(replay.clone()))?;
+                let again = request.build(placed, ProxyBody::full(replay.clone()))?;
                 answer = self.wait(client.request_fresh(again), None).await;
             }
         }
@@ -404,19 +423,30 @@ impl Proxy {
 
     /// Reads the errcode of a small JSON-ish answer; streams anything else,
     /// failing it if WeChat pauses longer than `request_timeout`. Any of
-    /// `tokens` in the headers or in a body read here is replaced
-    /// ([`scrub`]).
+    /// `placed` in the headers or in a body read here is replaced; on a
+    /// route whose answers can hold other credentials ([`Scrub::Fields`])
+    /// the whole body is read and scrubbed by field ([`scrub`]).
     async fn inspect(
         &self,
         app: &App,
-        path: &str,
+        scrub: Scrub,
         response: Response<Incoming>,
-        tokens: &[&str],
+        placed: &[&str],
     ) -> Result<(Response<ProxyBody>, Option<i64>), LocalError> {
         let (mut parts, body) = response.into_parts();
+        // The client sees the status code's own reason, not one the
+        // upstream chose (it could quote anything).
+        parts.extensions.remove::<hyper::ext::ReasonPhrase>();
         strip_hop_by_hop(&mut parts.headers);
-        scrub::headers(&mut parts.headers, tokens);
-        if !worth_inspecting(&parts.headers) {
+        scrub::headers(&mut parts.headers, placed);
+        let fields = scrub == Scrub::Fields;
+        if fields && parts.headers.contains_key(header::CONTENT_ENCODING) {
+            return Err(LocalError::Unscrubbable {
+                app: app.config.name.clone(),
+                reason: "it came encoded (Content-Encoding), so its credentials cannot be replaced",
+            });
+        }
+        if !fields && !worth_inspecting(&parts.headers) {
             let body = ProxyBody::Stream {
                 prefix: None,
                 rest: body,
@@ -428,10 +458,10 @@ impl Proxy {
             app: app.config.name.clone(),
             ms: self.request_timeout.as_millis(),
         };
-        let buffered =
-            tokio::time::timeout(self.request_timeout, buffer_up_to(body, INSPECT_LIMIT))
-                .await
-                .map_err(|_| stalled())?;
+        let limit = if fields { SCRUB_LIMIT } else { INSPECT_LIMIT };
+        let buffered = tokio::time::timeout(self.request_timeout, buffer_up_to(body, limit))
+            .await
+            .map_err(|_| stalled())?;
         match buffered {
             Ok(Buffered::Complete(bytes)) => {
                 let errcode = inspect::looks_like_json(&bytes)
@@ -440,10 +470,10 @@ impl Proxy {
                 if let Some(code) = errcode {
                     app.metrics.errcode(code);
                 }
-                let mut clean = scrub::body(&bytes, tokens);
-                if path == scrub::RID_GET {
-                    clean = scrub::quoted_queries(clean.as_deref().unwrap_or(&bytes)).or(clean);
-                }
+                let clean = match scrub {
+                    Scrub::Placed => scrub::body(&bytes, placed),
+                    Scrub::Fields => scrub::credentials(&bytes, placed),
+                };
                 let bytes = match clean {
                     Some(clean) => {
                         parts
@@ -455,6 +485,10 @@ impl Proxy {
                 };
                 Ok((Response::from_parts(parts, ProxyBody::full(bytes)), errcode))
             }
+            Ok(Buffered::Partial(_)) if fields => Err(LocalError::Unscrubbable {
+                app: app.config.name.clone(),
+                reason: "it is larger than 16 MiB, too large to read for credentials",
+            }),
             Ok(Buffered::Partial(body)) => {
                 let body = body.paced(self.request_timeout, None);
                 Ok((Response::from_parts(parts, body), None))
@@ -471,39 +505,85 @@ impl Proxy {
 struct Forward<'a> {
     app: &'a App,
     parts: &'a Parts,
-    /// The path after the app prefix.
+    /// The path after the app prefix, in normal form.
     path: &'a str,
-    /// The query parameter the token goes in.
-    param: &'static str,
+    /// Which credential goes where.
+    place: Place,
+}
+
+/// The credential one attempt places: a token, or the app's AppSecret.
+#[derive(Clone, Copy)]
+struct Placed<'a> {
+    token: Option<&'a Token>,
+    secret: Option<&'a Secret>,
+}
+
+impl Placed<'_> {
+    /// The credential's value, to scrub from the answer ("" when none).
+    fn value(&self) -> &str {
+        match (self.token, self.secret) {
+            (Some(token), _) => token.value(),
+            (None, Some(secret)) => secret.expose(),
+            (None, None) => "",
+        }
+    }
 }
 
 impl Forward<'_> {
     /// One attempt's upstream request.
-    fn build(&self, token: &Token, body: ProxyBody) -> Result<Request<ProxyBody>, LocalError> {
+    fn build(&self, placed: Placed<'_>, body: ProxyBody) -> Result<Request<ProxyBody>, LocalError> {
         let mut upstream = Request::new(body);
         *upstream.method_mut() = self.parts.method.clone();
-        *upstream.uri_mut() = self.uri(token)?;
+        *upstream.uri_mut() = self.uri(placed)?;
         *upstream.headers_mut() =
             forward_headers(&self.parts.headers, &self.app.config.base_url.host);
         Ok(upstream)
     }
 
     /// The upstream URI: the app's base URL, the path, the client's query
-    /// without its `access_token`, and the real token.
-    fn uri(&self, token: &Token) -> Result<Uri, LocalError> {
+    /// without the parameters the proxy places, and those parameters.
+    fn uri(&self, placed: Placed<'_>) -> Result<Uri, LocalError> {
         let base = &self.app.config.base_url;
         let query = self.parts.uri.query();
+        let value = placed.value();
         let mut pq = String::with_capacity(
-            base.path.len()
-                + self.path.len()
-                + query.map_or(0, str::len)
-                + token.value().len()
-                + 16,
+            base.path.len() + self.path.len() + query.map_or(0, str::len) + value.len() + 64,
         );
         pq.push_str(&base.path);
         pq.push_str(self.path);
         pq.push('?');
-        query::with_param(query, self.param, token.value(), &mut pq);
+        let appid = self.app.config.appid.as_str();
+        match self.place {
+            Place::AccessToken => query::with_param(query, "access_token", value, &mut pq),
+            Place::ComponentToken => {
+                query::with_param(query, "component_access_token", value, &mut pq)
+            }
+            Place::ComponentLogin => query::rewrite(
+                query,
+                &["component_appid", "component_access_token"],
+                &[
+                    ("component_appid", appid),
+                    ("component_access_token", value),
+                ],
+                &mut pq,
+            ),
+            // Exactly one of each, whatever the client sent: WeChat takes
+            // the first of a repeated parameter, another server the last.
+            Place::AppSecret => query::rewrite(
+                query,
+                &["appid", "secret", "grant_type", "access_token"],
+                &[
+                    ("appid", appid),
+                    ("secret", value),
+                    ("grant_type", "authorization_code"),
+                ],
+                &mut pq,
+            ),
+            Place::Nothing => query::rewrite(query, &[], &[], &mut pq),
+        }
+        if pq.ends_with('?') {
+            pq.pop();
+        }
         Uri::builder()
             .scheme(base.scheme.clone())
             .authority(base.authority.clone())
@@ -511,10 +591,69 @@ impl Forward<'_> {
             .build()
             // Only a token with bytes a URI cannot hold gets here, and those
             // are percent-encoded; so this is a path hyper let in but `http`
-            // refuses. Do not echo it: it may carry the token.
+            // refuses. Do not echo it: it may carry a credential.
             .map_err(|_| LocalError::ClientBody("the request path cannot be forwarded".into()))
     }
 }
+
+/// What the route table says of `path` (after the app prefix) for `app`;
+/// for a platform path that names an authorizer, the path after its appid
+/// and the authorizer's token.
+async fn classify<'p>(
+    app: &App,
+    path: &'p str,
+) -> Result<(Action, &'p str, Option<Arc<TokenManager>>), LocalError> {
+    let Some(platform) = &app.platform else {
+        let scope = match app.config.kind {
+            AppKind::Mp => Scope::Mp,
+            AppKind::Wecom => Scope::Wecom,
+        };
+        let action = route::classify(scope, path).unwrap_or(route::FORWARD);
+        return Ok((action, path, None));
+    };
+    if let Some(action) = route::classify(Scope::Platform, path) {
+        return Ok((action, path, None));
+    }
+    let (appid, rest) = first_segment(path);
+    let tokens = platform.authorizer_tokens(appid).await?;
+    let action = route::classify(Scope::Authorizer, rest).unwrap_or(route::FORWARD);
+    Ok((action, rest, Some(tokens)))
+}
+
+/// The first segment of `path` and the path after it (`/` when nothing is).
+fn first_segment(path: &str) -> (&str, &str) {
+    let after = path.strip_prefix('/').unwrap_or(path);
+    let end = after.find('/').unwrap_or(after.len());
+    let rest = &after[end..];
+    (&after[..end], if rest.is_empty() { "/" } else { rest })
+}
+
+/// The 4xx answer of a refused route.
+fn refusal(app: &App, why: Refuse, path: &str) -> LocalError {
+    match why {
+        Refuse::TokenPath => LocalError::TokenPath {
+            app: app.config.name.clone(),
+            kind: match app.platform {
+                Some(_) => "platform",
+                None => app.config.kind.as_str(),
+            },
+            path: path.to_owned(),
+            own: match (app.platform.is_some(), app.config.kind) {
+                (true, _) => "/cgi-bin/component/api_component_token",
+                (false, AppKind::Mp) => "/cgi-bin/token or /cgi-bin/stable_token",
+                (false, AppKind::Wecom) => "/cgi-bin/gettoken",
+            },
+        },
+        Refuse::AuthorizerLogin => LocalError::AuthorizerLogin {
+            platform: app.config.name.clone(),
+            path: path.to_owned(),
+        },
+    }
+}
+
+/// The largest answer read whole to be scrubbed by field: WeChat's largest
+/// such answers (an authorizer list page of 500) are ~75 KB.
+const SCRUB_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Media, images and downloads are never inspected, whatever their size.
 fn worth_inspecting(headers: &HeaderMap) -> bool {
@@ -538,23 +677,32 @@ fn worth_inspecting(headers: &HeaderMap) -> bool {
     !binary && !large
 }
 
-/// The token requests SDKs make on their own, answered with a placeholder so
-/// they work unmodified without the secret.
-fn placeholder_answer(kind: AppKind, path: &str) -> Option<Response<ProxyBody>> {
-    let body = match (kind, path) {
-        (AppKind::Mp, "/cgi-bin/token" | "/cgi-bin/stable_token") => serde_json::json!({
+/// The answer to a token request an SDK makes on its own: the placeholder,
+/// in the shape of the endpoint asked, so it works unmodified without the
+/// secret.
+fn placeholder(kind: Placeholder) -> Response<ProxyBody> {
+    let body = match kind {
+        Placeholder::AccessToken => serde_json::json!({
             "access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        (AppKind::Wecom, "/cgi-bin/gettoken") => serde_json::json!({
+        Placeholder::WecomToken => serde_json::json!({
             "errcode": 0,
             "errmsg": "ok",
             "access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        _ => return None,
+        Placeholder::ComponentToken => serde_json::json!({
+            "component_access_token": PLACEHOLDER_TOKEN,
+            "expires_in": 7200,
+        }),
+        Placeholder::AuthorizerToken => serde_json::json!({
+            "authorizer_access_token": PLACEHOLDER_TOKEN,
+            "expires_in": 7200,
+            "authorizer_refresh_token": PLACEHOLDER_TOKEN,
+        }),
     };
-    Some(json_response(StatusCode::OK, "placeholder", &body))
+    json_response(StatusCode::OK, "placeholder", &body)
 }
 
 /// Whether an I/O timeout is among the error's causes.
@@ -615,14 +763,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// The client's headers as sent upstream: hop-by-hop headers and the proxy
-/// key dropped, `Host` set to the upstream's.
+/// The client's headers as sent upstream: hop-by-hop headers, the proxy key
+/// and `Accept-Encoding` dropped, `Host` set to the upstream's.
 fn forward_headers(client: &HeaderMap, host: &http::HeaderValue) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
     // The caller's key for this proxy is not WeChat's business.
     auth::strip(&mut headers);
     headers.insert(header::HOST, host.clone());
+    // A compressed answer could be neither read for its errcode nor
+    // scrubbed: WeChat is asked for plain bytes.
+    headers.remove(header::ACCEPT_ENCODING);
     headers
 }
 

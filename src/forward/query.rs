@@ -9,18 +9,35 @@ pub fn with_token(query: Option<&str>, token: &str, out: &mut String) {
 
 /// [`with_token`] for another parameter (`component_access_token`).
 pub fn with_param(query: Option<&str>, param: &str, token: &str, out: &mut String) {
-    if let Some(query) = query {
-        for part in query.split('&') {
-            if part.is_empty() || names(part, param) {
-                continue;
-            }
-            out.push_str(part);
+    rewrite(query, &[param], &[(param, token)], out);
+}
+
+/// Appends to `out` the query `query` without the parameters named in
+/// `drop` (however percent-encoded), followed by the pairs of `add` (values
+/// percent-encoded where needed). Every other parameter is kept byte for
+/// byte and in order.
+pub fn rewrite(query: Option<&str>, drop: &[&str], add: &[(&str, &str)], out: &mut String) {
+    let mut first = true;
+    let mut separate = |out: &mut String| {
+        if !std::mem::take(&mut first) {
             out.push('&');
         }
+    };
+    if let Some(query) = query {
+        for part in query.split('&') {
+            if part.is_empty() || drop.iter().any(|param| names(part, param)) {
+                continue;
+            }
+            separate(out);
+            out.push_str(part);
+        }
     }
-    out.push_str(param);
-    out.push('=');
-    encode_into(token, out);
+    for (name, value) in add {
+        separate(out);
+        out.push_str(name);
+        out.push('=');
+        encode_into(value, out);
+    }
 }
 
 /// Whether a `name=value` pair names `param`, however the client
@@ -128,6 +145,24 @@ mod tests {
             rewrite(Some("access_tokens=1")),
             "access_tokens=1&access_token=TOK"
         );
+    }
+
+    #[test]
+    fn a_rewrite_drops_every_spelling_of_its_names_and_adds_its_pairs() {
+        let mut s = String::new();
+        super::rewrite(
+            Some("appid=x&js_code=C&secr%65t=s&grant_type=g&a"),
+            &["appid", "secret", "grant_type"],
+            &[("appid", "wx1"), ("secret", "s+/")],
+            &mut s,
+        );
+        assert_eq!(s, "js_code=C&a&appid=wx1&secret=s%2B%2F");
+        let mut s = String::new();
+        super::rewrite(Some("a=1&b=2"), &["b"], &[], &mut s);
+        assert_eq!(s, "a=1");
+        let mut s = String::new();
+        super::rewrite(None, &[], &[], &mut s);
+        assert_eq!(s, "");
     }
 
     #[test]

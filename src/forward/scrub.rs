@@ -1,19 +1,21 @@
-//! Tokens never go back to callers: every token the proxy injected into a
-//! request is replaced by the placeholder in the answer's headers and in
-//! every body the proxy holds in memory anyway (small JSON it inspects).
+//! Credentials never go back to callers.
 //!
-//! An upstream has many ways to echo the token it was sent: a `Location` or
-//! `Set-Cookie` header, a URL in a small JSON answer, and WeChat's own
-//! `rid/get`, whose `request_url` is the query of an earlier call. A caller
-//! holding that token could use it without the proxy, after its key is
-//! revoked. The check is one substring search per token over bytes already
-//! in memory; nothing is copied unless a token is found.
+//! Every answer: each credential the proxy placed in the request (a token,
+//! an AppSecret) is replaced by the placeholder in the headers and in every
+//! body the proxy holds in memory anyway (small JSON it inspects). An
+//! upstream has many ways to echo what it was sent: a `Location` or
+//! `Set-Cookie` header, a URL in a small JSON answer. The check is one
+//! substring search per credential over bytes already in memory; nothing is
+//! copied unless one is found.
 //!
-//! `rid/get` is scrubbed, not refused: its record is how callers debug a
-//! failed call. Its `request_url` may carry an older token than the ones
-//! this request used (a classic token stays valid for a while after a new
-//! one is fetched), so there every `access_token=` value is replaced,
-//! whatever it is.
+//! Answers on routes that can hold credentials the proxy never placed (the
+//! route table marks them: a platform's component APIs, `rid/get`) are read
+//! whole, whatever their size, and lose the value of every credential field
+//! ([`FIELDS`], also inside JSON quoted in a string) and every credential in
+//! a quoted query (`rid/get`'s `request_url` is the query of an earlier
+//! call, which may carry an older token than this request used). They are
+//! scrubbed, not refused: `rid/get`'s record is how callers debug a failed
+//! call, the authorizer list how a platform learns its accounts.
 
 use std::cell::RefCell;
 
@@ -23,8 +25,34 @@ use memchr::memmem;
 
 use crate::wechat::PLACEHOLDER_TOKEN;
 
-/// The path of WeChat's `rid/get`, whose answer quotes an earlier query.
-pub const RID_GET: &str = "/cgi-bin/openapi/rid/get";
+/// JSON fields whose string value is a credential, in WeChat's answers and
+/// requests (a request's body is quoted in `rid/get`'s record).
+pub const FIELDS: [&str; 14] = [
+    "access_token",
+    "authorizer_access_token",
+    "authorizer_refresh_token",
+    "refresh_token",
+    "component_access_token",
+    "component_verify_ticket",
+    "component_appsecret",
+    "appsecret",
+    "secret",
+    "corpsecret",
+    "suite_access_token",
+    "suite_ticket",
+    "provider_access_token",
+    "permanent_code",
+];
+
+/// Query parameters whose value is a credential, found by their ending
+/// (`access_token=` finds `component_access_token=` too).
+const QUERY_PARAMS: [&[u8]; 5] = [
+    b"access_token=",
+    b"refresh_token=",
+    b"secret=",
+    b"component_verify_ticket=",
+    b"permanent_code=",
+];
 
 /// Replaces every token of `tokens` in header values.
 pub fn headers(headers: &mut HeaderMap, tokens: &[&str]) {
@@ -45,26 +73,93 @@ pub fn body(body: &[u8], tokens: &[&str]) -> Option<Bytes> {
     replace(body, tokens).map(Bytes::from)
 }
 
-/// `body` with the value of every `access_token=` replaced, whatever token
-/// it is: for answers that quote earlier requests ([`RID_GET`]).
-pub fn quoted_queries(body: &[u8]) -> Option<Bytes> {
-    const NAME: &[u8] = b"access_token=";
-    let spans = memmem::find_iter(body, NAME).map(|at| {
-        let value = at + NAME.len();
-        // A query value ends at the next parameter, or where the quoting
-        // JSON string or URL ends.
-        let end = body[value..]
-            .iter()
-            .position(|b| matches!(b, b'&' | b'"' | b'\\' | b'#' | b' ' | b'\'' | b'<'))
-            .map_or(body.len(), |n| value + n);
-        (value, end)
-    });
-    splice(body, spans.collect()).map(Bytes::from)
+/// `body` with every token of `tokens`, every credential field's value and
+/// every credential in a quoted query replaced; `None` when it held none.
+pub fn credentials(body: &[u8], tokens: &[&str]) -> Option<Bytes> {
+    let mut spans = token_spans(body, tokens);
+    field_spans(body, &mut spans);
+    query_spans(body, &mut spans);
+    splice(body, spans).map(Bytes::from)
+}
+
+/// The value spans of every credential field, as a JSON member
+/// (`"name": "value"`) or as one inside JSON quoted in a string
+/// (`\"name\": \"value\"`).
+fn field_spans(body: &[u8], spans: &mut Vec<(usize, usize)>) {
+    for quote in [&b"\""[..], &b"\\\""[..]] {
+        for name in FIELDS {
+            let mut needle = quote.to_vec();
+            needle.extend_from_slice(name.as_bytes());
+            needle.extend_from_slice(quote);
+            for at in memmem::find_iter(body, &needle) {
+                if let Some(span) = string_value(body, at + needle.len(), quote) {
+                    spans.push(span);
+                }
+            }
+        }
+    }
+}
+
+/// The span of the string value after a member name ending at `at`
+/// (whitespace, `:`, whitespace, `quote`, the value, `quote`); `None` when
+/// the name is not a member's or its value is not a string.
+fn string_value(body: &[u8], at: usize, quote: &[u8]) -> Option<(usize, usize)> {
+    let skip_ws = |mut i: usize| {
+        while body.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        i
+    };
+    let colon = skip_ws(at);
+    if body.get(colon) != Some(&b':') {
+        return None;
+    }
+    let open = skip_ws(colon + 1);
+    let start = open + quote.len();
+    if body.get(open..start) != Some(quote) {
+        return None;
+    }
+    let mut i = start;
+    while i < body.len() {
+        if body[i..].starts_with(quote) {
+            return Some((start, i));
+        }
+        // An escape is skipped whole, so an escaped quote does not end a
+        // plain string (a quoted one ends at its escaped quote).
+        i += if quote.len() == 1 && body[i] == b'\\' {
+            2
+        } else {
+            1
+        };
+    }
+    None
+}
+
+/// The value spans of every credential parameter in a query quoted
+/// anywhere in `body`.
+fn query_spans(body: &[u8], spans: &mut Vec<(usize, usize)>) {
+    for name in QUERY_PARAMS {
+        spans.extend(memmem::find_iter(body, name).map(|at| {
+            let value = at + name.len();
+            // A query value ends at the next parameter, or where the quoting
+            // JSON string or URL ends.
+            let end = body[value..]
+                .iter()
+                .position(|b| matches!(b, b'&' | b'"' | b'\\' | b'#' | b' ' | b'\'' | b'<'))
+                .map_or(body.len(), |n| value + n);
+            (value, end)
+        }));
+    }
 }
 
 /// `haystack` with every one of `needles` replaced by the placeholder, in
 /// one pass over the original; `None` if there is none.
 fn replace(haystack: &[u8], needles: &[&str]) -> Option<Vec<u8>> {
+    splice(haystack, token_spans(haystack, needles))
+}
+
+/// Where each of `needles` occurs in `haystack`.
+fn token_spans(haystack: &[u8], needles: &[&str]) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
     for needle in needles.iter().map(|n| n.as_bytes()) {
         // Most header values, and many answers, are shorter than a token
@@ -76,7 +171,7 @@ fn replace(haystack: &[u8], needles: &[&str]) -> Option<Vec<u8>> {
             spans.extend(finder.find_iter(haystack).map(|at| (at, at + needle.len())));
         });
     }
-    splice(haystack, spans)
+    spans
 }
 
 thread_local! {
@@ -106,7 +201,8 @@ fn with_finder<R>(needle: &[u8], f: impl FnOnce(&memmem::Finder<'_>) -> R) -> R 
 }
 
 /// `bytes` with each span (start, end) replaced by the placeholder;
-/// overlapping spans count once. `None` if there are none.
+/// overlapping spans count once, empty ones replace nothing. `None` if
+/// there are none.
 fn splice(bytes: &[u8], mut spans: Vec<(usize, usize)>) -> Option<Vec<u8>> {
     if spans.is_empty() {
         return None;
@@ -115,6 +211,9 @@ fn splice(bytes: &[u8], mut spans: Vec<(usize, usize)>) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut copied = 0;
     for (start, end) in spans {
+        if start == end {
+            continue;
+        }
         if start < copied {
             copied = copied.max(end);
             continue;
@@ -176,17 +275,33 @@ mod tests {
     }
 
     #[test]
-    fn quoted_queries_lose_every_token_value() {
-        let got = quoted_queries(
-            br#"{"request_url":"a=1&access_token=ANY-old_1&b=2","x":"access_token=Z\"","y":"access_token="}"#,
+    fn quoted_queries_lose_every_credential_value() {
+        let got = credentials(
+            br#"{"request_url":"a=1&access_token=ANY-old_1&b=2&secret=S","x":"component_access_token=Z\"","y":"access_token="}"#,
+            &[],
         )
         .unwrap();
         assert_eq!(
             std::str::from_utf8(&got).unwrap(),
             format!(
-                r#"{{"request_url":"a=1&access_token={P}&b=2","x":"access_token={P}\"","y":"access_token={P}"}}"#
+                r#"{{"request_url":"a=1&access_token={P}&b=2&secret={P}","x":"component_access_token={P}\"","y":"access_token="}}"#
             )
         );
-        assert!(quoted_queries(br#"{"errcode":0}"#).is_none());
+        assert!(credentials(br#"{"errcode":0}"#, &[]).is_none());
+    }
+
+    #[test]
+    fn credential_fields_lose_their_values_at_any_depth_and_in_quoted_json() {
+        let got = credentials(
+            br#"{"list":[{"authorizer_appid":"wx1","refresh_token" : "R1"}],"authorization_info":{"authorizer_access_token":"A\"B","expires_in":7200},"response_body":"{\"access_token\":\"T2\",\"expires_in\":7200}","note":"refresh_token","n":{"secret":null}}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&got).unwrap(),
+            format!(
+                r#"{{"list":[{{"authorizer_appid":"wx1","refresh_token" : "{P}"}}],"authorization_info":{{"authorizer_access_token":"{P}","expires_in":7200}},"response_body":"{{\"access_token\":\"{P}\",\"expires_in\":7200}}","note":"refresh_token","n":{{"secret":null}}}}"#
+            )
+        );
     }
 }

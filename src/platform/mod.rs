@@ -31,18 +31,15 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use http::{Response, StatusCode};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
-use crate::error::{json_response, LocalError};
-use crate::forward::body::ProxyBody;
+use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
 use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
 use crate::token::{RefreshObserver, TokenManager};
-use crate::wechat::PLACEHOLDER_TOKEN;
 
 use self::grant::{AuthorizerGrant, ComponentGrant};
 
@@ -71,21 +68,6 @@ pub struct Authorizer {
     tokens: OnceLock<Arc<TokenManager>>,
     /// A renewal started by the scheduler is under way.
     renewing: AtomicBool,
-}
-
-/// Where a platform request goes.
-pub enum Routed<'p> {
-    /// Answered here (the token endpoints SDKs call themselves).
-    Answer(Response<ProxyBody>),
-    /// Forwarded with `tokens`' token as the query parameter `param`.
-    Forward {
-        /// The credential to inject, and to replace on a token error.
-        tokens: Arc<TokenManager>,
-        /// The path to forward.
-        path: &'p str,
-        /// `access_token` or `component_access_token`.
-        param: &'static str,
-    },
 }
 
 /// One `[platforms.NAME]`.
@@ -211,36 +193,9 @@ impl Platform {
         self.authorizers.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Routes `path` (after the platform prefix).
-    pub async fn route<'p>(&self, path: &'p str) -> Result<Routed<'p>, LocalError> {
-        if let Some(api) = path.strip_prefix("/cgi-bin/component/") {
-            let placeholder = match api {
-                "api_component_token" => json!({
-                    "component_access_token": PLACEHOLDER_TOKEN,
-                    "expires_in": 7200,
-                }),
-                "api_authorizer_token" => json!({
-                    "authorizer_access_token": PLACEHOLDER_TOKEN,
-                    "expires_in": 7200,
-                    "authorizer_refresh_token": PLACEHOLDER_TOKEN,
-                }),
-                _ => {
-                    return Ok(Routed::Forward {
-                        tokens: self.component.clone(),
-                        path,
-                        param: "component_access_token",
-                    })
-                }
-            };
-            return Ok(Routed::Answer(json_response(
-                StatusCode::OK,
-                "placeholder",
-                &placeholder,
-            )));
-        }
-        let after = path.strip_prefix('/').unwrap_or(path);
-        let end = after.find('/').unwrap_or(after.len());
-        let (appid, rest) = (&after[..end], &after[end..]);
+    /// The token of the authorizer `appid` (a path segment as sent), for a
+    /// path the route table gave to an authorizer.
+    pub async fn authorizer_tokens(&self, appid: &str) -> Result<Arc<TokenManager>, LocalError> {
         let unknown = || LocalError::UnknownAuthorizer {
             platform: self.name().to_owned(),
             appid: appid.to_owned(),
@@ -273,15 +228,10 @@ impl Platform {
             .unwrap_or(u64::MAX)
             .max(1);
         authorizer.last_used.store(ms, Ordering::Relaxed);
-        let tokens = authorizer
+        Ok(authorizer
             .tokens
             .get_or_init(|| self.manager(&authorizer.grant))
-            .clone();
-        Ok(Routed::Forward {
-            tokens,
-            path: if rest.is_empty() { "/" } else { rest },
-            param: "access_token",
-        })
+            .clone())
     }
 
     /// The authorizer as the store has it, when another replica registered

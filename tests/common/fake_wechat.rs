@@ -12,6 +12,7 @@
 mod body;
 mod component;
 mod handler;
+mod login;
 mod net;
 mod tickets;
 mod tokens;
@@ -32,6 +33,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::tls::{self, TestCa};
 pub use body::pattern_byte;
+
+/// The OAuth token the fake's logins hand a user: a user's, not an app's.
+pub const USER_TOKEN: &str = "user-oauth-token-0001";
 use tokens::Tokens;
 
 /// Which WeChat product an app belongs to: decides its token endpoint and error codes.

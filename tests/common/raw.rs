@@ -142,7 +142,7 @@ impl RawConn {
 
 /// `GET path` with `Host` and any extra header lines (each ending in `\r\n`).
 pub fn get(path: &str, extra: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: proxy\r\n{extra}\r\n").into_bytes()
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").into_bytes()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

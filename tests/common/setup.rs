@@ -223,3 +223,54 @@ impl Harness {
         .await;
     }
 }
+
+/// The component_appid of the platform [`platform`] starts.
+pub const COMPONENT: &str = "wx00000000000000c0";
+/// Its component_appsecret.
+pub const COMPONENT_SECRET: &str = "component-secret-0123456789abcdef";
+/// The admin key of the proxy [`platform`] starts.
+pub const ADMIN_KEY: &str = "admin-key-0123456789abcdef-0123456789";
+
+/// A proxy serving the platform `saas` in front of `fake`, its ticket pushed
+/// through the admin listener, ready; and a client.
+pub async fn platform(fake: &FakeWeChat) -> (Proxy, Http) {
+    fake.add_platform(COMPONENT, COMPONENT_SECRET);
+    fake.push_ticket(COMPONENT, "ticket-1");
+    let config = format!(
+        r#"[proxy]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_key_env = "ADMIN_KEY"
+
+[upstream]
+ca_file = {ca:?}
+
+[platforms.saas]
+component_appid = "{COMPONENT}"
+secret_env = "SAAS_SECRET"
+base_url = "{base}"
+"#,
+        ca = fake.ca_file.display().to_string(),
+        base = fake.base_url,
+    );
+    let proxy = Proxy::start(
+        &config,
+        &[("SAAS_SECRET", COMPONENT_SECRET), ("ADMIN_KEY", ADMIN_KEY)],
+    );
+    let http = Http::new();
+    let request = http::Request::post(format!("{}/platforms/saas/ticket", proxy.admin_url))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"component_verify_ticket":"ticket-1"}"#,
+        )))
+        .expect("a request");
+    assert_eq!(http.send(request).await.text(), "success");
+    let ready = format!("{}/readyz", proxy.admin_url);
+    wait_until_async("the platform to be ready", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), ready.clone());
+        async move { http.get(&url).await.status == 200 }
+    })
+    .await;
+    (proxy, http)
+}

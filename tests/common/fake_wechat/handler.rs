@@ -49,7 +49,10 @@ pub(super) async fn handle(
     reset: Arc<AtomicBool>,
     req: Request<Incoming>,
 ) -> Answer {
-    let flavor = match req.uri().path() {
+    // Matched as a lenient server reads paths, so a proxy that forwards
+    // another spelling of a path reaches what that path names.
+    let path = lenient(req.uri().path());
+    let flavor = match path.as_str() {
         "/cgi-bin/token" => Some(Flavor::Classic),
         "/cgi-bin/stable_token" => Some(Flavor::Stable),
         "/cgi-bin/gettoken" => Some(Flavor::WeCom),
@@ -57,14 +60,14 @@ pub(super) async fn handle(
     };
     let query = req.uri().query().map(str::to_string);
     let kind = query_values(query.as_deref(), "type").into_iter().next();
-    let ticket = match (req.uri().path(), kind.as_deref()) {
+    let ticket = match (path.as_str(), kind.as_deref()) {
         ("/cgi-bin/ticket/getticket", Some("jsapi")) => Some("jsapi"),
         ("/cgi-bin/ticket/getticket", Some("wx_card")) => Some("wx_card"),
         ("/cgi-bin/get_jsapi_ticket", _) => Some("corp"),
         ("/cgi-bin/ticket/get", Some("agent_config")) => Some("agent"),
         _ => None,
     };
-    match (flavor, ticket, req.uri().path()) {
+    match (flavor, ticket, path.as_str()) {
         (Some(flavor), _, _) => token_endpoint(&state, &reset, flavor, req).await,
         (None, Some(kind), _) => Ok(ticket_endpoint(&state, kind, query.as_deref())),
         (None, None, "/cgi-bin/openapi/quota/get") => Ok(quota_get(&state, query.as_deref())),
@@ -72,6 +75,7 @@ pub(super) async fn handle(
         (None, None, p) if p.starts_with("/cgi-bin/component/") => {
             Ok(super::component::handle(&state, req).await)
         }
+        (None, None, p) if p.starts_with("/sns/") => Ok(super::login::handle(&state, req).await),
         (None, None, _) => api_call(&state, req).await,
     }
 }
@@ -284,6 +288,12 @@ async fn api_call(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
     let query = parts.uri.query().map(str::to_string);
     let path = parts.uri.path().to_string();
     let given = query_values(query.as_deref(), "access_token");
+    // Like WeChat's front end: a client that accepts gzip gets it.
+    let gzip = parts
+        .headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
     let (verdict, delay) = {
         let mut st = lock(state);
         let verdict = st.tokens.check(&given, Instant::now());
@@ -302,7 +312,8 @@ async fn api_call(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
     }
     if let Verdict::Rejected { errcode, errmsg } = verdict {
         let body = json!({ "errcode": errcode, "errmsg": errmsg });
-        return Ok(respond(StatusCode::OK, "text/plain", body.to_string()));
+        let answer = respond(StatusCode::OK, "text/plain", body.to_string());
+        return Ok(if gzip { gzipped(answer) } else { answer });
     }
     let number = |name: &str, default: u64| {
         query_values(query.as_deref(), name)
@@ -310,12 +321,21 @@ async fn api_call(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(default)
     };
-    let answer = match path.as_str() {
+    let answer = match lenient(&path).as_str() {
         "/cgi-bin/media/get" => media(number("size", 1024)),
         "/wxa/getwxacodeunlimit" => wxacode(),
         "/test/big_json" => big_json(number("size", 100 * 1024)),
         "/test/reset_mid_body" => broken_download(),
-        "/cgi-bin/openapi/rid/get" => rid_get(state),
+        "/cgi-bin/openapi/rid/get" => rid_get(state, number("pad", 0)),
+        "/test/reason" => {
+            // A reason phrase of the fake's own, quoting the token it was sent.
+            let mut answer = respond(StatusCode::OK, JSON_UTF8, r#"{"errcode":0}"#);
+            let phrase = format!("Fine {}", given.first().map_or("", String::as_str));
+            let phrase = hyper::ext::ReasonPhrase::try_from(phrase.into_bytes())
+                .expect("a token fits a reason phrase");
+            answer.extensions_mut().insert(phrase);
+            answer
+        }
         "/test/echo_token" => echo_token(given.first().map_or("", String::as_str)),
         "/test/stall_json" => stall("application/json", br#"{"errcode":0,"#, 1000),
         "/test/stall_stream" => stall("application/octet-stream", &[7u8; 4096], 1024 * 1024),
@@ -342,7 +362,20 @@ async fn api_call(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
             respond(StatusCode::OK, JSON_UTF8, echo)
         }
     };
-    Ok(answer)
+    Ok(if gzip { gzipped(answer) } else { answer })
+}
+
+/// `answer` gzipped, when its body is a buffer; others go as they are.
+fn gzipped(answer: Response<Payload>) -> Response<Payload> {
+    let (mut parts, body) = answer.into_parts();
+    let Payload::Full(Some(bytes)) = body else {
+        return Response::from_parts(parts, body);
+    };
+    parts
+        .headers
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Payload::full(super::body::gzip(&bytes)))
 }
 
 /// `media/get`: `size` generated bytes as an attachment, streamed.
@@ -398,7 +431,7 @@ fn broken_download() -> Response<Payload> {
 /// `rid/get` as WeChat answers it: the logged request behind the rid, whose `request_url` is
 /// the query of that earlier call, its `access_token` included. The fake logs one request:
 /// the API call before this one.
-fn rid_get(state: &Mutex<State>) -> Response<Payload> {
+fn rid_get(state: &Mutex<State>, pad: u64) -> Response<Payload> {
     let earlier = {
         let st = lock(state);
         let n = st.requests.len();
@@ -413,7 +446,8 @@ fn rid_get(state: &Mutex<State>) -> Response<Payload> {
             "invoke_time": 1_700_000_000,
             "cost_in_ms": 12,
             "request_url": earlier,
-            "request_body": "",
+            // `pad` bytes, for a record larger than any inspection limit.
+            "request_body": "x".repeat(usize::try_from(pad).expect("pad fits memory")),
             "response_body": "{\"errcode\":45009}",
             "client_ip": "203.0.113.7",
         }
@@ -471,6 +505,14 @@ async fn collect_body(body: Incoming) -> Bytes {
         .await
         .map(|collected| collected.to_bytes())
         .unwrap_or_default()
+}
+
+/// `path` as a lenient server reads it: escapes decoded, repeated and
+/// trailing slashes merged.
+fn lenient(path: &str) -> String {
+    let decoded = percent_decode(path);
+    let merged: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
+    format!("/{}", merged.join("/"))
 }
 
 /// Every value of `name` in a raw query, percent-decoded, in order. Keys are compared raw.
