@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::platform::Platform;
 use crate::quota::Quota;
 use crate::status_page;
+use crate::suite::Suite;
 use crate::ticket::Tickets;
 use crate::token::{AdminRefresh, TokenManager};
 
@@ -40,6 +41,8 @@ pub struct Admin {
     quotas: Vec<Option<Arc<Quota>>>,
     /// The third-party platforms, in config order.
     platforms: Vec<Arc<Platform>>,
+    /// The WeCom suites, in config order.
+    suites: Vec<Arc<Suite>>,
 }
 
 impl Admin {
@@ -58,7 +61,15 @@ impl Admin {
             tickets: Vec::new(),
             quotas: Vec::new(),
             platforms: Vec::new(),
+            suites: Vec::new(),
         }
+    }
+
+    /// Serves the WeCom suites' `/platforms/NAME/…`, and counts them in
+    /// `GET /platforms`, readiness and `/apps`.
+    pub fn with_suites(mut self, suites: Vec<Arc<Suite>>) -> Admin {
+        self.suites = suites;
+        self
     }
 
     /// Serves `/platforms…`, and counts the platforms in readiness and
@@ -124,6 +135,7 @@ impl Admin {
             (&Method::GET, "/apps") => {
                 let mut statuses = self.app_statuses();
                 statuses.extend(self.platforms.iter().map(|p| p.status()));
+                statuses.extend(self.suites.iter().map(|s| s.status()));
                 ok(Value::Array(statuses))
             }
             (&Method::POST, p) if app_action(p, "clear-quota").is_some() => {
@@ -157,6 +169,24 @@ impl Admin {
             Err(e) => return LocalError::ClientBody(e.to_string()).into_response(),
         };
         let path = parts.uri.path();
+        if path == "/platforms" && parts.method == Method::GET {
+            let mut statuses: Vec<Value> = self.platforms.iter().map(|p| p.status()).collect();
+            statuses.extend(self.suites.iter().map(|s| s.status()));
+            let mut response = json_response(StatusCode::OK, "admin", &Value::Array(statuses));
+            response.headers_mut().remove(crate::error::LOCAL_ANSWER);
+            return response;
+        }
+        if let Some(answer) = crate::suite::answer(
+            &self.suites,
+            &parts.method,
+            path,
+            parts.uri.query(),
+            body.clone(),
+        )
+        .await
+        {
+            return answer;
+        }
         crate::platform::answer(
             &self.platforms,
             &parts.method,
@@ -204,6 +234,10 @@ impl Admin {
             .chain(self.platforms.iter().filter_map(|p| {
                 let reason = p.not_ready()?;
                 Some(json!({"platform": p.name(), "reason": reason}))
+            }))
+            .chain(self.suites.iter().filter_map(|s| {
+                let reason = s.not_ready()?;
+                Some(json!({"platform": s.name(), "reason": reason}))
             }))
             .collect();
         if waiting.is_empty() {

@@ -65,7 +65,7 @@ pub async fn answer(
                 Err(e) => unavailable(app, kind, &e),
             });
         }
-        Local::Placeholder(_) => return None,
+        Local::Placeholder(_) | Local::PermanentCode => return None,
     };
     Some(config(app, parts, signed).await)
 }

@@ -54,6 +54,7 @@ mod quota;
 mod secret;
 mod status_page;
 mod store;
+mod suite;
 mod ticket;
 mod token;
 mod wechat;
@@ -191,9 +192,11 @@ pub async fn run(
             client,
             tickets: Arc::new(tickets),
             platform: None,
+            suite: None,
         });
     }
     let mut platforms = Vec::with_capacity(config.platforms.len());
+    let mut suites = Vec::new();
     for platform in &config.platforms {
         // A pool per platform, as per app: the connection cap is per route
         // name (all of a platform's authorizers share it).
@@ -202,6 +205,30 @@ pub async fn run(
             platform.app.egress.as_ref(),
             config.upstream.max_connections_per_app,
         )?;
+        if platform.suite.is_some() {
+            let suite = Arc::new(suite::Suite::new(
+                platform,
+                &config.upstream,
+                client.clone(),
+                store.clone(),
+                env.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            suite.clone().start(stop_rx.clone()).await;
+            // Like a platform: an app whose credential depends on the path.
+            apps.push(App {
+                metrics: metrics.app(suite.name()),
+                config: suite.app().clone(),
+                tokens: suite.suite().clone(),
+                client,
+                tickets: Arc::new(ticket::Tickets::none()),
+                platform: None,
+                suite: Some(suite.clone()),
+            });
+            suites.push(suite);
+            continue;
+        }
         let platform = Arc::new(platform::Platform::new(
             platform,
             &config.upstream,
@@ -220,6 +247,7 @@ pub async fn run(
             client,
             tickets: Arc::new(ticket::Tickets::none()),
             platform: Some(platform.clone()),
+            suite: None,
         });
         platforms.push(platform);
     }
@@ -229,7 +257,8 @@ pub async fn run(
         Admin::new(managers.clone(), draining.clone(), metrics.clone())
             .with_key(config.proxy.admin_key.clone())
             .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas)
-            .with_platforms(platforms.clone()),
+            .with_platforms(platforms.clone())
+            .with_suites(suites.clone()),
     );
     let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;
@@ -276,7 +305,8 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(()) = reload.recv() => {
                 let components = platforms.iter().map(|p| p.component());
-                for tokens in managers.iter().chain(components) {
+                let providers = suites.iter().filter_map(|s| s.provider());
+                for tokens in managers.iter().chain(components).chain(providers) {
                     if let Err(problem) = tokens.reload_secret() {
                         tracing::warn!(app = %tokens.label(), %problem, "cannot re-read the secret");
                     }
@@ -313,6 +343,18 @@ fn log_config(config: &Config) {
         );
     }
     for platform in &config.platforms {
+        if platform.suite.is_some() {
+            tracing::info!(
+                platform = %platform.app.name,
+                kind = "wecom",
+                suite_id = %platform.app.appid,
+                base_url = %platform.app.base_url,
+                raw_pushes = platform.aes_key.is_some(),
+                provider = platform.suite.as_ref().is_some_and(|s| s.provider.is_some()),
+                "platform"
+            );
+            continue;
+        }
         tracing::info!(
             platform = %platform.app.name,
             component_appid = %platform.app.appid,

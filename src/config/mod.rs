@@ -92,6 +92,20 @@ pub struct PlatformConfig {
     pub push_token: Option<Secret>,
     /// The AES-256 key decoded from the EncodingAESKey, to decrypt them.
     pub aes_key: Option<AesKey>,
+    /// Set for `kind = "wecom"`: a WeCom service provider's suite, whose
+    /// suite_id is `app.appid` and suite_secret `app.secret`.
+    pub suite: Option<SuiteConfig>,
+}
+
+/// What a WeCom suite has beyond an Open Platform's shape.
+#[derive(Debug, Clone)]
+pub struct SuiteConfig {
+    /// A customized-app (代开发) template, suite_id `dk…`: a corp's token
+    /// comes from `gettoken` with the permanent code as the corpsecret.
+    pub customized: bool,
+    /// The provider's corpid and provider_secret, when the
+    /// provider_access_token is served.
+    pub provider: Option<(String, Secret)>,
 }
 
 /// The 32-byte key of WeChat's message encryption; never printed.

@@ -134,8 +134,17 @@ pub(super) struct RawApp {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPlatform {
+    /// `mp` (the Open Platform, the default) or `wecom` (a WeCom service
+    /// provider's suite).
+    pub kind: Option<AppKind>,
     /// The platform's component_appid.
     pub component_appid: Option<String>,
+    /// A WeCom suite's suite_id (`dk…` for a customized-app template).
+    pub suite_id: Option<String>,
+    /// A WeCom provider's own corpid, for the provider_access_token.
+    pub provider_corpid: Option<String>,
+    /// Variable holding the provider_secret.
+    pub provider_secret_env: Option<String>,
     /// Accepted only to refuse it with a helpful message.
     pub secret: Option<toml::Value>,
     /// Variable holding the component_appsecret.

@@ -11,7 +11,7 @@ use super::raw::{RawApp, RawConfig, RawPlatform, RawProxy, RawStore, RawUpstream
 use super::url::{redact, BaseUrl, EgressProxy, RedisUrl};
 use super::{
     AesKey, AppConfig, AppKind, Config, ConfigError, LogSettings, PlatformConfig, ProxySettings,
-    RedisSettings, StoreSettings, TokenApi, UpstreamSettings,
+    RedisSettings, StoreSettings, SuiteConfig, TokenApi, UpstreamSettings,
 };
 use crate::forward::policy::PathPolicy;
 use crate::inbound::auth::InboundKey;
@@ -514,21 +514,62 @@ impl Validator<'_> {
                 "an app has this name too; both route by the first path segment: rename one",
             ));
         }
-        let Some(component_appid) = raw.component_appid else {
-            return Err(self.err(
-                key("component_appid"),
-                "missing: the platform's component_appid (wx…) is required",
-            ));
+        let kind = raw.kind.unwrap_or(AppKind::Mp);
+        let (appid, suite_id) = match (kind, raw.component_appid, raw.suite_id) {
+            (AppKind::Mp, Some(id), None) => (id, None),
+            (AppKind::Mp, _, Some(_)) => {
+                return Err(self.err(
+                    key("suite_id"),
+                    "suite_id is for kind = \"wecom\" (a WeCom suite); an Open Platform has a component_appid",
+                ))
+            }
+            (AppKind::Mp, None, None) => {
+                return Err(self.err(
+                    key("component_appid"),
+                    "missing: the platform's component_appid (wx…) is required",
+                ))
+            }
+            (AppKind::Wecom, Some(_), _) => {
+                return Err(self.err(
+                    key("component_appid"),
+                    "a WeCom suite has a suite_id, not a component_appid",
+                ))
+            }
+            (AppKind::Wecom, None, None) => {
+                return Err(self.err(
+                    key("suite_id"),
+                    "missing: the suite's suite_id (ww…, or dk… for a customized-app template) is required",
+                ))
+            }
+            (AppKind::Wecom, None, Some(id)) => {
+                if !suite_id_shaped(&id) {
+                    return Err(self.err(
+                        key("suite_id"),
+                        format!("'{id}' is not a suite_id: ww, wx or dk and letters or digits, as the WeCom provider console shows it"),
+                    ));
+                }
+                // Checked above: the app rules check a corpid's shape, which
+                // a suite_id does not have.
+                (SUITE_STAND_IN.to_owned(), Some(id))
+            }
         };
+        if kind == AppKind::Mp
+            && (raw.provider_corpid.is_some() || raw.provider_secret_env.is_some())
+        {
+            return Err(self.err(
+                key("provider_corpid"),
+                "provider_corpid and provider_secret_env are for kind = \"wecom\"",
+            ));
+        }
         let as_app = RawApp {
-            kind: AppKind::Mp,
-            appid: Some(component_appid),
+            kind,
+            appid: Some(appid),
             corpid: None,
             secret: raw.secret,
             secret_env: raw.secret_env,
             secret_file: raw.secret_file,
             // Component tokens, like classic ones: each fetch issues a new one.
-            token_api: Some(TokenApi::Classic),
+            token_api: (kind == AppKind::Mp).then_some(TokenApi::Classic),
             base_url: raw.base_url,
             refresh_before_expiry_s: raw.refresh_before_expiry_s,
             min_refresh_interval_ms: raw.min_refresh_interval_ms,
@@ -538,7 +579,7 @@ impl Validator<'_> {
             agentid: None,
         };
         // The app rules name keys `apps.NAME.…`: say `platforms.NAME.…`.
-        let app = self
+        let mut app = self
             .app(name.clone(), as_app, global_proxy)
             .map_err(|e| match e {
                 ConfigError::Invalid { file, key, problem } => ConfigError::Invalid {
@@ -574,12 +615,62 @@ impl Validator<'_> {
                 "raw pushes need both push_token_env and encoding_aes_key_env (or neither, to accept decrypted tickets only)",
             ));
         }
+        let suite = match suite_id {
+            None => None,
+            Some(suite_id) => {
+                let provider = match (raw.provider_corpid, raw.provider_secret_env) {
+                    (None, None) => None,
+                    (Some(corpid), Some(var)) => {
+                        if appid_problem(AppKind::Wecom, &corpid).is_some() {
+                            return Err(self.err(
+                                key("provider_corpid"),
+                                format!("'{corpid}' is not a corpid: ww (or wx) and 16 hex digits, the provider's own (WeCom provider console: 服务商信息)"),
+                            ));
+                        }
+                        let secret = SecretSource::Env(var)
+                            .read(self.env)
+                            .map_err(|problem| self.err(key("provider_secret_env"), problem.to_string()))?;
+                        Some((corpid, secret))
+                    }
+                    (Some(_), None) => {
+                        return Err(self.err(
+                            key("provider_secret_env"),
+                            "missing: provider_corpid needs provider_secret_env (the variable holding the provider_secret)",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(self.err(
+                            key("provider_corpid"),
+                            "missing: provider_secret_env needs provider_corpid (the provider's own corpid)",
+                        ))
+                    }
+                };
+                let customized = suite_id.starts_with("dk");
+                app.appid = suite_id;
+                Some(SuiteConfig {
+                    customized,
+                    provider,
+                })
+            }
+        };
         Ok(PlatformConfig {
             app,
             push_token: push_token.map(crate::secret::Secret::new),
             aes_key,
+            suite,
         })
     }
+}
+
+/// Stands in for a suite_id in the app rules, which check a corpid's shape.
+const SUITE_STAND_IN: &str = "ww0000000000000000";
+
+/// `ww`, `wx` or `dk`, then letters and digits: WeCom's suite ids are not
+/// hex like corpids.
+fn suite_id_shaped(id: &str) -> bool {
+    ["ww", "wx", "dk"].iter().any(|p| id.starts_with(p))
+        && (10..=40).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// WeChat's EncodingAESKey: 43 base64 characters, the key being

@@ -24,6 +24,7 @@ use crate::inbound::host::Hosts;
 use crate::inbound::limits::{self, BodyTooLarge, Cap};
 use crate::inbound::linger::Linger;
 use crate::metrics::{AppMetrics, Metrics};
+use crate::suite::{self, CorpHandle, Suite};
 use crate::token::{RefreshError, Token, TokenManager};
 use crate::wechat::{is_token_error, PLACEHOLDER_TOKEN};
 
@@ -42,6 +43,9 @@ pub struct App {
     /// Set for a third-party platform: it picks the credential per path
     /// (component or authorizer token); `tokens` is its component token.
     pub platform: Option<Arc<crate::platform::Platform>>,
+    /// Set for a WeCom suite: it picks the credential per path (suite,
+    /// provider or a corp's token); `tokens` is its suite token.
+    pub suite: Option<Arc<Suite>>,
 }
 
 /// Forwards requests; shared by every connection.
@@ -176,7 +180,13 @@ impl Proxy {
         outcome.app = Some(index);
         let app = &self.apps[index];
         guard::target(&app.config, parts)?;
-        let (action, path, authorizer) = classify(app, path).await?;
+        let (action, path, authorizer, corp) = match &app.suite {
+            Some(suite) => classify_suite(suite, path, parts.uri.query()).await?,
+            None => {
+                let (action, path, authorizer) = classify(app, path).await?;
+                (action, path, authorizer, None)
+            }
+        };
         let (place, scrub) = match action {
             // Before the policy: the placeholder carries no credential, and
             // SDKs cannot start without it.
@@ -194,9 +204,14 @@ impl Proxy {
                 refusal,
             })?;
         if let Action::Local(local) = action {
-            if let Some(answer) =
-                crate::jssdk::answer(&app.config, &app.tickets, parts, path, local).await
-            {
+            if let (Local::PermanentCode, Some(suite)) = (local, &app.suite) {
+                return self.permanent_code(suite, body).await;
+            }
+            let (config, tickets) = match &corp {
+                Some(corp) => (&corp.config, &corp.tickets),
+                None => (&app.config, &app.tickets),
+            };
+            if let Some(answer) = crate::jssdk::answer(config, tickets, parts, path, local).await {
                 return Ok(answer);
             }
         }
@@ -204,9 +219,20 @@ impl Proxy {
         // platform's component) token, or none (a login takes the secret or
         // the user's own token). Borrowed for an app: no reference count
         // touched per request.
+        let corp_tokens = corp.as_ref().map(|c| &c.tokens);
         let tokens = match place {
-            Place::AccessToken => Some(authorizer.as_ref().unwrap_or(&app.tokens)),
-            Place::ComponentToken | Place::ComponentLogin => Some(&app.tokens),
+            Place::AccessToken => Some(corp_tokens.or(authorizer.as_ref()).unwrap_or(&app.tokens)),
+            Place::ComponentToken | Place::ComponentLogin | Place::SuiteToken => Some(&app.tokens),
+            Place::ProviderToken => Some(
+                app.suite
+                    .as_ref()
+                    .and_then(|s| s.provider())
+                    .ok_or_else(|| LocalError::TokenUnavailable {
+                        app: app.config.name.clone(),
+                        errcode: -1,
+                        reason: format!("this path takes the provider_access_token: set provider_corpid and provider_secret_env in [platforms.{}]", app.config.name),
+                    })?,
+            ),
             Place::AppSecret | Place::Nothing => None,
         };
         let token = match tokens {
@@ -230,6 +256,16 @@ impl Proxy {
             ));
         };
         let (body, replay, ended) = self.prepare_body(body).await?;
+        // A suite API that takes a corp's permanent code in its body gets
+        // the real one in place of its placeholder; scrubbed from the answer.
+        let (body, replay, code) = match (&app.suite, replay) {
+            (Some(suite), Some(bytes)) => match with_permanent_code(suite, &bytes).await {
+                Some((bytes, code)) => (ProxyBody::full(bytes.clone()), Some(bytes), Some(code)),
+                None => (body, Some(bytes), None),
+            },
+            (_, replay) => (body, replay, None),
+        };
+        let code = code.as_ref().map_or("", |c| c.expose());
         let request = Forward {
             app,
             parts,
@@ -240,13 +276,17 @@ impl Proxy {
             .send(&request, placed, body, replay.as_ref(), ended)
             .await?;
         let (response, errcode) = self
-            .inspect(app, scrub, response, &[placed.value()])
+            .inspect(app, scrub, response, &[placed.value(), code])
             .await?;
         outcome.errcode = errcode;
         let (Some(tokens), Some(token)) = (tokens, token) else {
             return Ok(response);
         };
-        if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
+        let dead = |errcode: i64| match place {
+            Place::SuiteToken | Place::ProviderToken => suite::is_suite_token_error(errcode),
+            _ => is_token_error(app.config.kind, errcode),
+        };
+        if !errcode.is_some_and(dead) {
             token.accepted();
             return Ok(response);
         }
@@ -280,7 +320,7 @@ impl Proxy {
             .await?;
         // The answer may quote either token: the one sent, or the one it replaced.
         let (retry, errcode) = self
-            .inspect(app, scrub, retry, &[fresh.value(), token.value()])
+            .inspect(app, scrub, retry, &[fresh.value(), token.value(), code])
             .await?;
         outcome.errcode = errcode;
         Ok(retry)
@@ -300,6 +340,28 @@ impl Proxy {
                 apps: self.app_list.clone(),
             }),
         }
+    }
+
+    /// A suite's `get_permanent_code`: the proxy exchanges the code,
+    /// registers the corp, and answers with placeholders for its permanent
+    /// code and token.
+    async fn permanent_code(
+        &self,
+        suite: &Suite,
+        body: &mut Option<Incoming>,
+    ) -> Result<Response<ProxyBody>, LocalError> {
+        let body = body
+            .take()
+            .ok_or_else(|| LocalError::ClientBody("the request body was already read".into()))?;
+        let (_, replay, _) = self.prepare_body(body).await?;
+        let auth_code = replay
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("auth_code")?.as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                LocalError::ClientBody("get_permanent_code takes JSON {\"auth_code\":\"…\"}".into())
+            })?;
+        let (_, answer) = suite.exchange(&auth_code).await?;
+        Ok(json_response(StatusCode::OK, "exchanged", &answer))
     }
 
     /// Reads a request body of up to `max_replay` bytes into memory so it can
@@ -580,6 +642,19 @@ impl Forward<'_> {
                 &mut pq,
             ),
             Place::Nothing => query::rewrite(query, &[], &[], &mut pq),
+            Place::SuiteToken => query::with_param(query, "suite_access_token", value, &mut pq),
+            // License APIs take it as provider_access_token, others (such
+            // as get_login_info) as access_token: where the client put it.
+            Place::ProviderToken => {
+                let param = if self.path.starts_with("/cgi-bin/license/")
+                    || query::param(query, "provider_access_token").is_some()
+                {
+                    "provider_access_token"
+                } else {
+                    "access_token"
+                };
+                query::with_param(query, param, value, &mut pq)
+            }
         }
         if pq.ends_with('?') {
             pq.pop();
@@ -620,6 +695,65 @@ async fn classify<'p>(
     Ok((action, rest, Some(tokens)))
 }
 
+/// What the route table says of `path` (after the suite's prefix): a
+/// suite path (`/cgi-bin/…`), or a corp's (`/{corpid}/…`, a WeCom app's
+/// paths) with that corp. A provider placeholder sent as `access_token`
+/// asks for the provider token.
+async fn classify_suite<'p>(
+    suite: &Suite,
+    path: &'p str,
+    query: Option<&str>,
+) -> Result<
+    (
+        Action,
+        &'p str,
+        Option<Arc<TokenManager>>,
+        Option<CorpHandle>,
+    ),
+    LocalError,
+> {
+    let (first, rest) = first_segment(path);
+    if first.eq_ignore_ascii_case("cgi-bin") {
+        let suite_forward = Action::Forward {
+            place: Place::SuiteToken,
+            scrub: Scrub::Placed,
+        };
+        let action = match route::classify(Scope::Suite, path).unwrap_or(suite_forward) {
+            Action::Forward { scrub, .. }
+                if query::param(query, "access_token").as_deref()
+                    == Some(suite::PROVIDER_PLACEHOLDER) =>
+            {
+                Action::Forward {
+                    place: Place::ProviderToken,
+                    scrub,
+                }
+            }
+            action => action,
+        };
+        return Ok((action, path, None, None));
+    }
+    let corp = suite.corp(first).await?;
+    let action = route::classify(Scope::Wecom, rest).unwrap_or(route::FORWARD);
+    Ok((action, rest, None, Some(corp)))
+}
+
+/// The body with the permanent code of its `auth_corpid` in place of the
+/// placeholder, and the code; `None` when it holds no placeholder.
+async fn with_permanent_code(suite: &Suite, body: &Bytes) -> Option<(Bytes, Secret)> {
+    let placeholder = suite::CODE_PLACEHOLDER.as_bytes();
+    if !body.windows(placeholder.len()).any(|w| w == placeholder) {
+        return None;
+    }
+    let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let corpid = json.get("auth_corpid")?.as_str()?.to_owned();
+    let code = suite.permanent_code(&corpid).await?;
+    if json.get("permanent_code")?.as_str()? != suite::CODE_PLACEHOLDER {
+        return None;
+    }
+    json["permanent_code"] = serde_json::Value::from(code.expose());
+    Some((Bytes::from(json.to_string()), code))
+}
+
 /// The first segment of `path` and the path after it (`/` when nothing is).
 fn first_segment(path: &str) -> (&str, &str) {
     let after = path.strip_prefix('/').unwrap_or(path);
@@ -633,15 +767,19 @@ fn refusal(app: &App, why: Refuse, path: &str) -> LocalError {
     match why {
         Refuse::TokenPath => LocalError::TokenPath {
             app: app.config.name.clone(),
-            kind: match app.platform {
-                Some(_) => "platform",
-                None => app.config.kind.as_str(),
+            kind: match (&app.platform, &app.suite) {
+                (Some(_), _) => "platform",
+                (_, Some(_)) => "WeCom suite",
+                _ => app.config.kind.as_str(),
             },
             path: path.to_owned(),
-            own: match (app.platform.is_some(), app.config.kind) {
-                (true, _) => "/cgi-bin/component/api_component_token",
-                (false, AppKind::Mp) => "/cgi-bin/token or /cgi-bin/stable_token",
-                (false, AppKind::Wecom) => "/cgi-bin/gettoken",
+            own: match (app.platform.is_some(), app.suite.is_some(), app.config.kind) {
+                (true, _, _) => "/cgi-bin/component/api_component_token",
+                (_, true, _) => {
+                    "/cgi-bin/service/get_suite_token (a corp's: /CORPID/cgi-bin/gettoken)"
+                }
+                (false, false, AppKind::Mp) => "/cgi-bin/token or /cgi-bin/stable_token",
+                (false, false, AppKind::Wecom) => "/cgi-bin/gettoken",
             },
         },
         Refuse::AuthorizerLogin => LocalError::AuthorizerLogin {
@@ -700,6 +838,18 @@ fn placeholder(kind: Placeholder) -> Response<ProxyBody> {
             "authorizer_access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
             "authorizer_refresh_token": PLACEHOLDER_TOKEN,
+        }),
+        Placeholder::SuiteToken => serde_json::json!({
+            "suite_access_token": suite::SUITE_PLACEHOLDER,
+            "expires_in": 7200,
+        }),
+        Placeholder::ProviderToken => serde_json::json!({
+            "provider_access_token": suite::PROVIDER_PLACEHOLDER,
+            "expires_in": 7200,
+        }),
+        Placeholder::CorpToken => serde_json::json!({
+            "access_token": PLACEHOLDER_TOKEN,
+            "expires_in": 7200,
         }),
     };
     json_response(StatusCode::OK, "placeholder", &body)

@@ -13,8 +13,9 @@
 //! with ASCII case ignored, as WeChat and the path policy read paths. A path
 //! no entry names is forwarded with the scope's token.
 //!
-//! WeCom service providers fit the same shape: a `Scope` for a suite's
-//! paths, a `Place` for `suite_access_token`, and their entries below.
+//! WeCom service providers fit the same shape: [`Scope::Suite`] for a
+//! suite's own paths, [`Place::SuiteToken`] and [`Place::ProviderToken`],
+//! and their entries below; a corp's paths are a WeCom app's.
 
 use std::borrow::Cow;
 
@@ -30,6 +31,9 @@ pub enum Scope {
     Platform,
     /// An account served through a platform: `/{platform}/{appid}/…`.
     Authorizer,
+    /// A WeCom suite's own paths: `/{platform}/cgi-bin/…`. Any other path
+    /// names a corp, whose paths are a WeCom app's ([`Scope::Wecom`]).
+    Suite,
 }
 
 /// What a request comes to.
@@ -61,6 +65,9 @@ pub enum Local {
     JssdkConfig,
     /// `/jssdk/agent-config`: `wx.agentConfig` values signed here (WeCom).
     JssdkAgentConfig,
+    /// A WeCom suite's `get_permanent_code`: exchanged by the proxy, the
+    /// corp registered, answered with placeholders.
+    PermanentCode,
 }
 
 /// The shape of a placeholder answer: that of the endpoint asked.
@@ -74,6 +81,12 @@ pub enum Placeholder {
     ComponentToken,
     /// `api_authorizer_token`.
     AuthorizerToken,
+    /// WeCom's `get_suite_token`.
+    SuiteToken,
+    /// WeCom's `get_provider_token`.
+    ProviderToken,
+    /// WeCom's `get_corp_token`.
+    CorpToken,
 }
 
 /// The credential the proxy places in a forwarded request. Whatever the
@@ -92,6 +105,11 @@ pub enum Place {
     AppSecret,
     /// Nothing: the user's own OAuth token is the only credential.
     Nothing,
+    /// A WeCom suite's token as `suite_access_token`.
+    SuiteToken,
+    /// A WeCom provider's token, as `provider_access_token` or
+    /// `access_token`, whichever the client sent.
+    ProviderToken,
 }
 
 /// How an answer is cleaned before it leaves.
@@ -128,6 +146,7 @@ const AUTHORIZER: &[Scope] = &[Scope::Authorizer];
 const MP_LIKE: &[Scope] = &[Scope::Mp, Scope::Authorizer];
 const APPS: &[Scope] = &[Scope::Mp, Scope::Wecom, Scope::Authorizer];
 const PLATFORM_LOGIN: &[Scope] = &[Scope::Platform, Scope::Authorizer];
+const SUITE: &[Scope] = &[Scope::Suite];
 
 /// One row: in these scopes, this path (or, ending in `/`, every path under
 /// it) comes to this action.
@@ -202,6 +221,55 @@ const TABLE: &[Entry] = &[
         PLATFORM,
         "/cgi-bin/component/",
         forward(Place::ComponentToken, Scrub::Fields),
+    ),
+    // A WeCom suite: the SDKs' own token calls answered with placeholders,
+    // the auth-code exchange done here (the permanent code is a secret),
+    // the provider's APIs with the provider token, the rest with the suite
+    // token.
+    entry(
+        SUITE,
+        "/cgi-bin/service/get_suite_token",
+        Action::Local(Local::Placeholder(Placeholder::SuiteToken)),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/service/get_provider_token",
+        Action::Local(Local::Placeholder(Placeholder::ProviderToken)),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/service/get_corp_token",
+        Action::Local(Local::Placeholder(Placeholder::CorpToken)),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/service/get_permanent_code",
+        Action::Local(Local::PermanentCode),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/service/v2/get_permanent_code",
+        Action::Local(Local::PermanentCode),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/gettoken",
+        Action::Refuse(Refuse::TokenPath),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/license/",
+        forward(Place::ProviderToken, Scrub::Placed),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/service/get_login_info",
+        forward(Place::ProviderToken, Scrub::Placed),
+    ),
+    entry(
+        SUITE,
+        "/cgi-bin/",
+        forward(Place::SuiteToken, Scrub::Placed),
     ),
     // User logins. An app's take its AppSecret; a platform's take its
     // component token, for any of its authorizers. Their answers are the

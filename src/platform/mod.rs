@@ -21,7 +21,7 @@
 
 mod admin;
 mod grant;
-mod push;
+pub(crate) mod push;
 
 pub use self::admin::answer;
 

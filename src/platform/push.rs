@@ -63,11 +63,7 @@ pub fn open(
     );
     let body = std::str::from_utf8(body).map_err(|_| PushError::NotAPush)?;
     let encrypted = element(body, "Encrypt").ok_or(PushError::NotAPush)?;
-    let expected = signature_of(push_token, &timestamp, &nonce, encrypted);
-    if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
-        return Err(PushError::BadSignature);
-    }
-    let (message, appid) = decrypt(key, encrypted)?;
+    let (message, appid) = verified(&signature, &timestamp, &nonce, encrypted, push_token, key)?;
     if appid != component_appid {
         return Err(PushError::OtherAppId(appid));
     }
@@ -77,6 +73,23 @@ pub fn open(
             element(&message, "InfoType").unwrap_or("none").to_owned(),
         )),
     }
+}
+
+/// The message and ReceiveId of `encrypted` once `signature` is checked:
+/// WeCom's pushes (and its URL check's `echostr`) use the same scheme.
+pub fn verified(
+    signature: &str,
+    timestamp: &str,
+    nonce: &str,
+    encrypted: &str,
+    push_token: &str,
+    key: &AesKey,
+) -> Result<(String, String), PushError> {
+    let expected = signature_of(push_token, timestamp, nonce, encrypted);
+    if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
+        return Err(PushError::BadSignature);
+    }
+    decrypt(key, encrypted)
 }
 
 /// `msg_signature`: SHA-1 hex of the four values sorted and concatenated.

@@ -1,0 +1,334 @@
+//! A WeCom suite's calls to WeCom: the suite token (needs the pushed
+//! suite_ticket), the provider token, a corp's token (from its permanent
+//! code), and the auth-code exchange. Each token is a grant on the token
+//! engine, like the Open Platform's component and authorizer tokens.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{header, Method};
+use serde_json::{json, Value};
+
+use crate::config::{AppConfig, BaseUrl, Secret};
+use crate::forward::body::ProxyBody;
+use crate::forward::upstream::HttpClient;
+use crate::store::{Key, Store, StoreError};
+use crate::token::{Grantor, TokenManager};
+use crate::wechat::{self, FetchError, Grant};
+
+/// The suite_ticket's kind in the store.
+pub const TICKET_KIND: &str = "suite_ticket";
+
+/// Errcodes that mean the suite (or provider) token is dead: 40082
+/// invalid, 42009 expired.
+pub fn is_suite_token_error(errcode: i64) -> bool {
+    matches!(errcode, 40082 | 42009)
+}
+
+/// POSTs `body` as JSON to `path`, with `credential` (name, value) in the
+/// query when given, and reads WeCom's answer.
+pub async fn call(
+    client: &HttpClient,
+    base: &BaseUrl,
+    path: &str,
+    credential: Option<(&str, &str)>,
+    body: Value,
+) -> Result<Value, FetchError> {
+    let uri = match credential {
+        Some((name, value)) => format!(
+            "{base}{path}?{name}={}",
+            crate::forward::query::encode(value)
+        ),
+        None => format!("{base}{path}"),
+    };
+    let request = wechat::request()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(ProxyBody::full(Bytes::from(body.to_string())))
+        .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
+    wechat::exchange(client, request).await
+}
+
+/// A token and its lifetime out of WeCom's answer.
+pub fn grant_from(answer: &Value, field: &str) -> Result<Grant, FetchError> {
+    let token = answer.get(field).and_then(Value::as_str);
+    let secs = answer.get("expires_in").and_then(Value::as_u64);
+    match (token, secs) {
+        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+            token: token.to_owned(),
+            expires_in: Duration::from_secs(secs),
+        }),
+        _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
+    }
+}
+
+/// Replaces each of `secrets` wherever WeCom echoed it in an error.
+pub fn scrub(e: FetchError, secrets: &[&str]) -> FetchError {
+    match e {
+        FetchError::Refused {
+            errcode,
+            mut errmsg,
+        } => {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                errmsg = errmsg.replace(secret, "[redacted]");
+            }
+            FetchError::Refused { errcode, errmsg }
+        }
+        e => e,
+    }
+}
+
+/// The suite token's source: the suite_secret (the manager's secret) and
+/// the newest suite_ticket.
+pub struct SuiteGrant {
+    /// The platform's name, for logs and errors.
+    pub name: String,
+    /// The suite_id.
+    pub suite_id: String,
+    /// Where WeCom is.
+    pub base_url: BaseUrl,
+    /// The newest ticket pushed, here or to another replica (found in the
+    /// store). Never shown.
+    pub ticket: ArcSwapOption<Secret>,
+    /// When WeCom issued the held ticket (the push's `TimeStamp`, seconds):
+    /// an older push never replaces it.
+    pub ticket_issued: std::sync::atomic::AtomicU64,
+    /// WeCom refused the ticket (40085) on the last fetch.
+    pub ticket_refused: AtomicI64,
+    /// Where the ticket is kept.
+    pub store: Arc<Store>,
+}
+
+impl SuiteGrant {
+    /// Takes the ticket kept in the store when it is newer than the one
+    /// held. True if one was taken.
+    pub async fn take_stored_ticket(&self) -> Result<bool, StoreError> {
+        let key = Key {
+            appid: &self.suite_id,
+            kind: TICKET_KIND,
+        };
+        let Some(saved) = self.store.load(key).await? else {
+            return Ok(false);
+        };
+        let issued = saved
+            .expires_at_ms
+            .saturating_sub(super::TICKET_LIFE.as_millis() as u64)
+            / 1000;
+        if saved.life_left(SystemTime::now()).is_zero()
+            || issued < self.ticket_issued.load(Ordering::Relaxed)
+            || self
+                .ticket
+                .load()
+                .as_ref()
+                .is_some_and(|t| t.expose() == saved.token)
+        {
+            return Ok(false);
+        }
+        self.ticket_issued.store(issued, Ordering::Relaxed);
+        self.ticket.store(Some(Arc::new(Secret::new(saved.token))));
+        Ok(true)
+    }
+}
+
+impl Grantor for SuiteGrant {
+    fn appid(&self) -> &str {
+        &self.suite_id
+    }
+
+    fn store_kind(&self) -> &str {
+        "suite_token"
+    }
+
+    fn label(&self) -> &str {
+        &self.name
+    }
+
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
+        Box::pin(async move {
+            if let Err(e) = self.take_stored_ticket().await {
+                tracing::warn!(platform = %self.name, error = %e, "cannot read the suite_ticket from the store");
+            }
+            let Some(ticket) = self.ticket.load_full() else {
+                return Err(FetchError::NotReady(format!(
+                    "waiting for suite_ticket: WeCom pushes one every 10 minutes to the 指令回调 URL and offers no way to ask for one; forward it to POST /platforms/{}/ticket",
+                    self.name
+                )));
+            };
+            let body = json!({
+                "suite_id": self.suite_id,
+                "suite_secret": secret.expose(),
+                "suite_ticket": ticket.expose(),
+            });
+            let answer = call(
+                client,
+                &self.base_url,
+                "/cgi-bin/service/get_suite_token",
+                None,
+                body,
+            )
+            .await
+            .map_err(|e| scrub(e, &[secret.expose(), ticket.expose()]));
+            if let Err(FetchError::Refused { errcode: 40085, .. }) = &answer {
+                self.ticket_refused.store(40085, Ordering::Relaxed);
+            }
+            grant_from(&answer?, "suite_access_token")
+        })
+    }
+}
+
+/// The provider token's source: the provider's corpid (the manager's
+/// appid) and provider_secret (its secret).
+pub struct ProviderGrant {
+    /// `platform (provider)`, for logs and errors.
+    pub label: String,
+    /// The provider's corpid.
+    pub corpid: String,
+    /// Where WeCom is.
+    pub base_url: BaseUrl,
+}
+
+impl Grantor for ProviderGrant {
+    fn appid(&self) -> &str {
+        &self.corpid
+    }
+
+    fn store_kind(&self) -> &str {
+        "provider_token"
+    }
+
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
+        Box::pin(async move {
+            let body = json!({"corpid": self.corpid, "provider_secret": secret.expose()});
+            let path = "/cgi-bin/service/get_provider_token";
+            let answer = call(client, &self.base_url, path, None, body)
+                .await
+                .map_err(|e| scrub(e, &[secret.expose()]));
+            grant_from(&answer?, "provider_access_token")
+        })
+    }
+}
+
+/// One corp's token source: its permanent code, and the suite token
+/// (`get_corp_token`) or, for a customized app, `gettoken` with the code as
+/// the corpsecret.
+pub struct CorpGrant {
+    /// `platform/corpid`, for logs and errors.
+    pub label: String,
+    /// The corp's config as a WeCom app: corpid, base URL, `gettoken`.
+    pub corp: Arc<AppConfig>,
+    /// Its kind in the store: one per suite, since two suites a corp
+    /// installed hold different tokens for it.
+    pub store_kind: String,
+    /// The suite_id, the registry's key.
+    pub suite_id: String,
+    /// A customized-app template: `gettoken`, no suite token.
+    pub customized: bool,
+    /// The suite token.
+    pub suite: Arc<TokenManager>,
+    /// The permanent code; replaced when WeCom resets it.
+    pub code: Mutex<Secret>,
+    /// Where the registry is kept.
+    pub store: Arc<Store>,
+}
+
+impl CorpGrant {
+    /// The permanent code held.
+    pub fn code(&self) -> Secret {
+        self.code.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The code to fetch with: the registry's in a shared store (another
+    /// replica may have had it reset), else the one held. A corp another
+    /// replica removed is not fetched for.
+    async fn latest_code(&self) -> Result<Secret, FetchError> {
+        match self.store.authorizer(&self.suite_id, &self.corp.appid).await {
+            Ok(Some(stored)) if stored != self.code().expose() => {
+                let stored = Secret::new(stored);
+                *self.code.lock().unwrap_or_else(|e| e.into_inner()) = stored.clone();
+                Ok(stored)
+            }
+            Ok(None) if self.store.is_shared() => Err(FetchError::NotReady(
+                "the corp was removed from the registry (cancel_auth, or DELETE /platforms/NAME/authorizers/CORPID on any replica)".into(),
+            )),
+            Ok(_) => Ok(self.code()),
+            Err(e) => {
+                tracing::warn!(corp = %self.label, error = %e, "cannot read the permanent code from the store; using the one held");
+                Ok(self.code())
+            }
+        }
+    }
+
+    async fn fetch(&self, client: &HttpClient) -> Result<Grant, FetchError> {
+        let code = self.latest_code().await?;
+        if self.customized {
+            return wechat::fetch(client, &self.corp, &code, false)
+                .await
+                .map_err(|e| scrub(e, &[code.expose()]));
+        }
+        let not_ready =
+            |e| FetchError::NotReady(format!("no suite_access_token to fetch with: {e}"));
+        let mut suite = self.suite.token().await.map_err(not_ready)?;
+        let body = json!({"auth_corpid": self.corp.appid, "permanent_code": code.expose()});
+        let mut retried = false;
+        let answer = loop {
+            let answer = call(
+                client,
+                &self.corp.base_url,
+                "/cgi-bin/service/get_corp_token",
+                Some(("suite_access_token", suite.value())),
+                body.clone(),
+            )
+            .await;
+            match answer {
+                Err(FetchError::Refused { errcode, .. })
+                    if !retried && is_suite_token_error(errcode) =>
+                {
+                    retried = true;
+                    suite = self.suite.replace(&suite).await.map_err(not_ready)?;
+                }
+                answer => break answer.map_err(|e| scrub(e, &[code.expose()])),
+            }
+        };
+        grant_from(&answer?, "access_token")
+    }
+}
+
+impl Grantor for CorpGrant {
+    fn appid(&self) -> &str {
+        &self.corp.appid
+    }
+
+    fn store_kind(&self) -> &str {
+        &self.store_kind
+    }
+
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        _secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
+        Box::pin(self.fetch(client))
+    }
+}

@@ -1,0 +1,598 @@
+//! WeCom service providers (企业微信第三方应用): the `suite_ticket` WeCom
+//! pushes, the suite token made from it, the optional provider token, and
+//! the tokens of the corps that installed the suite, each from its
+//! permanent code, on the token engine.
+//!
+//! Who holds what:
+//! - The suite token is a [`TokenManager`] fetching through
+//!   [`grant::SuiteGrant`] (suite_secret + newest ticket); the provider
+//!   token one through [`grant::ProviderGrant`]. Both renew ahead with their
+//!   own refresher, shared through the store and fleet lease.
+//! - The ticket and the corps' events arrive at the admin listener
+//!   ([`admin`], verified and decrypted by the Open Platform's push code
+//!   with ReceiveId = suite_id); the ticket is kept in the store (30 min).
+//! - The registry maps each corpid (case-sensitive, as WeCom sends it) to a
+//!   [`Corp`]: its permanent code (a secret: store only), when it was last
+//!   used, and a token manager and JS-SDK tickets created on first use.
+//! - One scheduler per suite renews ahead the corp tokens used during their
+//!   life; an idle corp costs no fetch.
+
+mod admin;
+mod grant;
+
+pub use self::admin::answer;
+pub use self::grant::is_suite_token_error;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::config::{AppConfig, Environment, PlatformConfig, Secret, TokenApi, UpstreamSettings};
+use crate::error::LocalError;
+use crate::forward::upstream::HttpClient;
+use crate::metrics::{AuthorizerObserver, Metrics};
+use crate::store::{unix_ms, Key, Registered, Saved, Store};
+use crate::ticket::{self, Tickets};
+use crate::token::{RefreshObserver, TokenManager};
+use crate::wechat::{FetchError, PLACEHOLDER_TOKEN};
+
+use self::grant::{CorpGrant, ProviderGrant, SuiteGrant, TICKET_KIND};
+
+/// How long WeCom's suite_ticket stays valid.
+const TICKET_LIFE: Duration = Duration::from_secs(30 * 60);
+/// How often the scheduler looks for corp tokens due for renewal.
+const TICK: Duration = Duration::from_secs(1);
+/// Longer path segments are not corpids: not worth a store lookup.
+const MAX_CORPID: usize = 64;
+
+/// What SDKs get instead of the suite token.
+pub const SUITE_PLACEHOLDER: &str = "WECHAT_TOKEN_PROXY_SUITE_PLACEHOLDER";
+/// What SDKs get instead of the provider token.
+pub const PROVIDER_PLACEHOLDER: &str = "WECHAT_TOKEN_PROXY_PROVIDER_PLACEHOLDER";
+/// What SDKs get instead of a corp's permanent code.
+pub const CODE_PLACEHOLDER: &str = "WECHAT_TOKEN_PROXY_PERMANENT_CODE_PLACEHOLDER";
+
+/// One corp that installed the suite: cheap while idle.
+pub struct Corp {
+    /// Its permanent code and the fetch.
+    grant: Arc<CorpGrant>,
+    /// Milliseconds after the suite's epoch of the last request; 0: never.
+    last_used: AtomicU64,
+    /// Created on first use.
+    tokens: OnceLock<Arc<TokenManager>>,
+    /// Its JS-SDK tickets, created on first use.
+    tickets: OnceLock<Arc<Tickets>>,
+    /// A renewal started by the scheduler is under way.
+    renewing: AtomicBool,
+}
+
+/// A corp as the request path uses it.
+pub struct CorpHandle {
+    /// Its config as a WeCom app (corpid, base URL).
+    pub config: Arc<AppConfig>,
+    /// Its token.
+    pub tokens: Arc<TokenManager>,
+    /// Its JS-SDK tickets.
+    pub tickets: Arc<Tickets>,
+}
+
+/// One `[platforms.NAME]` with `kind = "wecom"`.
+pub struct Suite {
+    /// Its config as the request path sees it: name, suite_id (as appid),
+    /// suite_secret, base URL, path rules.
+    app: Arc<AppConfig>,
+    /// The push keys and the provider.
+    config: PlatformConfig,
+    /// A customized-app (dk…) template.
+    customized: bool,
+    /// The suite token's source, holding the ticket.
+    ticket: Arc<SuiteGrant>,
+    /// The suite token.
+    suite: Arc<TokenManager>,
+    /// The provider token, when configured.
+    provider: Option<Arc<TokenManager>>,
+    /// The corps by corpid.
+    corps: RwLock<HashMap<Box<str>, Arc<Corp>>>,
+    /// Where the ticket, tokens and registry are kept.
+    store: Arc<Store>,
+    /// The pool of the suite's egress route.
+    client: HttpClient,
+    /// For the corps' managers.
+    upstream: UpstreamSettings,
+    /// For the corps' managers.
+    env: Arc<dyn Environment + Send + Sync>,
+    /// Counts every corp's fetches under the platform's name.
+    corp_observer: Arc<dyn RefreshObserver>,
+    /// Stops the corps' ticket holders.
+    shutdown: watch::Receiver<bool>,
+    /// `last_used` counts from here.
+    epoch: Instant,
+    /// Signatures of the pushes taken recently, with their timestamps: a
+    /// push seen twice is a replay.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl Suite {
+    /// A suite holding nothing yet; [`Suite::start`] loads and runs it.
+    pub fn new(
+        config: &PlatformConfig,
+        upstream: &UpstreamSettings,
+        client: HttpClient,
+        store: Arc<Store>,
+        env: Arc<dyn Environment + Send + Sync>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Suite {
+        let app = Arc::new(config.app.clone());
+        let suite_config = config.suite.clone().unwrap_or(crate::config::SuiteConfig {
+            customized: false,
+            provider: None,
+        });
+        let ticket = Arc::new(SuiteGrant {
+            name: app.name.clone(),
+            suite_id: app.appid.clone(),
+            base_url: app.base_url.clone(),
+            ticket: ArcSwapOption::empty(),
+            ticket_issued: AtomicU64::new(0),
+            ticket_refused: AtomicI64::new(0),
+            store: store.clone(),
+        });
+        let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
+        let suite = TokenManager::new(
+            app.clone(),
+            upstream,
+            client.clone(),
+            observer.clone(),
+            env.clone(),
+        )
+        .with_store(store.clone())
+        .with_grantor(ticket.clone());
+        let provider = suite_config.provider.map(|(corpid, secret)| {
+            let provider_app = Arc::new(AppConfig {
+                appid: corpid.clone(),
+                secret,
+                ..config.app.clone()
+            });
+            let grant = Arc::new(ProviderGrant {
+                label: format!("{} (provider)", app.name),
+                corpid,
+                base_url: app.base_url.clone(),
+            });
+            Arc::new(
+                TokenManager::new(
+                    provider_app,
+                    upstream,
+                    client.clone(),
+                    observer.clone(),
+                    env.clone(),
+                )
+                .with_store(store.clone())
+                .with_grantor(grant),
+            )
+        });
+        Suite {
+            customized: suite_config.customized,
+            config: config.clone(),
+            ticket,
+            suite: Arc::new(suite),
+            provider,
+            corps: RwLock::new(HashMap::new()),
+            store,
+            client,
+            upstream: upstream.clone(),
+            env,
+            corp_observer: Arc::new(AuthorizerObserver::new(metrics, &app.name)),
+            shutdown,
+            epoch: Instant::now(),
+            seen: Mutex::new(HashMap::new()),
+            app,
+        }
+    }
+
+    /// The platform's name (its path prefix).
+    pub fn name(&self) -> &str {
+        &self.app.name
+    }
+
+    /// The suite as the request path sees it.
+    pub fn app(&self) -> &Arc<AppConfig> {
+        &self.app
+    }
+
+    /// The suite token.
+    pub fn suite(&self) -> &Arc<TokenManager> {
+        &self.suite
+    }
+
+    /// The provider token, when configured.
+    pub fn provider(&self) -> Option<&Arc<TokenManager>> {
+        self.provider.as_ref()
+    }
+
+    /// Loads the ticket and the registry, then runs the refreshers and the
+    /// renewal scheduler until `shutdown`.
+    pub async fn start(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        match self.ticket.take_stored_ticket().await {
+            Ok(true) => {
+                tracing::info!(platform = %self.name(), store = self.store.kind(), "suite_ticket taken from the store")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "cannot read the suite_ticket from the store")
+            }
+        }
+        match self.store.authorizers(&self.app.appid).await {
+            Ok(entries) => {
+                let n = entries.len();
+                self.insert_all(entries);
+                tracing::info!(platform = %self.name(), corps = n, "corp registry loaded");
+            }
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "cannot load the corp registry")
+            }
+        }
+        tokio::spawn(self.suite.clone().run_refresher(shutdown.clone()));
+        if let Some(provider) = &self.provider {
+            tokio::spawn(provider.clone().run_refresher(shutdown.clone()));
+        }
+        tokio::spawn(self.run_scheduler(shutdown));
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<Corp>>> {
+        self.corps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<Corp>>> {
+        self.corps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The corp `corpid` (a path segment as sent), its token and tickets,
+    /// for a path the route table gave to a corp.
+    pub async fn corp(&self, corpid: &str) -> Result<CorpHandle, LocalError> {
+        let held = self.read().get(corpid).cloned();
+        let corp = match held {
+            Some(corp) => corp,
+            None => self.registered_elsewhere(corpid).await.ok_or_else(|| {
+                LocalError::UnknownAuthorizer {
+                    platform: self.name().to_owned(),
+                    appid: corpid.to_owned(),
+                }
+            })?,
+        };
+        let ms = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        corp.last_used.store(ms, Ordering::Relaxed);
+        let tokens = corp
+            .tokens
+            .get_or_init(|| self.manager(&corp.grant))
+            .clone();
+        let tickets = corp
+            .tickets
+            .get_or_init(|| {
+                Arc::new(Tickets::new(
+                    tokens.clone(),
+                    self.store.clone(),
+                    ticket::Limits {
+                        timeout: self.upstream.token_timeout,
+                        retry_min: self.upstream.token_retry_min,
+                        retry_max: self.upstream.token_retry_max,
+                    },
+                    self.shutdown.clone(),
+                ))
+            })
+            .clone();
+        Ok(CorpHandle {
+            config: corp.grant.corp.clone(),
+            tokens,
+            tickets,
+        })
+    }
+
+    /// A corp another replica registered after this one loaded the
+    /// registry: one store lookup, only for a corpid not served here.
+    async fn registered_elsewhere(&self, corpid: &str) -> Option<Arc<Corp>> {
+        if corpid.is_empty() || corpid.len() > MAX_CORPID {
+            return None;
+        }
+        let code = match self.store.authorizer(&self.app.appid, corpid).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "cannot look the corp up in the store");
+                return None;
+            }
+        };
+        self.insert_all(vec![self.entry(corpid.to_owned(), code)]);
+        self.read().get(corpid).cloned()
+    }
+
+    fn manager(&self, grant: &Arc<CorpGrant>) -> Arc<TokenManager> {
+        let manager = TokenManager::new(
+            grant.corp.clone(),
+            &self.upstream,
+            self.client.clone(),
+            Some(self.corp_observer.clone()),
+            self.env.clone(),
+        )
+        .with_store(self.store.clone())
+        .with_grantor(grant.clone());
+        Arc::new(manager)
+    }
+
+    fn entry(&self, corpid: String, permanent_code: String) -> Registered {
+        Registered {
+            component_appid: self.app.appid.clone(),
+            appid: corpid,
+            refresh_token: permanent_code,
+        }
+    }
+
+    fn new_corp(&self, corpid: &str, code: String) -> Arc<Corp> {
+        let corp = Arc::new(AppConfig {
+            appid: corpid.to_owned(),
+            token_api: TokenApi::Wecom,
+            ..(*self.app).clone()
+        });
+        Arc::new(Corp {
+            grant: Arc::new(CorpGrant {
+                label: format!("{}/{corpid}", self.name()),
+                corp,
+                store_kind: format!("corp_token@{}", self.app.appid),
+                suite_id: self.app.appid.clone(),
+                customized: self.customized,
+                suite: self.suite.clone(),
+                code: Mutex::new(Secret::new(code)),
+                store: self.store.clone(),
+            }),
+            last_used: AtomicU64::new(0),
+            tokens: OnceLock::new(),
+            tickets: OnceLock::new(),
+            renewing: AtomicBool::new(false),
+        })
+    }
+
+    /// Adds or updates corps in memory. A known one gets the new code and
+    /// keeps its token (a reset code does not end the token).
+    fn insert_all(&self, entries: Vec<Registered>) {
+        let mut map = self.write();
+        for entry in entries {
+            match map.get(entry.appid.as_str()) {
+                Some(held) => {
+                    *held.grant.code.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Secret::new(entry.refresh_token);
+                    if let Some(tokens) = held.tokens.get() {
+                        tokens.end_backoff();
+                    }
+                }
+                None => {
+                    let corp = self.new_corp(&entry.appid, entry.refresh_token);
+                    map.insert(entry.appid.into_boxed_str(), corp);
+                }
+            }
+        }
+    }
+
+    /// Saves, then holds, a corp and its permanent code.
+    async fn register(&self, corpid: String, code: String) -> Result<(), String> {
+        let entries = vec![self.entry(corpid.clone(), code)];
+        self.store
+            .register(&entries)
+            .await
+            .map_err(|e| format!("{}: the registry cannot be saved: {e}", self.name()))?;
+        tracing::info!(platform = %self.name(), corp = %corpid, "corp registered");
+        self.insert_all(entries);
+        Ok(())
+    }
+
+    /// Removes a corp here and from the store; false if it was unknown.
+    async fn unregister(&self, corpid: &str) -> Result<bool, String> {
+        let known = self.read().contains_key(corpid)
+            || matches!(
+                self.store.authorizer(&self.app.appid, corpid).await,
+                Ok(Some(_))
+            );
+        if !known {
+            return Ok(false);
+        }
+        self.store
+            .unregister(&self.app.appid, corpid)
+            .await
+            .map_err(|e| format!("{}: the registry cannot be saved: {e}", self.name()))?;
+        self.write().remove(corpid);
+        tracing::info!(platform = %self.name(), corp = %corpid, "corp removed");
+        Ok(true)
+    }
+
+    /// The permanent code of `corpid`, for a body that carries its
+    /// placeholder.
+    pub async fn permanent_code(&self, corpid: &str) -> Option<Secret> {
+        let held = self.read().get(corpid).cloned();
+        let corp = match held {
+            Some(corp) => corp,
+            None => self.registered_elsewhere(corpid).await?,
+        };
+        Some(corp.grant.code())
+    }
+
+    /// Exchanges a corp's `auth_code` through `v2/get_permanent_code` and
+    /// registers the corp. Returns WeCom's answer with the permanent code
+    /// (and any token) replaced by placeholders, and the corpid.
+    pub async fn exchange(&self, auth_code: &str) -> Result<(String, Value), LocalError> {
+        let unavailable = |errcode: i64, reason: String| LocalError::TokenUnavailable {
+            app: self.name().to_owned(),
+            errcode,
+            reason,
+        };
+        let mut suite = self
+            .suite
+            .token()
+            .await
+            .map_err(|e| unavailable(e.errcode(), format!("no suite_access_token: {e}")))?;
+        let body = json!({"auth_code": auth_code});
+        let mut retried = false;
+        let answer = loop {
+            let answer = grant::call(
+                &self.client,
+                &self.app.base_url,
+                "/cgi-bin/service/v2/get_permanent_code",
+                Some(("suite_access_token", suite.value())),
+                body.clone(),
+            )
+            .await;
+            match answer {
+                Err(FetchError::Refused { errcode, .. })
+                    if !retried && is_suite_token_error(errcode) =>
+                {
+                    retried = true;
+                    suite = self.suite.replace(&suite).await.map_err(|e| {
+                        unavailable(e.errcode(), format!("no suite_access_token: {e}"))
+                    })?;
+                }
+                answer => break answer,
+            }
+        };
+        let mut answer = answer.map_err(|e| {
+            unavailable(
+                e.errcode(),
+                format!("get_permanent_code: {}", grant::scrub(e, &[auth_code])),
+            )
+        })?;
+        let corpid = answer
+            .pointer("/auth_corp_info/corpid")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let code = answer
+            .get("permanent_code")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let (Some(corpid), Some(code)) = (corpid, code.filter(|c| !c.is_empty())) else {
+            return Err(unavailable(
+                -1,
+                "get_permanent_code answered without permanent_code or auth_corp_info.corpid"
+                    .into(),
+            ));
+        };
+        self.register(corpid.clone(), code)
+            .await
+            .map_err(|reason| unavailable(-1, reason))?;
+        answer["permanent_code"] = json!(CODE_PLACEHOLDER);
+        if answer.get("access_token").is_some() {
+            answer["access_token"] = json!(PLACEHOLDER_TOKEN);
+        }
+        Ok((corpid, answer))
+    }
+
+    /// Keeps a ticket issued at `issued` (seconds) unless a newer one is
+    /// held: in memory, in the store, and ends the suite token's backoff.
+    async fn keep_ticket(&self, ticket: String, issued: u64) {
+        if issued < self.ticket.ticket_issued.load(Ordering::Relaxed) {
+            tracing::info!(platform = %self.name(), "an older suite_ticket than the one held: ignored");
+            return;
+        }
+        let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(issued);
+        let saved = Saved {
+            appid: self.app.appid.clone(),
+            api: TICKET_KIND.to_owned(),
+            token: ticket.clone(),
+            expires_at_ms: unix_ms(issued_at + TICKET_LIFE),
+        };
+        self.ticket.ticket_issued.store(issued, Ordering::Relaxed);
+        self.ticket
+            .ticket
+            .store(Some(Arc::new(Secret::new(ticket))));
+        self.ticket.ticket_refused.store(0, Ordering::Relaxed);
+        let key = Key {
+            appid: &self.app.appid,
+            kind: TICKET_KIND,
+        };
+        if let Err(e) = self.store.save(key, saved).await {
+            tracing::warn!(platform = %self.name(), error = %e, "cannot save the suite_ticket");
+        }
+        tracing::info!(platform = %self.name(), "suite_ticket received");
+        if self.suite.current().is_none() {
+            self.suite.end_backoff();
+        }
+    }
+
+    /// Every [`TICK`], renews the corp tokens due whose corp was used
+    /// during their life: one task for the whole registry.
+    async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = Instant::now();
+            let due: Vec<(Arc<Corp>, Arc<TokenManager>)> = self
+                .read()
+                .values()
+                .filter_map(|c| Some((c.clone(), c.tokens.get()?.clone())))
+                .filter(|(c, tokens)| {
+                    let used =
+                        self.epoch + Duration::from_millis(c.last_used.load(Ordering::Relaxed));
+                    !c.renewing.load(Ordering::Relaxed) && tokens.renewal_due(used, now)
+                })
+                .collect();
+            for (corp, tokens) in due {
+                corp.renewing.store(true, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    tokens.renew_ahead().await;
+                    corp.renewing.store(false, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+
+    /// Why the suite cannot serve yet, if it cannot.
+    pub fn not_ready(&self) -> Option<String> {
+        let status = self.suite.status();
+        if status.expires_in.is_some() {
+            return None;
+        }
+        if self.ticket.ticket.load().is_none() {
+            return Some("waiting for suite_ticket: WeCom pushes one every 10 minutes (there is no API to ask for one)".into());
+        }
+        Some(match status.last_error {
+            Some(e) => format!("no suite_access_token: {e}"),
+            None => "no suite_access_token fetched yet".into(),
+        })
+    }
+
+    /// The suite's entry on `GET /platforms` (and `/apps`).
+    pub fn status(&self) -> Value {
+        let token = |tokens: &TokenManager| {
+            let status = tokens.status();
+            json!({
+                "state": status.state(),
+                "expires_in_s": status.expires_in.map(|d| d.as_secs()),
+                "last_error": status.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
+            })
+        };
+        let map = self.read();
+        let in_use = map.values().filter(|c| c.tokens.get().is_some()).count();
+        let ticket = match (
+            self.ticket.ticket.load().is_some(),
+            self.ticket.ticket_refused.load(Ordering::Relaxed),
+        ) {
+            (false, _) => "waiting for suite_ticket",
+            (true, 0) => "held",
+            (true, _) => "refused by WeCom (40085): waiting for the next push",
+        };
+        json!({
+            "name": self.name(),
+            "kind": "wecom",
+            "suite_id": self.app.appid,
+            "customized": self.customized,
+            "base_url": self.app.base_url.to_string(),
+            "ticket": ticket,
+            "suite_token": token(&self.suite),
+            "provider_token": self.provider.as_deref().map(token),
+            "corps": {"registered": map.len(), "in_use": in_use},
+        })
+    }
+}
