@@ -87,7 +87,11 @@ async fn config(app: &App<'_>, parts: &Parts, kind: Kind) -> Response<ProxyBody>
             format!("{name}: the JS-SDK config is read with GET"),
         );
     }
-    let agentid = match (kind, app.config.kind, app.config.agentid) {
+    // A suite's corps each have their own agentid: the page names it.
+    let asked = crate::forward::query::param(parts.uri.query(), "agentid")
+        .and_then(|id| id.parse::<u64>().ok())
+        .filter(|&id| id > 0);
+    let agentid = match (kind, app.config.kind, app.config.agentid.or(asked)) {
         (Kind::Agent, AppKind::Mp, _) => {
             return refuse(
                 StatusCode::NOT_FOUND,
@@ -98,7 +102,7 @@ async fn config(app: &App<'_>, parts: &Parts, kind: Kind) -> Response<ProxyBody>
             return refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{name}: apps.{name}.agentid is not set: add the WeCom app's agentid (e.g. agentid = 1000002) to [apps.{name}] to sign agent configs"
+                    "{name}: apps.{name}.agentid is not set: add the WeCom app's agentid (e.g. agentid = 1000002) to [apps.{name}] to sign agent configs, or ask with ?agentid="
                 ),
             )
         }

@@ -205,7 +205,7 @@ impl Proxy {
             })?;
         if let Action::Local(local) = action {
             if let (Local::PermanentCode, Some(suite)) = (local, &app.suite) {
-                return self.permanent_code(suite, body).await;
+                return self.permanent_code(suite, path, body).await;
             }
             let (config, tickets) = match &corp {
                 Some(corp) => (&corp.config, &corp.tickets),
@@ -265,13 +265,14 @@ impl Proxy {
             },
             (_, replay) => (body, replay, None),
         };
-        let code = code.as_ref().map_or("", |c| c.expose());
         let request = Forward {
             app,
             parts,
             path,
             place,
+            resized: code.is_some(),
         };
+        let code = code.as_ref().map_or("", |c| c.expose());
         let response = self
             .send(&request, placed, body, replay.as_ref(), ended)
             .await?;
@@ -348,6 +349,7 @@ impl Proxy {
     async fn permanent_code(
         &self,
         suite: &Suite,
+        path: &str,
         body: &mut Option<Incoming>,
     ) -> Result<Response<ProxyBody>, LocalError> {
         let body = body
@@ -360,7 +362,12 @@ impl Proxy {
             .ok_or_else(|| {
                 LocalError::ClientBody("get_permanent_code takes JSON {\"auth_code\":\"…\"}".into())
             })?;
-        let (_, answer) = suite.exchange(&auth_code).await?;
+        // The version the SDK asked for: the first also answers a token.
+        let path = match path.eq_ignore_ascii_case(suite::EXCHANGE) {
+            true => suite::EXCHANGE,
+            false => "/cgi-bin/service/get_permanent_code",
+        };
+        let (_, answer) = suite.exchange(path, &auth_code).await?;
         Ok(json_response(StatusCode::OK, "exchanged", &answer))
     }
 
@@ -571,6 +578,9 @@ struct Forward<'a> {
     path: &'a str,
     /// Which credential goes where.
     place: Place,
+    /// The body is not the client's (a permanent code put in): its
+    /// `Content-Length` no longer holds.
+    resized: bool,
 }
 
 /// The credential one attempt places: a token, or the app's AppSecret.
@@ -599,6 +609,9 @@ impl Forward<'_> {
         *upstream.uri_mut() = self.uri(placed)?;
         *upstream.headers_mut() =
             forward_headers(&self.parts.headers, &self.app.config.base_url.host);
+        if self.resized {
+            upstream.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         Ok(upstream)
     }
 

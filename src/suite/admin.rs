@@ -155,7 +155,7 @@ impl Suite {
             Event::AuthCode(code) => {
                 let suite = self.clone();
                 tokio::spawn(async move {
-                    match suite.exchange(&code).await {
+                    match suite.exchange(super::EXCHANGE, &code).await {
                         Ok((corpid, _)) => {
                             tracing::info!(platform = %suite.name(), corp = %corpid, "auth code exchanged for a permanent code")
                         }
@@ -304,7 +304,7 @@ impl Suite {
                 "send JSON {\"auth_code\":\"…\"} (the AuthCode of the create_auth push)".into(),
             );
         };
-        match self.exchange(&code).await {
+        match self.exchange(super::EXCHANGE, &code).await {
             Ok((corpid, _)) => ok(json!({"registered": true, "corpid": corpid})),
             Err(e) => e.into_response(),
         }

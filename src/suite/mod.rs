@@ -47,6 +47,8 @@ use self::grant::{CorpGrant, ProviderGrant, SuiteGrant, TICKET_KIND};
 const TICKET_LIFE: Duration = Duration::from_secs(30 * 60);
 /// How often the scheduler looks for corp tokens due for renewal.
 const TICK: Duration = Duration::from_secs(1);
+/// The auth-code exchange WeCom recommends.
+pub const EXCHANGE: &str = "/cgi-bin/service/v2/get_permanent_code";
 /// Longer path segments are not corpids: not worth a store lookup.
 const MAX_CORPID: usize = 64;
 
@@ -419,10 +421,16 @@ impl Suite {
         Some(corp.grant.code())
     }
 
-    /// Exchanges a corp's `auth_code` through `v2/get_permanent_code` and
+    /// Exchanges a corp's `auth_code` through `path` (WeCom's
+    /// `v2/get_permanent_code` unless an SDK asked for the first version) and
     /// registers the corp. Returns WeCom's answer with the permanent code
-    /// (and any token) replaced by placeholders, and the corpid.
-    pub async fn exchange(&self, auth_code: &str) -> Result<(String, Value), LocalError> {
+    /// (and the first version's token) replaced by placeholders, and the
+    /// corpid.
+    pub async fn exchange(
+        &self,
+        path: &str,
+        auth_code: &str,
+    ) -> Result<(String, Value), LocalError> {
         let unavailable = |errcode: i64, reason: String| LocalError::TokenUnavailable {
             app: self.name().to_owned(),
             errcode,
@@ -439,7 +447,7 @@ impl Suite {
             let answer = grant::call(
                 &self.client,
                 &self.app.base_url,
-                "/cgi-bin/service/v2/get_permanent_code",
+                path,
                 Some(("suite_access_token", suite.value())),
                 body.clone(),
             )

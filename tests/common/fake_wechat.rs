@@ -14,6 +14,7 @@ mod component;
 mod handler;
 mod login;
 mod net;
+mod service;
 mod tickets;
 mod tokens;
 
@@ -137,6 +138,8 @@ struct State {
     tickets: tickets::Tickets,
     /// Third-party platforms, their authorizers and counts.
     component: component::Component,
+    /// WeCom suites, providers, their corps and counts.
+    service: service::Service,
     /// Calls to a ticket endpoint, by kind (`jsapi`, `wx_card`, `corp`,
     /// `agent`), refused ones included.
     ticket_fetches: HashMap<&'static str, usize>,
@@ -211,6 +214,7 @@ impl FakeWeChat {
         let state = Arc::new(Mutex::new(State {
             tickets: tickets::Tickets::new(opts.ticket_lifetime),
             component: component::Component::default(),
+            service: service::Service::default(),
             ticket_fetches: HashMap::new(),
             clear_quota_calls: 0,
             quota_gets: 0,
@@ -346,6 +350,67 @@ impl FakeWeChat {
     /// Rotate refresh tokens with every authorizer token from now on.
     pub fn set_rotate_refresh_tokens(&self, on: bool) {
         lock(&self.state).component.rotate = on;
+    }
+
+    /// Registers a WeCom suite and its suite_secret.
+    pub fn add_suite(&self, suite_id: &str, secret: &str) {
+        let entry = (secret.to_owned(), None);
+        lock(&self.state)
+            .service
+            .suites
+            .insert(suite_id.to_owned(), entry);
+    }
+
+    /// The suite_ticket WeCom pushed last (the one `get_suite_token` accepts).
+    pub fn push_suite_ticket(&self, suite_id: &str, ticket: &str) {
+        let mut st = lock(&self.state);
+        let suite = st
+            .service
+            .suites
+            .get_mut(suite_id)
+            .expect("add_suite first");
+        suite.1 = Some(ticket.to_owned());
+    }
+
+    /// Registers a provider's corpid and provider_secret.
+    pub fn add_provider(&self, corpid: &str, secret: &str) {
+        lock(&self.state)
+            .service
+            .providers
+            .insert(corpid.to_owned(), secret.to_owned());
+    }
+
+    /// A corp installs the suite: `auth_code` (usable once) exchanges for
+    /// `permanent_code`, which `get_corp_token` takes from then on.
+    pub fn install_corp(&self, corpid: &str, auth_code: &str, permanent_code: &str) {
+        let mut st = lock(&self.state);
+        st.service
+            .corps
+            .insert(corpid.to_owned(), permanent_code.to_owned());
+        st.service
+            .codes
+            .insert(auth_code.to_owned(), corpid.to_owned());
+    }
+
+    /// `get_suite_token` calls so far.
+    pub fn suite_fetches(&self) -> usize {
+        lock(&self.state).service.suite_fetches
+    }
+
+    /// `get_provider_token` calls so far.
+    pub fn provider_fetches(&self) -> usize {
+        lock(&self.state).service.provider_fetches
+    }
+
+    /// `get_corp_token` calls for `corpid` so far.
+    pub fn corp_fetches(&self, corpid: &str) -> usize {
+        let st = lock(&self.state);
+        st.service.corp_fetches.get(corpid).copied().unwrap_or(0)
+    }
+
+    /// `get_permanent_code` calls (both versions) so far.
+    pub fn permanent_code_exchanges(&self) -> usize {
+        lock(&self.state).service.exchanges
     }
 
     /// `api_component_token` calls so far.

@@ -10,6 +10,7 @@ pub mod client;
 pub mod connect_proxy;
 pub mod fake_wechat;
 pub mod proxy;
+pub mod push;
 pub mod raw;
 pub mod redis;
 pub mod relay;

@@ -76,6 +76,13 @@ pub(super) async fn handle(
             Ok(super::component::handle(&state, req).await)
         }
         (None, None, p) if p.starts_with("/sns/") => Ok(super::login::handle(&state, req).await),
+        (None, None, p)
+            if p.starts_with("/cgi-bin/service/")
+                || p.starts_with("/cgi-bin/license/")
+                || p == "/cgi-bin/agent/set_scope" =>
+        {
+            Ok(super::service::handle(&state, req).await)
+        }
         (None, None, _) => api_call(&state, req).await,
     }
 }

@@ -128,6 +128,15 @@ impl Tokens {
         (self.issue(appid, now), self.opts.expires_in)
     }
 
+    /// A token for `appid` of `kind` (a WeCom corp served by a suite gets
+    /// WeCom's errcodes), registered on first use, and its `expires_in`.
+    pub fn mint_as(&mut self, kind: AppKind, appid: &str, now: Instant) -> (String, u64) {
+        if !self.apps.contains_key(appid) {
+            self.add_app(kind, appid, "");
+        }
+        (self.issue(appid, now), self.opts.expires_in)
+    }
+
     /// Registers (or replaces) an app with the secret fetches must present.
     pub fn add_app(&mut self, kind: AppKind, appid: &str, secret: &str) {
         let app = App {
