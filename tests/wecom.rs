@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::fake_wechat::{AppKind, FakeWeChat};
 use common::push::{encrypt, signed_query, unix_now};
 use common::redis::RedisServer;
-use common::{wait_until_async, Http, Proxy};
+use common::{run_binary, wait_until_async, write_temp, Http, Proxy};
 use http::{Method, Request};
 use http_body_util::Full;
 
@@ -660,4 +660,153 @@ async fn replicas_sharing_redis_share_the_ticket_the_registry_and_one_corp_fetch
     }
     assert_eq!(fake.corp_fetches(CORP_A), 1, "one fetch for the fleet");
     assert_eq!(fake.suite_fetches(), 1, "one suite token for the fleet");
+}
+
+#[test]
+fn a_bad_suite_config_names_the_file_and_the_key() {
+    let base = "[platforms.crm]\nkind = \"wecom\"\nsecret_env = \"CRM_SUITE_SECRET\"\n";
+    for (config, key, says) in [
+        (base.to_owned(), "platforms.crm.suite_id", "missing"),
+        (
+            format!("{base}suite_id = \"ww-not-an-id\"\n"),
+            "platforms.crm.suite_id",
+            "not a suite_id",
+        ),
+        (
+            format!("{base}suite_id = \"{SUITE}\"\ncomponent_appid = \"wx00000000000000c0\"\n"),
+            "platforms.crm.component_appid",
+            "suite_id",
+        ),
+        (
+            format!("{base}suite_id = \"{SUITE}\"\nprovider_corpid = \"{PROVIDER}\"\n"),
+            "platforms.crm.provider_secret_env",
+            "missing",
+        ),
+        (
+            format!("{base}suite_id = \"{SUITE}\"\nprovider_corpid = \"{PROVIDER}\"\nprovider_secret_env = \"UNSET_PROVIDER_SECRET\"\n"),
+            "platforms.crm.provider_secret_env",
+            "UNSET_PROVIDER_SECRET",
+        ),
+        (
+            "[platforms.saas]\ncomponent_appid = \"wx00000000000000c0\"\nsecret_env = \"CRM_SUITE_SECRET\"\nsuite_id = \"ww5f3c1a2b3c4d5e6f\"\n".to_owned(),
+            "platforms.saas.suite_id",
+            "kind = \"wecom\"",
+        ),
+    ] {
+        let path = write_temp("suite.toml", &config);
+        let path = path.to_str().expect("utf-8 path");
+        let (status, _, err) = run_binary(&["check", "--config", path], &env());
+        assert!(!status.success(), "accepted:\n{config}");
+        for part in [path, key, says] {
+            assert!(err.contains(part), "{part:?} missing in: {err}");
+        }
+        assert!(!err.contains(SUITE_SECRET) && !err.contains(PROVIDER_SECRET), "{err}");
+    }
+    let good = format!("{base}suite_id = \"{DK_SUITE}\"\n");
+    let path = write_temp("suite.toml", &good);
+    let (status, _, err) = run_binary(
+        &["check", "--config", path.to_str().expect("utf-8")],
+        &env(),
+    );
+    assert!(status.success(), "{err}");
+}
+
+#[tokio::test]
+async fn a_ticket_wecom_refuses_is_reported_and_metrics_name_no_corp() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake), &env());
+    let http = Http::new();
+    // The fake holds another ticket: WeCom answers 40085.
+    fake.push_suite_ticket(SUITE, "the-real-ticket");
+    assert_eq!(
+        deliver(&http, &proxy, &ticket_xml("a-stale-ticket"))
+            .await
+            .text(),
+        "success"
+    );
+    let url = format!("{}/readyz", proxy.admin_url);
+    wait_until_async("40085 to be reported", Duration::from_secs(5), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).await.text().contains("40085") }
+    })
+    .await;
+    let platforms = http
+        .get(&format!("{}/platforms", proxy.admin_url))
+        .await
+        .json();
+    assert_eq!(platforms[0]["suite_token"]["last_error"]["errcode"], 40085);
+
+    // The next push carries the ticket WeCom holds: served again.
+    assert_eq!(
+        deliver(&http, &proxy, &ticket_xml("the-real-ticket"))
+            .await
+            .text(),
+        "success"
+    );
+    wait_ready(&http, &proxy).await;
+    fake.install_corp(CORP_A, "unused", CODE_A);
+    let put = send(
+        &http,
+        Method::PUT,
+        &format!("{}/platforms/crm/authorizers/{CORP_A}", proxy.admin_url),
+        &format!(r#"{{"permanent_code":"{CODE_A}"}}"#),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    http.get(&format!("{}/crm/{CORP_A}/cgi-bin/user/list", proxy.url))
+        .await
+        .assert_ok();
+    let metrics = http
+        .get(&format!("{}/metrics", proxy.admin_url))
+        .await
+        .text();
+    assert!(metrics.contains("platform=\"crm\""), "{metrics}");
+    assert!(
+        !metrics.contains(CORP_A),
+        "a corp in a metric label: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_permanent_code_replaces_the_old_one() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config_for(&fake, SUITE, ""), &env());
+    let http = Http::new();
+    ready_suite(&fake, &proxy, &http).await;
+    // WeCom resets CORP_A's code: the old one no longer fetches a token.
+    fake.install_corp(CORP_A, "RESET-CODE", "PERMANENT-CODE-A-reset");
+    assert_eq!(
+        deliver(
+            &http,
+            &proxy,
+            &auth_xml("reset_permanent_code", "RESET-CODE")
+        )
+        .await
+        .text(),
+        "success"
+    );
+    wait_until_async(
+        "the reset code to be exchanged",
+        Duration::from_secs(5),
+        || {
+            let fake = &fake;
+            async move { fake.permanent_code_exchanges() == 1 }
+        },
+    )
+    .await;
+    let url = format!("{}/crm/{CORP_A}/cgi-bin/user/list", proxy.url);
+    wait_until_async(
+        "the corp to be served with the new code",
+        Duration::from_secs(5),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).await.json()["errcode"] == 0 }
+        },
+    )
+    .await;
+    assert_eq!(
+        fake.corp_fetches(CORP_A),
+        1,
+        "fetched with the new code only"
+    );
 }

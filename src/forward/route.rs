@@ -71,6 +71,8 @@ pub enum Local {
 }
 
 /// The shape of a placeholder answer: that of the endpoint asked.
+// Each is named after the token its endpoint hands out.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placeholder {
     /// `/cgi-bin/token`, `/cgi-bin/stable_token`.

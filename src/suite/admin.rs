@@ -138,7 +138,7 @@ impl Suite {
                 });
                 match opened {
                     Ok(xml) => event(&xml, now),
-                    Err(response) => return response,
+                    Err(response) => return *response,
                 }
             }
             (None, _) => {
@@ -189,10 +189,13 @@ impl Suite {
         &self,
         query: Option<&str>,
         decrypt: impl FnOnce(&str, &str, &str) -> Result<(String, String), PushError>,
-    ) -> Result<String, Response<ProxyBody>> {
+    ) -> Result<String, Box<Response<ProxyBody>>> {
         let bad = |e: PushError| {
             tracing::warn!(platform = %self.name(), error = %e, "push refused");
-            refused(StatusCode::BAD_REQUEST, format!("{}: {e}", self.name()))
+            Box::new(refused(
+                StatusCode::BAD_REQUEST,
+                format!("{}: {e}", self.name()),
+            ))
         };
         let param = |name: &'static str| {
             query::param(query, name).ok_or_else(|| bad(PushError::MissingParam(name)))
@@ -208,10 +211,10 @@ impl Suite {
             .is_ok_and(|t| t.abs_diff(now) <= PUSH_WINDOW.as_secs());
         if !fresh {
             tracing::warn!(platform = %self.name(), "push refused: stale timestamp");
-            return Err(refused(
+            return Err(Box::new(refused(
                 StatusCode::BAD_REQUEST,
                 format!("{}: the push's timestamp is more than {} s from now: a replay, or this host's clock is wrong", self.name(), PUSH_WINDOW.as_secs()),
-            ));
+            )));
         }
         let (message, receive_id) = decrypt(&signature, &timestamp, &nonce).map_err(bad)?;
         let provider = self.config.suite.as_ref().and_then(|s| s.provider.as_ref());
@@ -223,10 +226,10 @@ impl Suite {
         seen.retain(|_, t| t.abs_diff(now) <= PUSH_WINDOW.as_secs());
         if seen.insert(signature, now).is_some() {
             tracing::warn!(platform = %self.name(), "push refused: replayed");
-            return Err(refused(
+            return Err(Box::new(refused(
                 StatusCode::BAD_REQUEST,
                 format!("{}: this push was taken already: a replay", self.name()),
-            ));
+            )));
         }
         Ok(message)
     }
@@ -258,7 +261,7 @@ impl Suite {
                 );
                 response
             }
-            Err(response) => response,
+            Err(response) => *response,
         }
     }
 
