@@ -810,3 +810,67 @@ async fn a_reset_permanent_code_replaces_the_old_one() {
         "fetched with the new code only"
     );
 }
+
+/// The README's wechatpy snippet for a suite (`wechatpy.enterprise`), its
+/// address made the proxy's.
+fn readme_suite_snippet(addr: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let start = readme
+        .find("```python\nfrom wechatpy.enterprise")
+        .expect("README has the suite's wechatpy snippet");
+    let code = &readme[start + "```python\n".len()..];
+    let end = code.find("```").expect("the snippet is closed");
+    code[..end].replace("127.0.0.1:8080", addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_wechatpy_snippet_reaches_wecom_through_the_proxy() {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme/.venv/bin/python");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "{python} is missing: run .ci/test, which installs the pinned wechatpy"
+    );
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake), &env());
+    let http = Http::new();
+    ready_suite(&fake, &proxy, &http).await;
+    let before = fake.requests().len();
+
+    let file = write_temp("suite.py", &readme_suite_snippet(&proxy.addr.to_string()));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(file)
+            // The guard fails any connection off this host: nothing goes
+            // around the proxy.
+            .env(
+                "PYTHONPATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme/python"),
+            )
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("joined");
+    assert!(
+        output.status.success(),
+        "the snippet failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Vec<(String, bool)> = fake.requests()[before..]
+        .iter()
+        .map(|r| (r.path.clone(), r.token_ok))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("/cgi-bin/user/get".to_owned(), true),
+            ("/cgi-bin/service/get_login_info".to_owned(), true),
+        ]
+    );
+    assert_eq!(fake.ticket_fetches("corp"), 1);
+    assert_eq!(fake.corp_fetches(CORP_A), 1);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains(CODE_A), "{stdout}");
+}
