@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{header, Method, Request};
 use serde::Deserialize;
 
-use crate::config::{AppConfig, AppKind, Secret, TokenApi};
+use crate::config::{AppConfig, AppKind, BaseUrl, Secret, TokenApi};
 use crate::error::with_causes;
 use crate::forward::body::{buffer_up_to, Buffered, ProxyBody};
 use crate::forward::query::encode;
@@ -207,6 +207,60 @@ pub async fn exchange(
                 .unwrap_or_default()
                 .to_owned(),
         }),
+    }
+}
+
+/// POSTs `body` as JSON to `path` under `base`, with `credential` (a query
+/// parameter's name and value) when given, and reads the answer as
+/// [`exchange`] does: the calls a platform or suite makes with its own
+/// credentials.
+pub async fn post_json(
+    client: &HttpClient,
+    base: &BaseUrl,
+    path: &str,
+    credential: Option<(&str, &str)>,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, FetchError> {
+    let uri = match credential {
+        Some((name, value)) => format!("{base}{path}?{name}={}", encode(value)),
+        None => format!("{base}{path}"),
+    };
+    let request = request()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(ProxyBody::full(Bytes::from(body.to_string())))
+        .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
+    exchange(client, request).await
+}
+
+/// The token named `field` and its `expires_in` out of an answer.
+pub fn grant_from(answer: &serde_json::Value, field: &str) -> Result<Grant, FetchError> {
+    let token = answer.get(field).and_then(serde_json::Value::as_str);
+    let secs = answer.get("expires_in").and_then(serde_json::Value::as_u64);
+    match (token, secs) {
+        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+            token: token.to_owned(),
+            expires_in: Duration::from_secs(secs),
+        }),
+        _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
+    }
+}
+
+/// `e` with each of `secrets` replaced wherever WeChat echoed it in its
+/// errmsg.
+pub fn redact(e: FetchError, secrets: &[&str]) -> FetchError {
+    match e {
+        FetchError::Refused {
+            errcode,
+            mut errmsg,
+        } => {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                errmsg = errmsg.replace(secret, "[redacted]");
+            }
+            FetchError::Refused { errcode, errmsg }
+        }
+        e => e,
     }
 }
 

@@ -7,20 +7,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http::{header, Method};
 use serde_json::{json, Value};
 
 use crate::config::{BaseUrl, Secret};
-use crate::forward::body::ProxyBody;
 use crate::forward::upstream::HttpClient;
 use crate::store::{Key, Registered, Store, StoreError};
 use crate::token::{Grantor, TokenManager};
 use crate::wechat::is_token_error;
-use crate::wechat::{self, FetchError, Grant};
+use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
 /// Errcodes that mean the refresh token will never work again.
 pub const REVOKED: [i64; 2] = [61003, 61023];
@@ -34,48 +31,8 @@ pub async fn call(
     component_token: Option<&str>,
     body: Value,
 ) -> Result<Value, FetchError> {
-    let uri = match component_token {
-        Some(t) => format!(
-            "{base}{path}?component_access_token={}",
-            crate::forward::query::encode(t)
-        ),
-        None => format!("{base}{path}"),
-    };
-    let request = wechat::request()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(ProxyBody::full(Bytes::from(body.to_string())))
-        .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
-    wechat::exchange(client, request).await
-}
-
-/// A token and its lifetime out of WeChat's answer.
-fn grant_from(answer: &Value, field: &str) -> Result<Grant, FetchError> {
-    let token = answer.get(field).and_then(Value::as_str);
-    let secs = answer.get("expires_in").and_then(Value::as_u64);
-    match (token, secs) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
-            token: token.to_owned(),
-            expires_in: Duration::from_secs(secs),
-        }),
-        _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
-    }
-}
-
-/// Replaces `secret` wherever WeChat echoed it in an error.
-fn scrub(e: FetchError, secret: &str) -> FetchError {
-    match e {
-        FetchError::Refused { errcode, errmsg }
-            if !secret.is_empty() && errmsg.contains(secret) =>
-        {
-            FetchError::Refused {
-                errcode,
-                errmsg: errmsg.replace(secret, "[redacted]"),
-            }
-        }
-        e => e,
-    }
+    let credential = component_token.map(|t| ("component_access_token", t));
+    wechat::post_json(client, base, path, credential, body).await
 }
 
 /// The component token's source: the component_appsecret (the manager's
@@ -160,7 +117,7 @@ impl Grantor for ComponentGrant {
                 body,
             )
             .await
-            .map_err(|e| scrub(scrub(e, secret.expose()), ticket.expose()));
+            .map_err(|e| redact(e, &[secret.expose(), ticket.expose()]));
             if let Err(FetchError::Refused {
                 errcode: code @ (61005 | 61006),
                 ..
@@ -266,7 +223,7 @@ impl AuthorizerGrant {
                         ))
                     })?;
                 }
-                answer => break answer.map_err(|e| scrub(e, refresh.expose())),
+                answer => break answer.map_err(|e| redact(e, &[refresh.expose()])),
             }
         };
         if let Err(FetchError::Refused { errcode, .. }) = &answer {

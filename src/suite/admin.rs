@@ -267,12 +267,7 @@ impl Suite {
 
     /// `PUT /platforms/NAME/authorizers/CORPID` `{"permanent_code"}`.
     async fn put(&self, corpid: &str, body: &[u8]) -> Response<ProxyBody> {
-        let code = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-            v.get("permanent_code")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        let Some(code) = code.filter(|c| !c.is_empty()) else {
+        let Some(code) = json_text(body, "permanent_code") else {
             return refused(
                 StatusCode::BAD_REQUEST,
                 "send JSON {\"permanent_code\":\"…\"} (the corp's permanent code)".into(),
@@ -296,12 +291,7 @@ impl Suite {
     /// `POST /platforms/NAME/authorizers` `{"auth_code"}`: exchanged
     /// through `get_permanent_code`.
     async fn post_code(&self, body: &[u8]) -> Response<ProxyBody> {
-        let code = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-            v.get("auth_code")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        let Some(code) = code.filter(|c| !c.is_empty()) else {
+        let Some(code) = json_text(body, "auth_code") else {
             return refused(
                 StatusCode::BAD_REQUEST,
                 "send JSON {\"auth_code\":\"…\"} (the AuthCode of the create_auth push)".into(),
@@ -333,6 +323,13 @@ impl Suite {
         entries.sort_by(|a, b| a["corpid"].as_str().cmp(&b["corpid"].as_str()));
         Value::Array(entries)
     }
+}
+
+/// The non-empty string `name` of a JSON body.
+fn json_text(body: &[u8], name: &str) -> Option<String> {
+    let value = serde_json::from_slice::<Value>(body).ok()?;
+    let text = value.get(name)?.as_str()?;
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 fn ok(body: Value) -> Response<ProxyBody> {

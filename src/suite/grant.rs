@@ -7,19 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http::{header, Method};
 use serde_json::{json, Value};
 
 use crate::config::{AppConfig, BaseUrl, Secret};
-use crate::forward::body::ProxyBody;
 use crate::forward::upstream::HttpClient;
 use crate::store::{Key, Store, StoreError};
 use crate::token::{Grantor, TokenManager};
-use crate::wechat::{self, FetchError, Grant};
+use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
 /// The suite_ticket's kind in the store.
 pub const TICKET_KIND: &str = "suite_ticket";
@@ -30,57 +27,30 @@ pub fn is_suite_token_error(errcode: i64) -> bool {
     matches!(errcode, 40082 | 42009)
 }
 
-/// POSTs `body` as JSON to `path`, with `credential` (name, value) in the
-/// query when given, and reads WeCom's answer.
-pub async fn call(
+/// POSTs `body` to `path` with the suite token; on 40082/42009 the token
+/// is replaced and the call made once more. A suite token that cannot be
+/// had is [`FetchError::NotReady`].
+pub async fn with_suite_token(
     client: &HttpClient,
     base: &BaseUrl,
     path: &str,
-    credential: Option<(&str, &str)>,
+    suite: &Arc<TokenManager>,
     body: Value,
 ) -> Result<Value, FetchError> {
-    let uri = match credential {
-        Some((name, value)) => format!(
-            "{base}{path}?{name}={}",
-            crate::forward::query::encode(value)
-        ),
-        None => format!("{base}{path}"),
-    };
-    let request = wechat::request()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(ProxyBody::full(Bytes::from(body.to_string())))
-        .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
-    wechat::exchange(client, request).await
-}
-
-/// A token and its lifetime out of WeCom's answer.
-pub fn grant_from(answer: &Value, field: &str) -> Result<Grant, FetchError> {
-    let token = answer.get(field).and_then(Value::as_str);
-    let secs = answer.get("expires_in").and_then(Value::as_u64);
-    match (token, secs) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
-            token: token.to_owned(),
-            expires_in: Duration::from_secs(secs),
-        }),
-        _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
-    }
-}
-
-/// Replaces each of `secrets` wherever WeCom echoed it in an error.
-pub fn scrub(e: FetchError, secrets: &[&str]) -> FetchError {
-    match e {
-        FetchError::Refused {
-            errcode,
-            mut errmsg,
-        } => {
-            for secret in secrets.iter().filter(|s| !s.is_empty()) {
-                errmsg = errmsg.replace(secret, "[redacted]");
+    let not_ready = |e| FetchError::NotReady(format!("no suite_access_token: {e}"));
+    let mut token = suite.token().await.map_err(not_ready)?;
+    let mut retried = false;
+    loop {
+        let credential = Some(("suite_access_token", token.value()));
+        match wechat::post_json(client, base, path, credential, body.clone()).await {
+            Err(FetchError::Refused { errcode, .. })
+                if !retried && is_suite_token_error(errcode) =>
+            {
+                retried = true;
+                token = suite.replace(&token).await.map_err(not_ready)?;
             }
-            FetchError::Refused { errcode, errmsg }
+            answer => return answer,
         }
-        e => e,
     }
 }
 
@@ -169,15 +139,10 @@ impl Grantor for SuiteGrant {
                 "suite_secret": secret.expose(),
                 "suite_ticket": ticket.expose(),
             });
-            let answer = call(
-                client,
-                &self.base_url,
-                "/cgi-bin/service/get_suite_token",
-                None,
-                body,
-            )
-            .await
-            .map_err(|e| scrub(e, &[secret.expose(), ticket.expose()]));
+            let path = "/cgi-bin/service/get_suite_token";
+            let answer = wechat::post_json(client, &self.base_url, path, None, body)
+                .await
+                .map_err(|e| redact(e, &[secret.expose(), ticket.expose()]));
             if let Err(FetchError::Refused { errcode: 40085, .. }) = &answer {
                 self.ticket_refused.store(40085, Ordering::Relaxed);
             }
@@ -218,9 +183,9 @@ impl Grantor for ProviderGrant {
         Box::pin(async move {
             let body = json!({"corpid": self.corpid, "provider_secret": secret.expose()});
             let path = "/cgi-bin/service/get_provider_token";
-            let answer = call(client, &self.base_url, path, None, body)
+            let answer = wechat::post_json(client, &self.base_url, path, None, body)
                 .await
-                .map_err(|e| scrub(e, &[secret.expose()]));
+                .map_err(|e| redact(e, &[secret.expose()]));
             grant_from(&answer?, "provider_access_token")
         })
     }
@@ -281,32 +246,13 @@ impl CorpGrant {
         if self.customized {
             return wechat::fetch(client, &self.corp, &code, false)
                 .await
-                .map_err(|e| scrub(e, &[code.expose()]));
+                .map_err(|e| redact(e, &[code.expose()]));
         }
-        let not_ready =
-            |e| FetchError::NotReady(format!("no suite_access_token to fetch with: {e}"));
-        let mut suite = self.suite.token().await.map_err(not_ready)?;
         let body = json!({"auth_corpid": self.corp.appid, "permanent_code": code.expose()});
-        let mut retried = false;
-        let answer = loop {
-            let answer = call(
-                client,
-                &self.corp.base_url,
-                "/cgi-bin/service/get_corp_token",
-                Some(("suite_access_token", suite.value())),
-                body.clone(),
-            )
-            .await;
-            match answer {
-                Err(FetchError::Refused { errcode, .. })
-                    if !retried && is_suite_token_error(errcode) =>
-                {
-                    retried = true;
-                    suite = self.suite.replace(&suite).await.map_err(not_ready)?;
-                }
-                answer => break answer.map_err(|e| scrub(e, &[code.expose()])),
-            }
-        };
+        let path = "/cgi-bin/service/get_corp_token";
+        let answer = with_suite_token(client, &self.corp.base_url, path, &self.suite, body)
+            .await
+            .map_err(|e| redact(e, &[code.expose()]));
         grant_from(&answer?, "access_token")
     }
 }

@@ -39,7 +39,7 @@ use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
 use crate::ticket::{self, Tickets};
 use crate::token::{RefreshObserver, TokenManager};
-use crate::wechat::{FetchError, PLACEHOLDER_TOKEN};
+use crate::wechat::PLACEHOLDER_TOKEN;
 
 use self::grant::{CorpGrant, ProviderGrant, SuiteGrant, TICKET_KIND};
 
@@ -436,38 +436,17 @@ impl Suite {
             errcode,
             reason,
         };
-        let mut suite = self
-            .suite
-            .token()
-            .await
-            .map_err(|e| unavailable(e.errcode(), format!("no suite_access_token: {e}")))?;
         let body = json!({"auth_code": auth_code});
-        let mut retried = false;
-        let answer = loop {
-            let answer = grant::call(
-                &self.client,
-                &self.app.base_url,
-                path,
-                Some(("suite_access_token", suite.value())),
-                body.clone(),
-            )
-            .await;
-            match answer {
-                Err(FetchError::Refused { errcode, .. })
-                    if !retried && is_suite_token_error(errcode) =>
-                {
-                    retried = true;
-                    suite = self.suite.replace(&suite).await.map_err(|e| {
-                        unavailable(e.errcode(), format!("no suite_access_token: {e}"))
-                    })?;
-                }
-                answer => break answer,
-            }
-        };
+        let answer =
+            grant::with_suite_token(&self.client, &self.app.base_url, path, &self.suite, body)
+                .await;
         let mut answer = answer.map_err(|e| {
             unavailable(
                 e.errcode(),
-                format!("get_permanent_code: {}", grant::scrub(e, &[auth_code])),
+                format!(
+                    "get_permanent_code: {}",
+                    crate::wechat::redact(e, &[auth_code])
+                ),
             )
         })?;
         let corpid = answer
