@@ -15,6 +15,11 @@
 //! - The JS-SDK ticket calls and `/jssdk/config` are answered by [`jssdk`]
 //!   from the tickets [`ticket`] holds like tokens; [`quota`] keeps the
 //!   token API's quota in sight and resets it for the operator.
+//! - A WeCom service provider's suite ([`suite`]) is served like a
+//!   platform: the `suite_ticket` pushed to the admin listener, the suite
+//!   and provider tokens, and each corp's token from its permanent code, all
+//!   grants on the same token engine; the route table sends `/NAME/cgi-bin/…`
+//!   out with the suite token and `/NAME/CORPID/…` with the corp's.
 //! - [`admin`] serves health, readiness, status (JSON, and HTML for a
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an

@@ -544,6 +544,50 @@ mod tests {
     }
 
     #[test]
+    fn a_suite_answers_sdk_token_calls_and_places_its_own_credentials() {
+        use Action::*;
+        for (path, kind) in [
+            ("/cgi-bin/service/get_suite_token", Placeholder::SuiteToken),
+            (
+                "/cgi-bin/service/get_provider_token",
+                Placeholder::ProviderToken,
+            ),
+            ("/cgi-bin/service/get_corp_token", Placeholder::CorpToken),
+        ] {
+            assert_eq!(
+                classify(Scope::Suite, path),
+                Some(Local(super::Local::Placeholder(kind))),
+                "{path}"
+            );
+        }
+        for path in [
+            "/cgi-bin/service/get_permanent_code",
+            "/cgi-bin/service/V2/get_permanent_code",
+        ] {
+            assert_eq!(
+                classify(Scope::Suite, path),
+                Some(Local(super::Local::PermanentCode)),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            classify(Scope::Suite, "/cgi-bin/license/create_new_order"),
+            Some(forward(Place::ProviderToken, Scrub::Placed))
+        );
+        for path in ["/cgi-bin/service/get_auth_info", "/cgi-bin/agent/set_scope"] {
+            assert_eq!(
+                classify(Scope::Suite, path),
+                Some(forward(Place::SuiteToken, Scrub::Placed)),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            classify(Scope::Suite, "/cgi-bin/gettoken"),
+            Some(Refuse(super::Refuse::TokenPath))
+        );
+    }
+
+    #[test]
     fn each_scope_finds_its_own_routes() {
         use Action::*;
         let placeholder = Local(super::Local::Placeholder(Placeholder::AccessToken));
