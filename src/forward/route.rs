@@ -128,6 +128,8 @@ const AUTHORIZER: &[Scope] = &[Scope::Authorizer];
 const MP_LIKE: &[Scope] = &[Scope::Mp, Scope::Authorizer];
 const APPS: &[Scope] = &[Scope::Mp, Scope::Wecom, Scope::Authorizer];
 const PLATFORM_LOGIN: &[Scope] = &[Scope::Platform, Scope::Authorizer];
+const USER: &[Scope] = &[Scope::Mp, Scope::Platform, Scope::Authorizer];
+const SIGNERS: &[Scope] = &[Scope::Mp, Scope::Wecom];
 
 /// One row: in these scopes, this path (or, ending in `/`, every path under
 /// it) comes to this action.
@@ -149,133 +151,54 @@ const fn forward(place: Place, scrub: Scrub) -> Action {
     Action::Forward { place, scrub }
 }
 
+/// A token endpoint answered with the placeholder of its shape.
+const fn placeholder(kind: Placeholder) -> Action {
+    Action::Local(Local::Placeholder(kind))
+}
+
+const TOKEN_PATH: Action = Action::Refuse(Refuse::TokenPath);
+const AUTHORIZER_LOGIN: Action = Action::Refuse(Refuse::AuthorizerLogin);
+
 /// The table. The first entry that matches wins, so exact paths come before
 /// the prefixes that hold them.
+#[rustfmt::skip]
 const TABLE: &[Entry] = &[
     // Token endpoints SDKs call themselves: the placeholder, so they start
     // without the secret. Another kind's endpoint is refused: it would take
     // a secret the caller does not have.
-    entry(
-        MP_LIKE,
-        "/cgi-bin/token",
-        Action::Local(Local::Placeholder(Placeholder::AccessToken)),
-    ),
-    entry(
-        MP_LIKE,
-        "/cgi-bin/stable_token",
-        Action::Local(Local::Placeholder(Placeholder::AccessToken)),
-    ),
-    entry(
-        WECOM,
-        "/cgi-bin/gettoken",
-        Action::Local(Local::Placeholder(Placeholder::WecomToken)),
-    ),
-    entry(
-        PLATFORM,
-        "/cgi-bin/component/api_component_token",
-        Action::Local(Local::Placeholder(Placeholder::ComponentToken)),
-    ),
-    entry(
-        PLATFORM,
-        "/cgi-bin/component/api_authorizer_token",
-        Action::Local(Local::Placeholder(Placeholder::AuthorizerToken)),
-    ),
-    entry(WECOM, "/cgi-bin/token", Action::Refuse(Refuse::TokenPath)),
-    entry(
-        WECOM,
-        "/cgi-bin/stable_token",
-        Action::Refuse(Refuse::TokenPath),
-    ),
-    entry(
-        MP_LIKE,
-        "/cgi-bin/gettoken",
-        Action::Refuse(Refuse::TokenPath),
-    ),
-    entry(
-        APPS,
-        "/cgi-bin/component/",
-        Action::Refuse(Refuse::TokenPath),
-    ),
+    entry(MP_LIKE, "/cgi-bin/token", placeholder(Placeholder::AccessToken)),
+    entry(MP_LIKE, "/cgi-bin/stable_token", placeholder(Placeholder::AccessToken)),
+    entry(WECOM, "/cgi-bin/gettoken", placeholder(Placeholder::WecomToken)),
+    entry(PLATFORM, "/cgi-bin/component/api_component_token", placeholder(Placeholder::ComponentToken)),
+    entry(PLATFORM, "/cgi-bin/component/api_authorizer_token", placeholder(Placeholder::AuthorizerToken)),
+    entry(WECOM, "/cgi-bin/token", TOKEN_PATH),
+    entry(WECOM, "/cgi-bin/stable_token", TOKEN_PATH),
+    entry(MP_LIKE, "/cgi-bin/gettoken", TOKEN_PATH),
+    entry(APPS, "/cgi-bin/component/", TOKEN_PATH),
     // A platform's own APIs carry its component token; their answers
     // (api_query_auth, api_get_authorizer_list) hold authorizers' tokens.
-    entry(
-        PLATFORM,
-        "/cgi-bin/component/",
-        forward(Place::ComponentToken, Scrub::Fields),
-    ),
+    entry(PLATFORM, "/cgi-bin/component/", forward(Place::ComponentToken, Scrub::Fields)),
     // User logins. An app's take its AppSecret; a platform's take its
     // component token, for any of its authorizers. Their answers are the
     // user's own (openid, session_key, the user's OAuth tokens).
-    entry(
-        MP,
-        "/sns/jscode2session",
-        forward(Place::AppSecret, Scrub::Placed),
-    ),
-    entry(
-        MP,
-        "/sns/oauth2/access_token",
-        forward(Place::AppSecret, Scrub::Placed),
-    ),
-    entry(
-        AUTHORIZER,
-        "/sns/jscode2session",
-        Action::Refuse(Refuse::AuthorizerLogin),
-    ),
-    entry(
-        AUTHORIZER,
-        "/sns/oauth2/access_token",
-        Action::Refuse(Refuse::AuthorizerLogin),
-    ),
-    entry(
-        PLATFORM_LOGIN,
-        "/sns/oauth2/component/access_token",
-        forward(Place::ComponentLogin, Scrub::Placed),
-    ),
-    entry(
-        PLATFORM_LOGIN,
-        "/sns/oauth2/component/refresh_token",
-        forward(Place::ComponentLogin, Scrub::Placed),
-    ),
-    entry(
-        PLATFORM_LOGIN,
-        "/sns/component/jscode2session",
-        forward(Place::ComponentLogin, Scrub::Placed),
-    ),
+    entry(MP, "/sns/jscode2session", forward(Place::AppSecret, Scrub::Placed)),
+    entry(MP, "/sns/oauth2/access_token", forward(Place::AppSecret, Scrub::Placed)),
+    entry(AUTHORIZER, "/sns/jscode2session", AUTHORIZER_LOGIN),
+    entry(AUTHORIZER, "/sns/oauth2/access_token", AUTHORIZER_LOGIN),
+    entry(PLATFORM_LOGIN, "/sns/oauth2/component/access_token", forward(Place::ComponentLogin, Scrub::Placed)),
+    entry(PLATFORM_LOGIN, "/sns/oauth2/component/refresh_token", forward(Place::ComponentLogin, Scrub::Placed)),
+    entry(PLATFORM_LOGIN, "/sns/component/jscode2session", forward(Place::ComponentLogin, Scrub::Placed)),
     // The rest of /sns/ (refresh_token, auth, userinfo) takes the user's
     // own OAuth token as access_token: the app's must not replace it.
-    entry(
-        &[Scope::Mp, Scope::Platform, Scope::Authorizer],
-        "/sns/",
-        forward(Place::Nothing, Scrub::Placed),
-    ),
+    entry(USER, "/sns/", forward(Place::Nothing, Scrub::Placed)),
     // The logged request behind a rid: its query held a token.
-    entry(
-        APPS,
-        "/cgi-bin/openapi/rid/get",
-        forward(Place::AccessToken, Scrub::Fields),
-    ),
+    entry(APPS, "/cgi-bin/openapi/rid/get", forward(Place::AccessToken, Scrub::Fields)),
     // JS-SDK: tickets held here, configs signed here.
-    entry(
-        MP,
-        "/cgi-bin/ticket/getticket",
-        Action::Local(Local::Ticket),
-    ),
-    entry(
-        WECOM,
-        "/cgi-bin/get_jsapi_ticket",
-        Action::Local(Local::Ticket),
-    ),
+    entry(MP, "/cgi-bin/ticket/getticket", Action::Local(Local::Ticket)),
+    entry(WECOM, "/cgi-bin/get_jsapi_ticket", Action::Local(Local::Ticket)),
     entry(WECOM, "/cgi-bin/ticket/get", Action::Local(Local::Ticket)),
-    entry(
-        &[Scope::Mp, Scope::Wecom],
-        "/jssdk/config",
-        Action::Local(Local::JssdkConfig),
-    ),
-    entry(
-        &[Scope::Mp, Scope::Wecom],
-        "/jssdk/agent-config",
-        Action::Local(Local::JssdkAgentConfig),
-    ),
+    entry(SIGNERS, "/jssdk/config", Action::Local(Local::JssdkConfig)),
+    entry(SIGNERS, "/jssdk/agent-config", Action::Local(Local::JssdkAgentConfig)),
 ];
 
 /// What `path` (normal form, after the app prefix) comes to in `scope`;
