@@ -682,21 +682,21 @@ fn worth_inspecting(headers: &HeaderMap) -> bool {
 /// secret.
 fn placeholder(kind: Placeholder) -> Response<ProxyBody> {
     let body = match kind {
-        Placeholder::AccessToken => serde_json::json!({
+        Placeholder::Mp => serde_json::json!({
             "access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        Placeholder::WecomToken => serde_json::json!({
+        Placeholder::Wecom => serde_json::json!({
             "errcode": 0,
             "errmsg": "ok",
             "access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        Placeholder::ComponentToken => serde_json::json!({
+        Placeholder::Component => serde_json::json!({
             "component_access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        Placeholder::AuthorizerToken => serde_json::json!({
+        Placeholder::Authorizer => serde_json::json!({
             "authorizer_access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
             "authorizer_refresh_token": PLACEHOLDER_TOKEN,

@@ -66,14 +66,14 @@ pub enum Local {
 /// The shape of a placeholder answer: that of the endpoint asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placeholder {
-    /// `/cgi-bin/token`, `/cgi-bin/stable_token`.
-    AccessToken,
+    /// `/cgi-bin/token`, `/cgi-bin/stable_token` (an mp app, an authorizer).
+    Mp,
     /// WeCom's `/cgi-bin/gettoken` (with `errcode` 0).
-    WecomToken,
+    Wecom,
     /// `api_component_token`.
-    ComponentToken,
+    Component,
     /// `api_authorizer_token`.
-    AuthorizerToken,
+    Authorizer,
 }
 
 /// The credential the proxy places in a forwarded request. Whatever the
@@ -166,11 +166,11 @@ const TABLE: &[Entry] = &[
     // Token endpoints SDKs call themselves: the placeholder, so they start
     // without the secret. Another kind's endpoint is refused: it would take
     // a secret the caller does not have.
-    entry(MP_LIKE, "/cgi-bin/token", placeholder(Placeholder::AccessToken)),
-    entry(MP_LIKE, "/cgi-bin/stable_token", placeholder(Placeholder::AccessToken)),
-    entry(WECOM, "/cgi-bin/gettoken", placeholder(Placeholder::WecomToken)),
-    entry(PLATFORM, "/cgi-bin/component/api_component_token", placeholder(Placeholder::ComponentToken)),
-    entry(PLATFORM, "/cgi-bin/component/api_authorizer_token", placeholder(Placeholder::AuthorizerToken)),
+    entry(MP_LIKE, "/cgi-bin/token", placeholder(Placeholder::Mp)),
+    entry(MP_LIKE, "/cgi-bin/stable_token", placeholder(Placeholder::Mp)),
+    entry(WECOM, "/cgi-bin/gettoken", placeholder(Placeholder::Wecom)),
+    entry(PLATFORM, "/cgi-bin/component/api_component_token", placeholder(Placeholder::Component)),
+    entry(PLATFORM, "/cgi-bin/component/api_authorizer_token", placeholder(Placeholder::Authorizer)),
     entry(WECOM, "/cgi-bin/token", TOKEN_PATH),
     entry(WECOM, "/cgi-bin/stable_token", TOKEN_PATH),
     entry(MP_LIKE, "/cgi-bin/gettoken", TOKEN_PATH),
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn each_scope_finds_its_own_routes() {
         use Action::*;
-        let placeholder = Local(super::Local::Placeholder(Placeholder::AccessToken));
+        let placeholder = Local(super::Local::Placeholder(Placeholder::Mp));
         assert_eq!(classify(Scope::Mp, "/cgi-bin/TOKEN"), Some(placeholder));
         assert_eq!(
             classify(Scope::Wecom, "/cgi-bin/token"),
