@@ -195,7 +195,7 @@ impl Proxy {
             })?;
         if let Action::Local(local) = action {
             if let Some(answer) =
-                crate::jssdk::answer(&app.config, &app.tickets, parts, path, local).await
+                crate::jssdk::answer(&app.config, &app.tickets, parts, local).await
             {
                 return Ok(answer);
             }

@@ -54,13 +54,24 @@ pub enum Local {
     /// A token endpoint an SDK calls on its own: answered with the
     /// placeholder, in that endpoint's shape.
     Placeholder(Placeholder),
-    /// A JS-SDK ticket call: answered from the held ticket when its `type`
-    /// is one the proxy holds, else forwarded.
-    Ticket,
+    /// A JS-SDK ticket call: answered from the held ticket when it asks for
+    /// a kind the proxy holds, else forwarded.
+    Ticket(TicketCall),
     /// `/jssdk/config`: `wx.config` values signed here.
     JssdkConfig,
     /// `/jssdk/agent-config`: `wx.agentConfig` values signed here (WeCom).
     JssdkAgentConfig,
+}
+
+/// Which ticket call: the kind it asks for follows from it and its `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketCall {
+    /// mp `ticket/getticket`: `type=jsapi` or `type=wx_card`.
+    Mp,
+    /// WeCom `get_jsapi_ticket`: the corp ticket.
+    Corp,
+    /// WeCom `ticket/get`: `type=agent_config`.
+    Agent,
 }
 
 /// The shape of a placeholder answer: that of the endpoint asked.
@@ -194,9 +205,9 @@ const TABLE: &[Entry] = &[
     // The logged request behind a rid: its query held a token.
     entry(APPS, "/cgi-bin/openapi/rid/get", forward(Place::AccessToken, Scrub::Fields)),
     // JS-SDK: tickets held here, configs signed here.
-    entry(MP, "/cgi-bin/ticket/getticket", Action::Local(Local::Ticket)),
-    entry(WECOM, "/cgi-bin/get_jsapi_ticket", Action::Local(Local::Ticket)),
-    entry(WECOM, "/cgi-bin/ticket/get", Action::Local(Local::Ticket)),
+    entry(MP, "/cgi-bin/ticket/getticket", Action::Local(Local::Ticket(TicketCall::Mp))),
+    entry(WECOM, "/cgi-bin/get_jsapi_ticket", Action::Local(Local::Ticket(TicketCall::Corp))),
+    entry(WECOM, "/cgi-bin/ticket/get", Action::Local(Local::Ticket(TicketCall::Agent))),
     entry(SIGNERS, "/jssdk/config", Action::Local(Local::JssdkConfig)),
     entry(SIGNERS, "/jssdk/agent-config", Action::Local(Local::JssdkAgentConfig)),
 ];
