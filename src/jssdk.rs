@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::config::{AppConfig, AppKind};
 use crate::error::json_response;
 use crate::forward::body::ProxyBody;
-use crate::forward::route::Local;
+use crate::forward::route::{Local, TicketCall};
 use crate::ticket::{Kind, Ticket, TicketError, Tickets};
 
 /// Answers a ticket call or a JS-SDK path (`local`, from the route table)
@@ -36,7 +36,6 @@ pub async fn answer(
     app: &AppConfig,
     tickets: &Tickets,
     parts: &Parts,
-    path: &str,
     local: Local,
 ) -> Option<Response<ProxyBody>> {
     let app = &App {
@@ -49,8 +48,16 @@ pub async fn answer(
             AppKind::Wecom => Kind::Corp,
         },
         Local::JssdkAgentConfig => Kind::Agent,
-        Local::Ticket => {
-            let kind = Kind::asked_by(app.config.kind, path, parts.uri.query())?;
+        Local::Ticket(call) => {
+            let asked = crate::forward::query::param(parts.uri.query(), "type");
+            // A `type` the proxy does not hold goes to WeChat as any call.
+            let kind = match (call, asked.as_deref()) {
+                (TicketCall::Mp, Some("jsapi")) => Kind::Jsapi,
+                (TicketCall::Mp, Some("wx_card")) => Kind::WxCard,
+                (TicketCall::Corp, _) => Kind::Corp,
+                (TicketCall::Agent, Some("agent_config")) => Kind::Agent,
+                _ => return None,
+            };
             return Some(match ticket(app, kind).await {
                 Ok(ticket) => no_store(json_response(
                     StatusCode::OK,

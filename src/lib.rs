@@ -1,20 +1,43 @@
 //! wechat-token-proxy: a sidecar that adds WeChat's access_token to every API
 //! call, so applications never hold the AppSecret.
 //!
+//! The tree is the architecture: [`inbound`] is the listener side,
+//! [`forward`] the request path to WeChat, [`token`], [`ticket`] and
+//! [`platform`] hold the credentials, [`store`] keeps them across restarts
+//! and replicas, [`wechat`] is what the proxy knows of WeChat itself.
+//!
 //! How a request flows:
-//! - [`server`] accepts connections and hands each request to [`proxy`].
-//! - [`proxy`] picks the app by the first path segment, answers SDKs' own
-//!   token requests with a placeholder, reads the app's current token from
-//!   its [`token`] slot (lock-free), rewrites the query ([`query`]) and
-//!   forwards through the pooled [`upstream`] client.
-//! - The answer's `errcode` is read by [`inspect`] when the body is small
-//!   JSON; a token error makes [`token`] fetch a new token once
+//! - [`inbound::server`] accepts connections and holds each to the
+//!   [`inbound::limits`] (its [`inbound::watchdog`] cuts off slow and idle
+//!   clients; [`inbound::linger`] lets a client refused early read its
+//!   answer). A loopback listener answers only loopback `Host` names
+//!   ([`inbound::host`]).
+//! - [`forward::proxy`] refuses what it must never forward
+//!   ([`forward::guard`]: CONNECT, a web browser's request, other hosts,
+//!   AppSecrets), checks the caller's key ([`inbound::auth`]), picks the app
+//!   by the first path segment, and asks the route table once what the
+//!   request comes to.
+//! - The route table ([`forward::route`], one file of data) classifies the
+//!   path in its normal form (escaped letters decoded, slashes merged, dot
+//!   segments resolved; spellings servers read differently refused) into a
+//!   local answer (the placeholder for SDKs' own token calls, JS-SDK tickets
+//!   and `/jssdk/config` from [`jssdk`]), a forward naming the credential
+//!   placed and where (the app's or an authorizer's `access_token`, a
+//!   platform's `component_access_token`, the app's secret for a user
+//!   login, or nothing), and how its answer is scrubbed; or a refusal.
+//! - The app's path rules ([`forward::policy`]) are checked, the credential
+//!   is read lock-free from its [`token`] slot, the query rewritten
+//!   ([`forward::query`]) and the request forwarded through the pooled
+//!   [`forward::upstream`] client, asking for an uncompressed answer.
+//! - The answer's `errcode` is read by [`forward::inspect`] when the body is
+//!   small JSON; a token error makes [`token`] fetch a new token once
 //!   (single-flight, through [`wechat`]) and the request is retried once with
-//!   the body kept by [`body`]. Before any answer leaves, [`scrub`] replaces
-//!   the tokens the proxy injected in its headers and inspected body.
-//! - The JS-SDK ticket calls and `/jssdk/config` are answered by [`jssdk`]
-//!   from the tickets [`ticket`] holds like tokens; [`quota`] keeps the
-//!   token API's quota in sight and resets it for the operator.
+//!   the body kept by [`forward::body`]. Before any answer leaves,
+//!   [`forward::scrub`] replaces the credentials the proxy placed, and on
+//!   routes the table marks, every credential field, at any size.
+//! - [`ticket`] holds JS-SDK tickets like tokens; [`platform`] holds a third-
+//!   party platform's ticket, component token and authorizers; [`quota`]
+//!   keeps the token API's quota in sight and resets it for the operator.
 //! - A WeCom service provider's suite ([`suite`]) is served like a
 //!   platform: the `suite_ticket` pushed to the admin listener, the suite
 //!   and provider tokens, and each corp's token from its permanent code, all
@@ -24,12 +47,6 @@
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
 //!   earlier run (file) or another replica (Redis), and saves what it fetches.
-//! - Before any of that, [`server`] holds each connection to the [`limits`]
-//!   (its [`watchdog`] cuts off slow and idle clients; [`linger`] lets a
-//!   client refused early read its answer), and [`proxy`] checks the
-//!   caller's key ([`auth`]), what it must never forward ([`guard`]:
-//!   CONNECT, other hosts, AppSecrets) and the app's path rules
-//!   ([`policy`]).
 //! - [`logging`] keeps tokens and secrets out of every log line, whatever
 //!   the dependency that wrote it.
 //!

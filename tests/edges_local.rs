@@ -121,10 +121,11 @@ async fn an_app_secret_is_never_forwarded() {
             "/mp/cgi-bin/component/api_component_token",
             r#"{"component_appid":"wx2","component_appsecret":"s3cr3t","component_verify_ticket":"t"}"#,
         ),
-        // A secret in the query of any other call, however spelled.
+        // A secret in the query of any other call, however spelled (a
+        // login takes the app's own secret, and only as `secret`).
         (
             "GET",
-            "/mp/sns/jscode2session?appid=wx1&secret=s3cr3t&js_code=c",
+            "/mp/sns/jscode2session?appid=wx1&appsecret=s3cr3t&js_code=c",
             "",
         ),
         ("GET", "/mp/cgi-bin/user/info?secr%65t=s3cr3t", ""),

@@ -24,7 +24,9 @@ async fn path_parameters_and_case_do_not_pass_deny_paths() {
         "/cgi-bin/MENU;jsessionid=1/delete",
     ] {
         let r = h.http.get(&h.url(path)).await;
-        assert_eq!(r.status, 403, "{path}: {r:?}");
+        // A `;` parameter has no normal form (400); case matches the rule (403).
+        let refused = if path.contains(';') { 400 } else { 403 };
+        assert_eq!(r.status, refused, "{path}: {r:?}");
         assert_eq!(r.header("x-wechat-token-proxy"), Some("error"), "{path}");
     }
     assert!(h.fake.requests().is_empty(), "{:?}", h.fake.requests());

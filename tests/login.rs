@@ -5,7 +5,7 @@
 mod common;
 
 use common::fake_wechat::{FakeWeChat, USER_TOKEN};
-use common::setup::{platform, Harness, COMPONENT, MP_APPID, SECRET};
+use common::setup::{platform, Harness, ADMIN_KEY, COMPONENT, MP_APPID, SECRET};
 
 const AUTHORIZER: &str = "wx00000000000000a1";
 
@@ -125,4 +125,49 @@ async fn a_platforms_logins_carry_its_component_appid_and_live_token() {
         assert_eq!(values(&seen.query, "appid"), [AUTHORIZER]);
         assert!(values(&seen.query, "access_token").is_empty());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_an_authorizer_a_login_goes_through_the_platform_never_a_secret() {
+    let fake = FakeWeChat::start().await;
+    fake.add_authorizer(AUTHORIZER, "REFRESH-A");
+    let (proxy, http) = platform(&fake).await;
+    let register = http::Request::put(format!(
+        "{}/platforms/saas/authorizers/{AUTHORIZER}",
+        proxy.admin_url
+    ))
+    .header("content-type", "application/json")
+    .header("authorization", format!("Bearer {ADMIN_KEY}"))
+    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+        br#"{"refresh_token":"REFRESH-A"}"#,
+    )))
+    .unwrap();
+    let registered = http.send(register).await;
+    assert!(registered.status < 300, "{}", registered.text());
+
+    // The account's own secret login has no secret here: refused, naming the way that works.
+    let own = http
+        .get(&format!(
+            "{}/saas/{AUTHORIZER}/sns/jscode2session?js_code=J&grant_type=authorization_code",
+            proxy.url
+        ))
+        .await;
+    assert_eq!(own.status, 404, "{}", own.text());
+    assert!(
+        own.text().contains("/saas/sns/component/jscode2session"),
+        "{}",
+        own.text()
+    );
+    // The platform's login under the authorizer's prefix gets the component's credentials.
+    let r = http
+        .get(&format!(
+            "{}/saas/{AUTHORIZER}/sns/component/jscode2session?appid={AUTHORIZER}&js_code=J&grant_type=authorization_code",
+            proxy.url
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].token_ok, "{:?}", seen[0].query);
+    assert_eq!(values(&seen[0].query, "component_appid"), [COMPONENT]);
 }

@@ -6,9 +6,10 @@
 //! - The client snippets (curl, wechatpy, co-wechat-api: the real SDKs,
 //!   pinned in tests/readme/ and installed by `.ci/test`) run against a proxy
 //!   in front of the fake WeChat, its real address put in for
-//!   `127.0.0.1:8080`. The fake must see each call with the real token, and a
-//!   guard loaded before the snippet fails any connection off this host, so a
-//!   snippet that goes around the proxy fails.
+//!   `127.0.0.1:8080`. The fake must see each call with the real token (each
+//!   login with the app's own secret, given none), and a guard loaded before
+//!   the snippet fails any connection off this host, so a snippet that goes
+//!   around the proxy fails.
 //! - The JS-SDK page snippet runs in Node with the page's world stood in: a
 //!   `location`, a `fetch` that plays the application's backend relaying to
 //!   the proxy's `/jssdk/config`, and a `wx` that reports what it was given,
@@ -89,6 +90,11 @@ fn client_snippets(lang: &str) -> Vec<String> {
 /// A WeCom suite's snippet: tests/wecom.rs runs it against a fake suite.
 fn is_suite_snippet(code: &str) -> bool {
     code.contains("wechatpy.enterprise")
+}
+
+/// The login snippet: it logs a user in, which the fake sees without a token.
+fn is_login_snippet(code: &str) -> bool {
+    code.contains("code_to_session")
 }
 
 /// The JS-SDK snippet that runs in a page: it calls `wx.config`.
@@ -253,6 +259,21 @@ fn installed(path: &str) -> PathBuf {
     path
 }
 
+/// Runs `command`, a snippet's interpreter on the file holding `code`, and
+/// returns what it printed; fails the test, showing both, if it fails.
+async fn run_snippet(code: &str, command: Command) -> String {
+    let output = tokio::task::spawn_blocking(move || run(command))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the snippet failed:\n{code}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Runs each snippet of `lang` with `interpreter` against a proxy in front of
 /// the fake WeChat, and checks the fake saw `calls` (method, path), in order,
 /// each with the real token.
@@ -262,19 +283,13 @@ async fn run_against_the_proxy(
     interpreter: impl Fn(&Path) -> Command,
 ) {
     let h = Harness::mp("stable").await;
-    for (i, code) in client_snippets(lang).into_iter().enumerate() {
+    let snippets = client_snippets(lang)
+        .into_iter()
+        .filter(|code| !is_login_snippet(code));
+    for (i, code) in snippets.enumerate() {
         let code = code.replace(README_ADDR, &h.proxy.addr.to_string());
         let file = common::write_temp(&format!("snippet-{i}.{lang}"), &code);
-        let command = interpreter(&file);
-        let output = tokio::task::spawn_blocking(move || run(command))
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "the {lang} snippet failed:\n{code}\nstdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_snippet(&code, interpreter(&file)).await;
     }
 
     let token = h.fake.current_token(MP_APPID).expect("the proxy's token");
@@ -340,6 +355,39 @@ async fn the_wechatpy_snippet_reaches_wechat_through_the_proxy() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wechatpy_login_snippet_logs_users_in_with_a_dummy_secret() {
+    let python = installed("tests/readme/.venv/bin/python");
+    let guard = repo("tests/readme/python");
+    let logins: Vec<String> = client_snippets("python")
+        .into_iter()
+        .filter(|code| is_login_snippet(code))
+        .collect();
+    assert_eq!(logins.len(), 1, "one wechatpy login snippet expected");
+    let h = Harness::mp("stable").await;
+    let code = logins[0].replace(README_ADDR, &h.proxy.addr.to_string());
+    let file = common::write_temp("login.python", &code);
+    let mut command = Command::new(&python);
+    command.arg(&file).env("PYTHONPATH", &guard);
+    let stdout = run_snippet(&code, command).await;
+
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["o-user-1", "o-user-1"]);
+    let seen: Vec<(String, bool)> = h
+        .fake
+        .requests()
+        .iter()
+        .map(|r| (r.path.clone(), r.token_ok))
+        .collect();
+    // token_ok: the app's own appid and secret, once each, and no token.
+    assert_eq!(
+        seen,
+        [
+            ("/sns/jscode2session".to_owned(), true),
+            ("/sns/oauth2/access_token".to_owned(), true)
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,14 +83,16 @@ pub fn browser(parts: &Parts) -> Result<(), LocalError> {
 }
 
 /// The first `secret`-like parameter name in `query`, however encoded,
-/// other than `dropped`.
+/// but for `dropped` spelled as the query rewrite drops it (exactly, or
+/// percent-encoded): any other spelling of it would go upstream.
 fn secret_param(query: &str, dropped: Option<&str>) -> Option<&'static str> {
     query.split('&').find_map(|part| {
         let name = part.split_once('=').map_or(part, |(n, _)| n);
+        let decoded = |want: &str| name.contains('%') && query::decoded_eq(name, want.as_bytes());
         SECRET_PARAMS.into_iter().find(|want| {
-            Some(*want) != dropped
-                && (name.eq_ignore_ascii_case(want)
-                    || (name.contains('%') && query::decoded_eq(name, want.as_bytes())))
+            let spelled = name.eq_ignore_ascii_case(want) || decoded(want);
+            let rewritten = Some(*want) == dropped && (name == *want || decoded(want));
+            spelled && !rewritten
         })
     })
 }
@@ -110,7 +112,11 @@ mod tests {
             Some("component_appsecret")
         );
         assert_eq!(secret_param("secret_key=1&secrets=2&x=secret", None), None);
-        assert_eq!(secret_param("secret=y&SECRET=z", Some("secret")), None);
+        assert_eq!(secret_param("secret=y&secr%65t=z", Some("secret")), None);
+        assert_eq!(
+            secret_param("secret=y&SECRET=z", Some("secret")),
+            Some("secret")
+        );
         assert_eq!(
             secret_param("secret=y&appsecret=z", Some("secret")),
             Some("appsecret")

@@ -11,10 +11,10 @@
 //!   run of characters, `/` included: `/cgi-bin/message/*`.
 //!
 //! A deny rule wins over an allow rule; an empty allow list allows every
-//! path. With any rule set, paths that another server might read as a
-//! different path (`//`, `.` or `..` segments, `%` escapes, `\`, and `;`
-//! path parameters, which Java and some proxies cut off before routing) are
-//! refused rather than guessed at.
+//! path. Paths reach the policy in the route table's normal form (no `//`,
+//! `.` or `..` segments, escaped letters, `\` or `;`); with any rule set, a
+//! path that is still not plain (an escaped non-ASCII byte) is refused
+//! rather than guessed at.
 
 /// An app's `allow_paths` and `deny_paths`, validated.
 #[derive(Debug, Clone, Default)]

@@ -211,7 +211,7 @@ impl Proxy {
                 Some(corp) => (&corp.config, &corp.tickets),
                 None => (&app.config, &app.tickets),
             };
-            if let Some(answer) = crate::jssdk::answer(config, tickets, parts, path, local).await {
+            if let Some(answer) = crate::jssdk::answer(config, tickets, parts, local).await {
                 return Ok(answer);
             }
         }
@@ -833,34 +833,34 @@ fn worth_inspecting(headers: &HeaderMap) -> bool {
 /// secret.
 fn placeholder(kind: Placeholder) -> Response<ProxyBody> {
     let body = match kind {
-        Placeholder::AccessToken => serde_json::json!({
+        Placeholder::Mp => serde_json::json!({
             "access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        Placeholder::WecomToken => serde_json::json!({
+        Placeholder::Wecom => serde_json::json!({
             "errcode": 0,
             "errmsg": "ok",
             "access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        Placeholder::ComponentToken => serde_json::json!({
+        Placeholder::Component => serde_json::json!({
             "component_access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),
-        Placeholder::AuthorizerToken => serde_json::json!({
+        Placeholder::Authorizer => serde_json::json!({
             "authorizer_access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
             "authorizer_refresh_token": PLACEHOLDER_TOKEN,
         }),
-        Placeholder::SuiteToken => serde_json::json!({
+        Placeholder::Suite => serde_json::json!({
             "suite_access_token": suite::SUITE_PLACEHOLDER,
             "expires_in": 7200,
         }),
-        Placeholder::ProviderToken => serde_json::json!({
+        Placeholder::Provider => serde_json::json!({
             "provider_access_token": suite::PROVIDER_PLACEHOLDER,
             "expires_in": 7200,
         }),
-        Placeholder::CorpToken => serde_json::json!({
+        Placeholder::Corp => serde_json::json!({
             "access_token": PLACEHOLDER_TOKEN,
             "expires_in": 7200,
         }),

@@ -58,9 +58,9 @@ pub enum Local {
     /// A token endpoint an SDK calls on its own: answered with the
     /// placeholder, in that endpoint's shape.
     Placeholder(Placeholder),
-    /// A JS-SDK ticket call: answered from the held ticket when its `type`
-    /// is one the proxy holds, else forwarded.
-    Ticket,
+    /// A JS-SDK ticket call: answered from the held ticket when it asks for
+    /// a kind the proxy holds, else forwarded.
+    Ticket(TicketCall),
     /// `/jssdk/config`: `wx.config` values signed here.
     JssdkConfig,
     /// `/jssdk/agent-config`: `wx.agentConfig` values signed here (WeCom).
@@ -70,25 +70,34 @@ pub enum Local {
     PermanentCode,
 }
 
+/// Which ticket call: the kind it asks for follows from it and its `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketCall {
+    /// mp `ticket/getticket`: `type=jsapi` or `type=wx_card`.
+    Mp,
+    /// WeCom `get_jsapi_ticket`: the corp ticket.
+    Corp,
+    /// WeCom `ticket/get`: `type=agent_config`.
+    Agent,
+}
+
 /// The shape of a placeholder answer: that of the endpoint asked.
-// Each is named after the token its endpoint hands out.
-#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placeholder {
-    /// `/cgi-bin/token`, `/cgi-bin/stable_token`.
-    AccessToken,
+    /// `/cgi-bin/token`, `/cgi-bin/stable_token` (an mp app, an authorizer).
+    Mp,
     /// WeCom's `/cgi-bin/gettoken` (with `errcode` 0).
-    WecomToken,
+    Wecom,
     /// `api_component_token`.
-    ComponentToken,
+    Component,
     /// `api_authorizer_token`.
-    AuthorizerToken,
+    Authorizer,
     /// WeCom's `get_suite_token`.
-    SuiteToken,
+    Suite,
     /// WeCom's `get_provider_token`.
-    ProviderToken,
+    Provider,
     /// WeCom's `get_corp_token`.
-    CorpToken,
+    Corp,
 }
 
 /// The credential the proxy places in a forwarded request. Whatever the
@@ -148,6 +157,8 @@ const AUTHORIZER: &[Scope] = &[Scope::Authorizer];
 const MP_LIKE: &[Scope] = &[Scope::Mp, Scope::Authorizer];
 const APPS: &[Scope] = &[Scope::Mp, Scope::Wecom, Scope::Authorizer];
 const PLATFORM_LOGIN: &[Scope] = &[Scope::Platform, Scope::Authorizer];
+const USER: &[Scope] = &[Scope::Mp, Scope::Platform, Scope::Authorizer];
+const SIGNERS: &[Scope] = &[Scope::Mp, Scope::Wecom];
 const SUITE: &[Scope] = &[Scope::Suite];
 
 /// One row: in these scopes, this path (or, ending in `/`, every path under
@@ -170,182 +181,67 @@ const fn forward(place: Place, scrub: Scrub) -> Action {
     Action::Forward { place, scrub }
 }
 
+/// A token endpoint answered with the placeholder of its shape.
+const fn placeholder(kind: Placeholder) -> Action {
+    Action::Local(Local::Placeholder(kind))
+}
+
+const TOKEN_PATH: Action = Action::Refuse(Refuse::TokenPath);
+const AUTHORIZER_LOGIN: Action = Action::Refuse(Refuse::AuthorizerLogin);
+
 /// The table. The first entry that matches wins, so exact paths come before
 /// the prefixes that hold them.
+#[rustfmt::skip]
 const TABLE: &[Entry] = &[
     // Token endpoints SDKs call themselves: the placeholder, so they start
     // without the secret. Another kind's endpoint is refused: it would take
     // a secret the caller does not have.
-    entry(
-        MP_LIKE,
-        "/cgi-bin/token",
-        Action::Local(Local::Placeholder(Placeholder::AccessToken)),
-    ),
-    entry(
-        MP_LIKE,
-        "/cgi-bin/stable_token",
-        Action::Local(Local::Placeholder(Placeholder::AccessToken)),
-    ),
-    entry(
-        WECOM,
-        "/cgi-bin/gettoken",
-        Action::Local(Local::Placeholder(Placeholder::WecomToken)),
-    ),
-    entry(
-        PLATFORM,
-        "/cgi-bin/component/api_component_token",
-        Action::Local(Local::Placeholder(Placeholder::ComponentToken)),
-    ),
-    entry(
-        PLATFORM,
-        "/cgi-bin/component/api_authorizer_token",
-        Action::Local(Local::Placeholder(Placeholder::AuthorizerToken)),
-    ),
-    entry(WECOM, "/cgi-bin/token", Action::Refuse(Refuse::TokenPath)),
-    entry(
-        WECOM,
-        "/cgi-bin/stable_token",
-        Action::Refuse(Refuse::TokenPath),
-    ),
-    entry(
-        MP_LIKE,
-        "/cgi-bin/gettoken",
-        Action::Refuse(Refuse::TokenPath),
-    ),
-    entry(
-        APPS,
-        "/cgi-bin/component/",
-        Action::Refuse(Refuse::TokenPath),
-    ),
+    entry(MP_LIKE, "/cgi-bin/token", placeholder(Placeholder::Mp)),
+    entry(MP_LIKE, "/cgi-bin/stable_token", placeholder(Placeholder::Mp)),
+    entry(WECOM, "/cgi-bin/gettoken", placeholder(Placeholder::Wecom)),
+    entry(PLATFORM, "/cgi-bin/component/api_component_token", placeholder(Placeholder::Component)),
+    entry(PLATFORM, "/cgi-bin/component/api_authorizer_token", placeholder(Placeholder::Authorizer)),
+    entry(WECOM, "/cgi-bin/token", TOKEN_PATH),
+    entry(WECOM, "/cgi-bin/stable_token", TOKEN_PATH),
+    entry(MP_LIKE, "/cgi-bin/gettoken", TOKEN_PATH),
+    entry(APPS, "/cgi-bin/component/", TOKEN_PATH),
     // A platform's own APIs carry its component token; their answers
     // (api_query_auth, api_get_authorizer_list) hold authorizers' tokens.
-    entry(
-        PLATFORM,
-        "/cgi-bin/component/",
-        forward(Place::ComponentToken, Scrub::Fields),
-    ),
+    entry(PLATFORM, "/cgi-bin/component/", forward(Place::ComponentToken, Scrub::Fields)),
     // A WeCom suite: the SDKs' own token calls answered with placeholders,
     // the auth-code exchange done here (the permanent code is a secret),
     // the provider's APIs with the provider token, the rest with the suite
     // token.
-    entry(
-        SUITE,
-        "/cgi-bin/service/get_suite_token",
-        Action::Local(Local::Placeholder(Placeholder::SuiteToken)),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/service/get_provider_token",
-        Action::Local(Local::Placeholder(Placeholder::ProviderToken)),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/service/get_corp_token",
-        Action::Local(Local::Placeholder(Placeholder::CorpToken)),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/service/get_permanent_code",
-        Action::Local(Local::PermanentCode),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/service/v2/get_permanent_code",
-        Action::Local(Local::PermanentCode),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/gettoken",
-        Action::Refuse(Refuse::TokenPath),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/license/",
-        forward(Place::ProviderToken, Scrub::Placed),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/service/get_login_info",
-        forward(Place::ProviderToken, Scrub::Placed),
-    ),
-    entry(
-        SUITE,
-        "/cgi-bin/",
-        forward(Place::SuiteToken, Scrub::Placed),
-    ),
+    entry(SUITE, "/cgi-bin/service/get_suite_token", placeholder(Placeholder::Suite)),
+    entry(SUITE, "/cgi-bin/service/get_provider_token", placeholder(Placeholder::Provider)),
+    entry(SUITE, "/cgi-bin/service/get_corp_token", placeholder(Placeholder::Corp)),
+    entry(SUITE, "/cgi-bin/service/get_permanent_code", Action::Local(Local::PermanentCode)),
+    entry(SUITE, "/cgi-bin/service/v2/get_permanent_code", Action::Local(Local::PermanentCode)),
+    entry(SUITE, "/cgi-bin/gettoken", TOKEN_PATH),
+    entry(SUITE, "/cgi-bin/license/", forward(Place::ProviderToken, Scrub::Placed)),
+    entry(SUITE, "/cgi-bin/service/get_login_info", forward(Place::ProviderToken, Scrub::Placed)),
+    entry(SUITE, "/cgi-bin/", forward(Place::SuiteToken, Scrub::Placed)),
     // User logins. An app's take its AppSecret; a platform's take its
     // component token, for any of its authorizers. Their answers are the
     // user's own (openid, session_key, the user's OAuth tokens).
-    entry(
-        MP,
-        "/sns/jscode2session",
-        forward(Place::AppSecret, Scrub::Placed),
-    ),
-    entry(
-        MP,
-        "/sns/oauth2/access_token",
-        forward(Place::AppSecret, Scrub::Placed),
-    ),
-    entry(
-        AUTHORIZER,
-        "/sns/jscode2session",
-        Action::Refuse(Refuse::AuthorizerLogin),
-    ),
-    entry(
-        AUTHORIZER,
-        "/sns/oauth2/access_token",
-        Action::Refuse(Refuse::AuthorizerLogin),
-    ),
-    entry(
-        PLATFORM_LOGIN,
-        "/sns/oauth2/component/access_token",
-        forward(Place::ComponentLogin, Scrub::Placed),
-    ),
-    entry(
-        PLATFORM_LOGIN,
-        "/sns/oauth2/component/refresh_token",
-        forward(Place::ComponentLogin, Scrub::Placed),
-    ),
-    entry(
-        PLATFORM_LOGIN,
-        "/sns/component/jscode2session",
-        forward(Place::ComponentLogin, Scrub::Placed),
-    ),
+    entry(MP, "/sns/jscode2session", forward(Place::AppSecret, Scrub::Placed)),
+    entry(MP, "/sns/oauth2/access_token", forward(Place::AppSecret, Scrub::Placed)),
+    entry(AUTHORIZER, "/sns/jscode2session", AUTHORIZER_LOGIN),
+    entry(AUTHORIZER, "/sns/oauth2/access_token", AUTHORIZER_LOGIN),
+    entry(PLATFORM_LOGIN, "/sns/oauth2/component/access_token", forward(Place::ComponentLogin, Scrub::Placed)),
+    entry(PLATFORM_LOGIN, "/sns/oauth2/component/refresh_token", forward(Place::ComponentLogin, Scrub::Placed)),
+    entry(PLATFORM_LOGIN, "/sns/component/jscode2session", forward(Place::ComponentLogin, Scrub::Placed)),
     // The rest of /sns/ (refresh_token, auth, userinfo) takes the user's
     // own OAuth token as access_token: the app's must not replace it.
-    entry(
-        &[Scope::Mp, Scope::Platform, Scope::Authorizer],
-        "/sns/",
-        forward(Place::Nothing, Scrub::Placed),
-    ),
+    entry(USER, "/sns/", forward(Place::Nothing, Scrub::Placed)),
     // The logged request behind a rid: its query held a token.
-    entry(
-        APPS,
-        "/cgi-bin/openapi/rid/get",
-        forward(Place::AccessToken, Scrub::Fields),
-    ),
+    entry(APPS, "/cgi-bin/openapi/rid/get", forward(Place::AccessToken, Scrub::Fields)),
     // JS-SDK: tickets held here, configs signed here.
-    entry(
-        MP,
-        "/cgi-bin/ticket/getticket",
-        Action::Local(Local::Ticket),
-    ),
-    entry(
-        WECOM,
-        "/cgi-bin/get_jsapi_ticket",
-        Action::Local(Local::Ticket),
-    ),
-    entry(WECOM, "/cgi-bin/ticket/get", Action::Local(Local::Ticket)),
-    entry(
-        &[Scope::Mp, Scope::Wecom],
-        "/jssdk/config",
-        Action::Local(Local::JssdkConfig),
-    ),
-    entry(
-        &[Scope::Mp, Scope::Wecom],
-        "/jssdk/agent-config",
-        Action::Local(Local::JssdkAgentConfig),
-    ),
+    entry(MP, "/cgi-bin/ticket/getticket", Action::Local(Local::Ticket(TicketCall::Mp))),
+    entry(WECOM, "/cgi-bin/get_jsapi_ticket", Action::Local(Local::Ticket(TicketCall::Corp))),
+    entry(WECOM, "/cgi-bin/ticket/get", Action::Local(Local::Ticket(TicketCall::Agent))),
+    entry(SIGNERS, "/jssdk/config", Action::Local(Local::JssdkConfig)),
+    entry(SIGNERS, "/jssdk/agent-config", Action::Local(Local::JssdkAgentConfig)),
 ];
 
 /// What `path` (normal form, after the app prefix) comes to in `scope`;
@@ -547,12 +443,9 @@ mod tests {
     fn a_suite_answers_sdk_token_calls_and_places_its_own_credentials() {
         use Action::*;
         for (path, kind) in [
-            ("/cgi-bin/service/get_suite_token", Placeholder::SuiteToken),
-            (
-                "/cgi-bin/service/get_provider_token",
-                Placeholder::ProviderToken,
-            ),
-            ("/cgi-bin/service/get_corp_token", Placeholder::CorpToken),
+            ("/cgi-bin/service/get_suite_token", Placeholder::Suite),
+            ("/cgi-bin/service/get_provider_token", Placeholder::Provider),
+            ("/cgi-bin/service/get_corp_token", Placeholder::Corp),
         ] {
             assert_eq!(
                 classify(Scope::Suite, path),
@@ -590,7 +483,7 @@ mod tests {
     #[test]
     fn each_scope_finds_its_own_routes() {
         use Action::*;
-        let placeholder = Local(super::Local::Placeholder(Placeholder::AccessToken));
+        let placeholder = Local(super::Local::Placeholder(Placeholder::Mp));
         assert_eq!(classify(Scope::Mp, "/cgi-bin/TOKEN"), Some(placeholder));
         assert_eq!(
             classify(Scope::Wecom, "/cgi-bin/token"),

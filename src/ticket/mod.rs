@@ -90,20 +90,6 @@ impl Kind {
             Kind::Agent => ("/cgi-bin/ticket/get", "type=agent_config&"),
         }
     }
-
-    /// The ticket an SDK asks WeChat for with this call, if it is one: these
-    /// calls are answered from the held ticket. A `type` the proxy does not
-    /// hold goes to WeChat as any call does.
-    pub fn asked_by(app: AppKind, path: &str, query: Option<&str>) -> Option<Kind> {
-        let kind = crate::forward::query::param(query, "type");
-        match (app, path, kind.as_deref()) {
-            (AppKind::Mp, "/cgi-bin/ticket/getticket", Some("jsapi")) => Some(Kind::Jsapi),
-            (AppKind::Mp, "/cgi-bin/ticket/getticket", Some("wx_card")) => Some(Kind::WxCard),
-            (AppKind::Wecom, "/cgi-bin/get_jsapi_ticket", _) => Some(Kind::Corp),
-            (AppKind::Wecom, "/cgi-bin/ticket/get", Some("agent_config")) => Some(Kind::Agent),
-            _ => None,
-        }
-    }
 }
 
 /// One ticket as the proxy holds it.

@@ -75,7 +75,9 @@ pub(super) async fn handle(
         (None, None, p) if p.starts_with("/cgi-bin/component/") => {
             Ok(super::component::handle(&state, req).await)
         }
-        (None, None, p) if p.starts_with("/sns/") => Ok(super::login::handle(&state, req).await),
+        (None, None, p) if super::login::PATHS.contains(&p) => {
+            Ok(super::login::handle(&state, req).await)
+        }
         (None, None, p)
             if p.starts_with("/cgi-bin/service/")
                 || p.starts_with("/cgi-bin/license/")

@@ -15,7 +15,19 @@ use super::handler::{collect, query_values, respond};
 use super::tokens::Verdict;
 use super::{lock, Recorded, State, USER_TOKEN};
 
-/// Answers `/sns/…`.
+/// The login paths it answers; other `/sns/…` paths are ordinary API calls.
+pub(super) const PATHS: [&str; 8] = [
+    "/sns/jscode2session",
+    "/sns/oauth2/access_token",
+    "/sns/oauth2/refresh_token",
+    "/sns/auth",
+    "/sns/userinfo",
+    "/sns/oauth2/component/access_token",
+    "/sns/oauth2/component/refresh_token",
+    "/sns/component/jscode2session",
+];
+
+/// Answers the login paths.
 pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Payload> {
     let query = req.uri().query().map(str::to_owned);
     let path = req.uri().path().to_owned();
