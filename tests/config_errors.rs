@@ -224,24 +224,40 @@ fn an_appid_from_the_environment_is_read_and_checked() {
 
     let (status, out, err) = run_binary(
         &["check", "--config", path],
-        &[(SECRET_VAR, SECRET), ("TEST_APPID", " wx1234567890abcdef\n")],
+        &[
+            (SECRET_VAR, SECRET),
+            ("TEST_APPID", " wx1234567890abcdef\n"),
+        ],
     );
-    assert!(status.success(), "an appid from the environment should pass: {err}");
+    assert!(
+        status.success(),
+        "an appid from the environment should pass: {err}"
+    );
     assert!(out.contains("OK (1 app: mp)"), "{out}");
 
     let (err, _) = refused(&config, ENV);
     assert_says(&err, &["apps.mp.appid_env", "TEST_APPID", "not set"]);
 
-    let (err, _) = refused(&config, &[(SECRET_VAR, SECRET), ("TEST_APPID", "your-appid")]);
+    let (err, _) = refused(
+        &config,
+        &[(SECRET_VAR, SECRET), ("TEST_APPID", "your-appid")],
+    );
     assert_says(
         &err,
-        &["apps.mp.appid_env", "'your-appid' (from TEST_APPID)", "wx and 16 hex digits"],
+        &[
+            "apps.mp.appid_env",
+            "'your-appid' (from TEST_APPID)",
+            "wx and 16 hex digits",
+        ],
     );
 }
 
 #[test]
 fn an_id_given_twice_or_of_the_wrong_kind_is_named() {
-    let both = app_with("appid = \"wx1234567890abcdef\"\nappid_env = \"TEST_APPID\"", "mp");
+    let both = app_with(
+        "appid = \"wx1234567890abcdef\"\nappid_env = \"TEST_APPID\"",
+        "mp",
+    );
     let (err, _) = refused(&both, ENV);
     assert_says(&err, &["apps.mp.appid_env", "not both"]);
 
@@ -266,13 +282,25 @@ fn a_corpid_and_a_component_appid_from_the_environment_are_read() {
         let (status, _, err) = run_binary(&["check", "--config", path.to_str().unwrap()], &env);
         assert!(status.success(), "{config}\nshould pass: {err}");
     }
-    let (err, _) = refused(&platform, &[(SECRET_VAR, SECRET), ("TEST_COMPONENT", "nope")]);
-    assert_says(&err, &["platforms.saas.component_appid_env", "(from TEST_COMPONENT)"]);
+    let (err, _) = refused(
+        &platform,
+        &[(SECRET_VAR, SECRET), ("TEST_COMPONENT", "nope")],
+    );
+    assert_says(
+        &err,
+        &[
+            "platforms.saas.component_appid_env",
+            "(from TEST_COMPONENT)",
+        ],
+    );
 }
 
 #[test]
 fn a_secret_with_spaces_is_a_placeholder_and_refused() {
     let (err, _) = refused(GOOD_APP, &[(SECRET_VAR, "REPLACE WITH THE APPSECRET")]);
     assert_says(&err, &["apps.mp.secret_env", "placeholder"]);
-    assert!(!err.contains("REPLACE WITH"), "the message shows the secret: {err}");
+    assert!(
+        !err.contains("REPLACE WITH"),
+        "the message shows the secret: {err}"
+    );
 }

@@ -45,16 +45,20 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 
-/// The first of `names` on the PATH; panics naming the installer otherwise.
+/// The first of `names` in tests/tools/bin (where `.ci/test` unpacks
+/// promtool) or on the PATH; panics naming the installer otherwise.
 fn tool(names: &[&str], package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::iter::once(repo("tests/tools/bin"))
+        .chain(std::env::split_paths(&path))
+        .collect();
     names
         .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "{} not found on PATH: run .ci/test, which installs Debian's `{package}` package where missing",
+                "{} not found on PATH: run .ci/test, which takes it from Debian's `{package}` package where missing",
                 names.join(" or ")
             )
         })
