@@ -43,8 +43,10 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// A file as committed: following the README edits the ConfigMap (its
+/// appid) and the Deployment (its image), and the tests check what ships.
 fn read(path: &str) -> String {
-    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    common::committed(path)
 }
 
 /// The documents of a YAML file.
@@ -177,39 +179,38 @@ fn the_configmap_unedited_fails_check_naming_the_appid() {
     );
 }
 
-/// Every file under `dir` that `kubectl apply -R -f` reads.
-fn applied_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            applied_files(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-        {
-            out.push(path);
-        }
-    }
+/// Every committed file under `deploy/` that `kubectl apply -R -f` reads.
+fn applied_files() -> Vec<String> {
+    let out = std::process::Command::new("git")
+        .args(["ls-tree", "-r", "--name-only", "HEAD", "deploy"])
+        .current_dir(repo("."))
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git ls-tree failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml") || f.ends_with(".json"))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
 fn a_directory_apply_of_deploy_takes_no_secret() {
-    let mut files = Vec::new();
-    applied_files(&repo("deploy"), &mut files);
+    let files = applied_files();
     assert!(
         files.iter().any(|f| f.ends_with("deployment.yaml")),
-        "the walk should find the manifests"
+        "the walk should find the manifests: {files:?}"
     );
     for file in files {
-        let Ok(docs) = YamlLoader::load_from_str(&std::fs::read_to_string(&file).unwrap()) else {
+        let Ok(docs) = YamlLoader::load_from_str(&read(&file)) else {
             continue; // not a manifest kubectl could apply either
         };
         for doc in docs {
             assert_ne!(
                 doc["kind"].as_str(),
                 Some("Secret"),
-                "{}: `kubectl apply -f` of its directory would overwrite the real Secret with it",
-                file.display()
+                "{file}: `kubectl apply -f` of its directory would overwrite the real Secret with it"
             );
         }
     }
