@@ -667,7 +667,9 @@ fn the_demo_refuses_addresses_other_hosts_reach() {
 /// The endpoints of the README's admin table, as `METHOD /path`.
 fn readme_admin_endpoints() -> Vec<String> {
     let readme = read("README.md");
-    let table = &readme[readme.find("## Admin endpoints").expect("an Admin endpoints section")..];
+    let table = &readme[readme
+        .find("## Admin endpoints")
+        .expect("an Admin endpoints section")..];
     let endpoints: Vec<String> = table
         .lines()
         .take_while(|l| !l.starts_with("Metrics:"))
