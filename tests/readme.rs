@@ -495,15 +495,7 @@ globalThis.wx = {{ config: (c) => console.log(JSON.stringify(c)) }};
     let guard = repo("tests/readme/guard.js");
     let mut command = Command::new("node");
     command.arg("--require").arg(&guard).arg(&file);
-    let output = tokio::task::spawn_blocking(move || run(command))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "the page snippet failed:\n{world}\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_snippet(&world, command).await;
 
     let config: serde_json::Value =
         serde_json::from_str(stdout.trim()).expect("wx.config got JSON");

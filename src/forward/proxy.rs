@@ -1,5 +1,6 @@
-//! The request path: route to an app, answer token requests locally, forward
-//! with the token, read WeChat's errcode, refresh and retry once.
+//! The request path: pick the app, ask the route table what the request
+//! comes to, answer it locally or forward it with the credential the route
+//! names, read WeChat's errcode, refresh and retry once, scrub the answer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
