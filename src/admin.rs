@@ -334,6 +334,8 @@ fn app_status(tokens: &TokenManager) -> Value {
         "appid": app.appid,
         "token_api": app.token_api.as_str(),
         "base_url": app.base_url.to_string(),
+        "fallback_base_urls": app.fallback_base_urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "upstream": tokens.client().upstream().unwrap_or(&app.base_url).to_string(),
         "token": {
             "state": status.state(),
             "expires_in_s": status.expires_in.map(|d| d.as_secs()),

@@ -116,6 +116,8 @@ pub(super) struct RawApp {
     pub token_api: Option<TokenApi>,
     /// Where calls go instead of WeChat.
     pub base_url: Option<String>,
+    /// Hosts tried in turn when `base_url` cannot be reached.
+    pub fallback_base_urls: Option<Vec<String>>,
     /// Renew this long before expiry.
     pub refresh_before_expiry_s: Option<u64>,
     /// At most one token-error fetch per this interval.
@@ -148,6 +150,8 @@ pub(super) struct RawPlatform {
     pub encoding_aes_key_env: Option<String>,
     /// Where calls go instead of WeChat.
     pub base_url: Option<String>,
+    /// Hosts tried in turn when `base_url` cannot be reached.
+    pub fallback_base_urls: Option<Vec<String>>,
     /// Renew this long before expiry.
     pub refresh_before_expiry_s: Option<u64>,
     /// At most one token-error fetch per this interval.

@@ -439,6 +439,13 @@ impl Validator<'_> {
         let base_url = BaseUrl::parse(base_url).map_err(|problem| {
             self.err(key("base_url"), format!("'{}' {problem}", redact(base_url)))
         })?;
+        let fallback_base_urls = self.fallbacks(
+            &key("fallback_base_urls"),
+            raw.kind,
+            raw.base_url.is_none(),
+            raw.fallback_base_urls.as_deref(),
+            &base_url,
+        )?;
         let policy = PathPolicy::new(
             self.path_rules(&key("allow_paths"), raw.allow_paths)?,
             self.path_rules(&key("deny_paths"), raw.deny_paths)?,
@@ -474,6 +481,7 @@ impl Validator<'_> {
             secret,
             token_api,
             base_url,
+            fallback_base_urls,
             // 0 would renew only once the token is dead, leaving requests
             // without one while the fetch runs; a token lives 7200 s.
             refresh_before_expiry: Duration::from_secs(self.within(
@@ -494,6 +502,50 @@ impl Validator<'_> {
             agentid,
             name,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `fallback_base_urls`: each an http(s) URL like `base_url`, none of
+    /// them `base_url` itself. Left out, an mp app on WeChat's own host
+    /// falls back to WeChat's disaster-recovery host.
+    fn fallbacks(
+        &self,
+        key: &str,
+        kind: AppKind,
+        default_base: bool,
+        given: Option<&[String]>,
+        base_url: &BaseUrl,
+    ) -> Result<Vec<BaseUrl>, ConfigError> {
+        let default: Vec<String> = match (kind, default_base) {
+            (AppKind::Mp, true) => defaults::MP_FALLBACK_BASE_URLS
+                .iter()
+                .map(|u| (*u).to_owned())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let urls = given.unwrap_or(&default);
+        let mut parsed: Vec<BaseUrl> = Vec::with_capacity(urls.len());
+        for url in urls {
+            let fallback = BaseUrl::parse(url)
+                .map_err(|problem| self.err(key, format!("'{}' {problem}", redact(url))))?;
+            let same = |a: &BaseUrl| {
+                a.scheme == fallback.scheme
+                    && a.authority == fallback.authority
+                    && a.path == fallback.path
+            };
+            if same(base_url) || parsed.iter().any(same) {
+                return Err(self.err(
+                    key,
+                    format!(
+                        "'{}' is listed twice (base_url counts): list each other host once",
+                        redact(url)
+                    ),
+                ));
+            }
+            parsed.push(fallback);
+        }
+        Ok(parsed)
     }
 }
 
@@ -530,6 +582,7 @@ impl Validator<'_> {
             // Component tokens, like classic ones: each fetch issues a new one.
             token_api: Some(TokenApi::Classic),
             base_url: raw.base_url,
+            fallback_base_urls: raw.fallback_base_urls,
             refresh_before_expiry_s: raw.refresh_before_expiry_s,
             min_refresh_interval_ms: raw.min_refresh_interval_ms,
             proxy: raw.proxy,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -83,6 +83,7 @@ async fn serve_http<I>(io: I, state: Arc<Mutex<State>>, reset: Arc<AtomicBool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle_close = lock(&state).idle_close;
     // Requests served on this connection so far, for `close_reused`.
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let service = service_fn(move |req| {
@@ -99,9 +100,13 @@ where
         }
     });
     // Errors here are the peer going away or a deliberate break: nothing to report.
-    let _ = http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await;
+    let mut http = http1::Builder::new();
+    if let Some(idle) = idle_close {
+        // hyper's head timer runs from each answer to the next head: an idle
+        // keep-alive connection closes when it fires.
+        http.timer(TokioTimer::new()).header_read_timeout(idle);
+    }
+    let _ = http.serve_connection(TokioIo::new(io), service).await;
 }
 
 /// A TCP stream that, once `reset` is set, refuses to write and closes with an RST
