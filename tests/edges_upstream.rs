@@ -136,9 +136,9 @@ async fn thousands_of_requests_racing_the_upstreams_idle_close_all_succeed() {
     // The proxy keeps pooled connections longer than the upstream does, so each
     // request spaced about the upstream's idle timeout after the last may find
     // its connection closing under it.
-    const IDLE_MS: u64 = 30;
+    const IDLE_MS: u64 = 10;
     const CLIENTS: usize = 8;
-    const EACH: usize = 250;
+    const EACH: usize = 400;
     let h = with_lines(&["idle_timeout_ms = 60000"], &[]).await;
     h.fake.set_idle_close(Some(Duration::from_millis(IDLE_MS)));
 
@@ -152,7 +152,7 @@ async fn thousands_of_requests_racing_the_upstreams_idle_close_all_succeed() {
             let mut failed = Vec::new();
             for i in 0..EACH {
                 // Spaced across the close: a little before, at and after it.
-                let gap = IDLE_MS * 1000 - 3000 + fastrand::u64(0..6000);
+                let gap = IDLE_MS * 1000 - 1000 + fastrand::u64(0..2000);
                 tokio::time::sleep(Duration::from_micros(gap)).await;
                 let r = if (client + i) % 2 == 0 {
                     http.post(&post, "application/json", r#"{"touser":"o1"}"#)
