@@ -235,10 +235,16 @@ pub async fn run(
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(
-        Admin::new(managers.clone(), draining.clone(), metrics.clone())
-            .with_key(config.proxy.admin_key.clone())
-            .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas)
-            .with_platforms(platforms.clone()),
+        Admin::new(
+            managers.clone(),
+            draining.clone(),
+            metrics.clone(),
+            // The same bound as the application listener's request bodies.
+            config.proxy.limits.idle_timeout,
+        )
+        .with_key(config.proxy.admin_key.clone())
+        .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas)
+        .with_platforms(platforms.clone()),
     );
     let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;
