@@ -25,7 +25,7 @@ use crate::policy::PathPolicy;
 // Secrets have their own module; these paths stay for the code that
 // imported them from here.
 pub use crate::secret::{Environment, ProcessEnv, Secret, SecretSource};
-pub use url::{BaseUrl, EgressProxy, RedisUrl};
+pub use url::{BaseUrl, EgressProxy, RedisTarget, RedisUrl};
 
 /// Why a configuration was refused. Always names the file, and the key when
 /// one is at fault.
@@ -305,6 +305,9 @@ pub enum StoreSettings {
 pub struct RedisSettings {
     /// Where Redis is; may carry a password.
     pub url: RedisUrl,
+    /// The sentinels' own password, when a `redis-sentinel://` URL's
+    /// sentinels require one (the URL's password is the data nodes').
+    pub sentinel_password: Option<Secret>,
     /// Put in front of every key, so several deployments can share a Redis.
     pub key_prefix: String,
 }

@@ -188,6 +188,8 @@ pub(super) struct RawStore {
     pub url_env: Option<String>,
     /// Prefix of every Redis key.
     pub key_prefix: Option<String>,
+    /// Variable holding the sentinels' password (`redis-sentinel://` only).
+    pub sentinel_password_env: Option<String>,
 }
 
 /// `[store] kind`.

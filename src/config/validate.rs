@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::defaults;
 use super::raw::{RawApp, RawConfig, RawPlatform, RawProxy, RawStore, RawUpstream, StoreKind};
-use super::url::{redact, BaseUrl, EgressProxy, RedisUrl};
+use super::url::{redact, BaseUrl, EgressProxy, RedisTarget, RedisUrl};
 use super::{
     AesKey, AppConfig, AppKind, Config, ConfigError, LogSettings, PlatformConfig, ProxySettings,
     RedisSettings, StoreSettings, TokenApi, UpstreamSettings,
@@ -268,6 +268,11 @@ impl Validator<'_> {
             ("url", raw.url.is_some(), StoreKind::Redis),
             ("url_env", raw.url_env.is_some(), StoreKind::Redis),
             ("key_prefix", raw.key_prefix.is_some(), StoreKind::Redis),
+            (
+                "sentinel_password_env",
+                raw.sentinel_password_env.is_some(),
+                StoreKind::Redis,
+            ),
         ];
         if let Some((key, _, owner)) = foreign
             .iter()
@@ -339,7 +344,25 @@ impl Validator<'_> {
                 if key_prefix.chars().any(char::is_whitespace) {
                     return Err(self.err("store.key_prefix", "must not contain spaces"));
                 }
-                Ok(StoreSettings::Redis(RedisSettings { url, key_prefix }))
+                let sentinel_password = match (&url.target, raw.sentinel_password_env) {
+                    (_, None) => None,
+                    (RedisTarget::Server, Some(_)) => {
+                        return Err(self.err(
+                            "store.sentinel_password_env",
+                            "only for a redis-sentinel:// url",
+                        ))
+                    }
+                    (RedisTarget::Sentinel { .. }, Some(var)) => {
+                        Some(SecretSource::Env(var).read(self.env).map_err(|problem| {
+                            self.err("store.sentinel_password_env", problem.to_string())
+                        })?)
+                    }
+                };
+                Ok(StoreSettings::Redis(RedisSettings {
+                    url,
+                    key_prefix,
+                    sentinel_password,
+                }))
             }
         }
     }
