@@ -61,8 +61,9 @@ enum Connection {
     /// One server: multiplexed and self-reconnecting; cheap to clone per
     /// operation.
     Server(ConnectionManager),
-    /// The primary the sentinels name.
-    Sentinel(Primary),
+    /// The primary the sentinels name (boxed: it is large, and one store
+    /// is built per process).
+    Sentinel(Box<Primary>),
 }
 
 /// The primary behind Sentinel, and the connection to it while it works.
@@ -164,13 +165,13 @@ impl RedisStore {
                 if let Some(password) = &settings.sentinel_password {
                     builder = builder.set_client_to_sentinel_password(password.expose());
                 }
-                Connection::Sentinel(Primary {
+                Connection::Sentinel(Box::new(Primary {
                     sentinels: tokio::sync::Mutex::new(builder.build().map_err(fail)?),
                     current: std::sync::Mutex::new(None),
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(OP_TIMEOUT))
                         .set_response_timeout(Some(OP_TIMEOUT)),
-                })
+                }))
             }
         };
         Ok(RedisStore {
