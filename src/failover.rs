@@ -10,7 +10,8 @@
 //! nothing is found by its silence: when a request has waited
 //! `connect_timeout_ms` and the host has answered nothing since it was sent,
 //! later requests go to the next host (the ones already waiting there get
-//! their timeout). Either way the switch is logged and counted; while a
+//! their timeout). A streamed upload is not watched so: the host is quiet
+//! for as long as the client takes to send it. Either way the switch is logged and counted; while a
 //! fallback serves, the primary is probed every [`PROBE_EVERY`] with a
 //! request that carries no credential, and traffic returns on its first
 //! answer.
@@ -172,6 +173,13 @@ impl Hosts {
             sent: now,
             ended: false,
         }
+    }
+
+    /// Host `i` answered a request that was not watched for silence.
+    pub fn spoke(&self, i: usize) {
+        let mut health = self.health.lock().expect("hosts lock");
+        let h = &mut health[i];
+        h.silent_since = (h.pending > 0).then(Instant::now);
     }
 
     /// Makes `to` the host in use if `from` still is: logs, counts and, away
@@ -376,6 +384,16 @@ mod tests {
         drop(hosts.sent(0));
         assert_eq!(hosts.order().next(), Some(1));
         assert_eq!(hosts.failovers.get(), 1);
+    }
+
+    #[test]
+    fn an_answer_to_an_unwatched_request_ends_the_silence() {
+        let hosts = hosts(Duration::from_millis(50));
+        let slow = hosts.sent(0);
+        std::thread::sleep(Duration::from_millis(60));
+        hosts.spoke(0);
+        assert_eq!(hosts.order().next(), Some(0));
+        slow.answered();
     }
 
     #[test]

@@ -135,10 +135,16 @@ impl HttpClient {
         loop {
             hosts.aim(&mut request, aimed, at);
             aimed = at;
-            let flight = hosts.sent(at);
+            // A streamed upload keeps the host quiet while it goes out: its
+            // wait says nothing about the host.
+            let watched = matches!(request.body(), ProxyBody::Full(_));
+            let flight = watched.then(|| hosts.sent(at));
             let unsent = match self.pool.send(request, fresh).await {
                 Attempt::Answered(response) => {
-                    flight.answered();
+                    match flight {
+                        Some(flight) => flight.answered(),
+                        None => hosts.spoke(at),
+                    }
                     if at != first {
                         hosts.switch(first, at, "it cannot be connected to");
                     }
@@ -147,7 +153,9 @@ impl HttpClient {
                 }
                 Attempt::Failed(e) => return Err(e),
                 Attempt::NotSent(e, back) => {
-                    flight.not_sent();
+                    if let Some(flight) = flight {
+                        flight.not_sent();
+                    }
                     (e, back)
                 }
             };

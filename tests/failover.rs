@@ -203,3 +203,43 @@ async fn without_fallbacks_a_refused_host_is_still_a_502() {
         format!("https://localhost:{}", relay.addr.port())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_upload_is_not_taken_for_a_silent_host() {
+    let fake = Harness::fake_with(Default::default()).await;
+    let relay = Relay::start(fake.addr).await;
+    let fallback = format!("https://localhost:{}", relay.addr.port());
+    let config = ConfigBuilder::new(&fake)
+        .upstream_line(&format!("connect_timeout_ms = {CONNECT_TIMEOUT_MS}"))
+        .proxy_line("max_replay_body_bytes = 1024")
+        .mp("stable")
+        .app_line(&format!("fallback_base_urls = [{fallback:?}]"));
+    let h = Harness::start(fake, config).await;
+    let primary = h.fake.base_url.clone();
+
+    // A streamed upload that takes four connect timeouts to go out.
+    let mut conn = common::raw::RawConn::connect(h.proxy.addr).await;
+    conn.send(
+        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b'u'; 4096];
+    for i in 0..20 {
+        let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+        framed.extend_from_slice(&chunk);
+        framed.extend_from_slice(b"\r\n");
+        conn.send(&framed).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(CONNECT_TIMEOUT_MS / 5)).await;
+        if i == 10 {
+            // Calls meanwhile stay on the primary.
+            all_succeed(&h, 2).await;
+        }
+    }
+    conn.send(b"0\r\n\r\n").await.unwrap();
+    let r = conn.read_response().await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    assert_eq!(upstream(&h).await, primary);
+    assert_eq!(failovers(&h).await, 0);
+}
