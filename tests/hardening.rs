@@ -235,7 +235,8 @@ async fn stalled_admin_bodies_are_timed_out_and_never_keep_healthz_from_answerin
             "/platforms/saas/authorizers"
         };
         conn.send(
-            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{").as_bytes(),
+            format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{{")
+                .as_bytes(),
         )
         .await
         .unwrap();
