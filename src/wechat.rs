@@ -179,8 +179,11 @@ pub async fn fetch(
 /// hold a secret or a token.
 pub async fn exchange(
     client: &HttpClient,
-    request: Request<ProxyBody>,
+    mut request: Request<ProxyBody>,
 ) -> Result<serde_json::Value, FetchError> {
+    request
+        .extensions_mut()
+        .insert(crate::forward::upstream::FirstInLine);
     let response = client
         .request(request)
         .await
