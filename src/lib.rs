@@ -30,7 +30,7 @@
 //!   ([`forward::query`]) and the request forwarded through the pooled
 //!   [`forward::upstream`] client, asking for an uncompressed answer; the
 //!   client moves calls and token fetches alike to a fallback host
-//!   ([`failover`]) while the app's WeChat host cannot be reached.
+//!   ([`forward::failover`]) while the app's WeChat host cannot be reached.
 //! - The answer's `errcode` is read by [`forward::inspect`] when the body is
 //!   small JSON; a token error makes [`token`] fetch a new token once
 //!   (single-flight, through [`wechat`]) and the request is retried once with
@@ -72,7 +72,6 @@ mod admin;
 pub mod config;
 pub mod demo;
 mod error;
-mod failover;
 mod forward;
 mod inbound;
 mod jssdk;

@@ -2,6 +2,7 @@
 //! the pooled upstream client, read WeChat's answer and scrub it.
 
 pub mod body;
+pub mod failover;
 pub mod guard;
 pub mod inspect;
 pub mod policy;

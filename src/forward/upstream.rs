@@ -47,8 +47,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::config::{AppConfig, BaseUrl, UpstreamSettings};
-use crate::failover::{self, Hosts};
 use crate::forward::body::ProxyBody;
+use crate::forward::failover::{self, Hosts};
 
 /// The client every upstream request of one app goes through.
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 //! answers, else the next of `fallback_base_urls`, and back to `base_url`
 //! once it answers again.
 //!
-//! The [`upstream`](crate::upstream) client asks [`Hosts`] where each request
+//! The [`upstream`](crate::forward::upstream) client asks [`Hosts`] where each request
 //! goes, so API calls and token fetches fail over alike. A request whose
 //! connection could not be made (refused, reset, TLS failed, not made within
 //! `connect_timeout_ms`) was never written: it goes to the next host at once
