@@ -135,11 +135,18 @@ impl Proxy {
             None => self.metrics.unrouted(status),
         }
         if self.access_log {
+            // A platform's authorizer is its customer: the line names the
+            // platform only.
+            let platform = outcome.app.and_then(|i| self.apps[i].platform.as_ref());
+            let path = match platform {
+                Some(platform) => std::borrow::Cow::Owned(platform.loggable(parts.uri.path())),
+                None => std::borrow::Cow::Borrowed(parts.uri.path()),
+            };
             tracing::info!(
                 target: "wechat_token_proxy::access",
                 app = outcome.app.map_or("-", |i| self.apps[i].config.name.as_str()),
                 method = %parts.method,
-                path = parts.uri.path(),
+                path = &*path,
                 status,
                 errcode = outcome.errcode,
                 retried = outcome.retried,
@@ -180,6 +187,22 @@ impl Proxy {
             None => (&app.tokens, path, "access_token"),
             Some(platform) => match platform.route(path).await? {
                 crate::platform::Routed::Answer(answer) => return Ok(answer),
+                crate::platform::Routed::Local(call) => {
+                    app.config
+                        .policy
+                        .check(path)
+                        .map_err(|refusal| LocalError::Forbidden {
+                            app: app.config.name.clone(),
+                            refusal,
+                        })?;
+                    let body = body.take().ok_or_else(|| {
+                        LocalError::ClientBody("the request body was already read".into())
+                    })?;
+                    let (_, Some(body), _) = self.prepare_body(body).await? else {
+                        return Err(BodyTooLarge(self.max_replay as u64).into());
+                    };
+                    return Ok(platform.answer_local(call, &body).await);
+                }
                 crate::platform::Routed::Forward {
                     tokens,
                     path,
