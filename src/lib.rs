@@ -12,6 +12,9 @@
 //!   (single-flight, through [`wechat`]) and the request is retried once with
 //!   the body kept by [`body`]. Before any answer leaves, [`scrub`] replaces
 //!   the tokens the proxy injected in its headers and inspected body.
+//! - A third-party [`platform`] picks the credential by path (its component
+//!   token, or an authorizer's) and answers the calls whose answers carry
+//!   credentials itself, with placeholders.
 //! - The JS-SDK ticket calls and `/jssdk/config` are answered by [`jssdk`]
 //!   from the tickets [`ticket`] holds like tokens; [`quota`] keeps the
 //!   token API's quota in sight and resets it for the operator.

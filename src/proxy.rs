@@ -188,13 +188,7 @@ impl Proxy {
             Some(platform) => match platform.route(path).await? {
                 crate::platform::Routed::Answer(answer) => return Ok(answer),
                 crate::platform::Routed::Local(call) => {
-                    app.config
-                        .policy
-                        .check(path)
-                        .map_err(|refusal| LocalError::Forbidden {
-                            app: app.config.name.clone(),
-                            refusal,
-                        })?;
+                    policy(app, path)?;
                     let body = body.take().ok_or_else(|| {
                         LocalError::ClientBody("the request body was already read".into())
                     })?;
@@ -219,13 +213,7 @@ impl Proxy {
             return Ok(answer);
         }
         guard::secrets(&app.config, path, parts)?;
-        app.config
-            .policy
-            .check(path)
-            .map_err(|refusal| LocalError::Forbidden {
-                app: app.config.name.clone(),
-                refusal,
-            })?;
+        policy(app, path)?;
         if app.platform.is_none() {
             if let Some(answer) = crate::jssdk::answer(app, parts, path).await {
                 return Ok(answer);
@@ -539,6 +527,17 @@ impl Forward<'_> {
             // refuses. Do not echo it: it may carry the token.
             .map_err(|_| LocalError::ClientBody("the request path cannot be forwarded".into()))
     }
+}
+
+/// The app's path rules on `path`.
+fn policy(app: &App, path: &str) -> Result<(), LocalError> {
+    app.config
+        .policy
+        .check(path)
+        .map_err(|refusal| LocalError::Forbidden {
+            app: app.config.name.clone(),
+            refusal,
+        })
 }
 
 /// Whether `errcode` means "this token is no good" for an app of `kind`.

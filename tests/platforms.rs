@@ -260,13 +260,7 @@ async fn authorizers_are_fetched_on_first_use_renewed_on_a_token_error_and_revok
         .await;
         assert_eq!(put.status, 200, "{}", put.text());
     }
-    let listed = send(
-        &http,
-        Method::GET,
-        &admin("/platforms/saas/authorizers"),
-        "",
-    )
-    .await;
+    let listed = admin_get(&http, &proxy, "/platforms/saas/authorizers").await;
     assert!(!listed.text().contains("REFRESH-"), "{}", listed.text());
     assert_eq!(listed.json()[0]["state"], "idle");
     assert_eq!(
@@ -444,6 +438,31 @@ async fn push_ticket(http: &Http, proxy: &Proxy, ticket: &str) {
     wait_ready(http, proxy).await;
 }
 
+/// A proxy in front of `fake` (no store), given `ticket` and ready.
+async fn ready_proxy(fake: &FakeWeChat, http: &Http, ticket: &str) -> Proxy {
+    fake.push_ticket(COMPONENT, ticket);
+    let proxy = Proxy::start(&config(fake, ""), &env());
+    push_ticket(http, &proxy, ticket).await;
+    proxy
+}
+
+/// `GET path` on `proxy`'s admin listener, with the key.
+async fn admin_get(http: &Http, proxy: &Proxy, path: &str) -> common::Resp {
+    send(http, Method::GET, &format!("{}{path}", proxy.admin_url), "").await
+}
+
+/// `PUT /platforms/saas/authorizers/APPID` on `proxy`.
+async fn put_authorizer(http: &Http, proxy: &Proxy, appid: &str, refresh: &str) -> common::Resp {
+    let url = format!("{}/platforms/saas/authorizers/{appid}", proxy.admin_url);
+    send(
+        http,
+        Method::PUT,
+        &url,
+        &format!(r#"{{"refresh_token":"{refresh}"}}"#),
+    )
+    .await
+}
+
 /// GETs each of `paths`, at most `width` at a time, request `i` to replica
 /// `i % len`; panics on any answer that is not WeChat's success.
 async fn spread(http: &Http, replicas: &[Proxy], paths: &[String], width: usize) {
@@ -476,13 +495,7 @@ async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_r
     {
         let proxy = Proxy::start(&text, &env());
         push_ticket(&http, &proxy, "ticket-redis").await;
-        let put = send(
-            &http,
-            Method::PUT,
-            &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
-            r#"{"refresh_token":"REFRESH-A"}"#,
-        )
-        .await;
+        let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
         assert_eq!(put.status, 200, "{}", put.text());
         http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
             .await
@@ -637,14 +650,7 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
     // The replicas count the same, by platform, never naming an authorizer.
     let mut counted = 0.0;
     for proxy in &replicas {
-        let text = send(
-            &http,
-            Method::GET,
-            &format!("{}/metrics", proxy.admin_url),
-            "",
-        )
-        .await
-        .text();
+        let text = admin_get(&http, proxy, "/metrics").await.text();
         counted += samples(
             &text,
             "wechat_proxy_authorizer_token_refreshes_total",
@@ -684,16 +690,7 @@ async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
     // WeChat's push reaches one replica (the load balancer picked it).
     push_ticket(&http, &replicas[0], "ticket-one").await;
     wait_ready(&http, &replicas[1]).await;
-    let put = send(
-        &http,
-        Method::PUT,
-        &format!(
-            "{}/platforms/saas/authorizers/{AUTH_A}",
-            replicas[0].admin_url
-        ),
-        r#"{"refresh_token":"REFRESH-A"}"#,
-    )
-    .await;
+    let put = put_authorizer(&http, &replicas[0], AUTH_A, "REFRESH-A").await;
     assert_eq!(put.status, 200, "{}", put.text());
     http.get(&format!(
         "{}/saas/{AUTH_A}/cgi-bin/user/get",
@@ -729,16 +726,7 @@ async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
         .await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     fake.reauthorize(AUTH_A, "REFRESH-A2");
-    let put = send(
-        &http,
-        Method::PUT,
-        &format!(
-            "{}/platforms/saas/authorizers/{AUTH_A}",
-            replicas[1].admin_url
-        ),
-        r#"{"refresh_token":"REFRESH-A2"}"#,
-    )
-    .await;
+    let put = put_authorizer(&http, &replicas[1], AUTH_A, "REFRESH-A2").await;
     assert_eq!(put.status, 200, "{}", put.text());
     http.get(&format!(
         "{}/saas/{AUTH_A}/cgi-bin/user/get",
@@ -878,17 +866,9 @@ fn a_platform_without_an_admin_key_is_refused_at_start() {
 #[tokio::test]
 async fn platform_writes_need_the_admin_key_and_a_json_ticket_is_refused_with_push_keys() {
     let fake = fake().await;
-    fake.push_ticket(COMPONENT, "ticket-signed");
-    let proxy = Proxy::start(&config(&fake, ""), &env());
     let http = Http::new();
-    push_ticket(&http, &proxy, "ticket-signed").await;
-    let put = send(
-        &http,
-        Method::PUT,
-        &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
-        r#"{"refresh_token":"REFRESH-A"}"#,
-    )
-    .await;
+    let proxy = ready_proxy(&fake, &http, "ticket-signed").await;
+    let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
     assert_eq!(put.status, 200, "{}", put.text());
 
     // Without the key: no write, whatever the endpoint.
@@ -1001,29 +981,14 @@ async fn a_replayed_stale_or_older_push_is_refused_and_never_rolls_the_ticket_ba
 #[tokio::test]
 async fn registering_over_an_authorizer_checks_the_new_refresh_token_with_wechat_first() {
     let fake = fake().await;
-    fake.push_ticket(COMPONENT, "ticket-put");
-    let proxy = Proxy::start(&config(&fake, ""), &env());
     let http = Http::new();
-    push_ticket(&http, &proxy, "ticket-put").await;
-    let authorizer = format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url);
+    let proxy = ready_proxy(&fake, &http, "ticket-put").await;
     let call = format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url);
-    let put = send(
-        &http,
-        Method::PUT,
-        &authorizer,
-        r#"{"refresh_token":"REFRESH-A"}"#,
-    )
-    .await;
+    let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
     assert_eq!(put.status, 200, "{}", put.text());
     http.get(&call).await.assert_ok();
 
-    let wrong = send(
-        &http,
-        Method::PUT,
-        &authorizer,
-        r#"{"refresh_token":"TYPO"}"#,
-    )
-    .await;
+    let wrong = put_authorizer(&http, &proxy, AUTH_A, "TYPO").await;
     assert_eq!(wrong.status, 400, "{}", wrong.text());
     assert!(
         wrong.text().contains("61023") && wrong.text().contains("kept"),
@@ -1038,13 +1003,7 @@ async fn registering_over_an_authorizer_checks_the_new_refresh_token_with_wechat
     // The account authorizes again: the new refresh token is checked and
     // taken.
     fake.reauthorize(AUTH_A, "REFRESH-A2");
-    let put = send(
-        &http,
-        Method::PUT,
-        &authorizer,
-        r#"{"refresh_token":"REFRESH-A2"}"#,
-    )
-    .await;
+    let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A2").await;
     assert_eq!(put.status, 200, "{}", put.text());
     fake.revoke(AUTH_A);
     http.get(&call).await.assert_ok();
@@ -1053,10 +1012,8 @@ async fn registering_over_an_authorizer_checks_the_new_refresh_token_with_wechat
 #[tokio::test]
 async fn authorizer_list_and_info_answers_carry_placeholders_for_refresh_tokens() {
     let fake = fake().await;
-    fake.push_ticket(COMPONENT, "ticket-list");
-    let proxy = Proxy::start(&config(&fake, ""), &env());
     let http = Http::new();
-    push_ticket(&http, &proxy, "ticket-list").await;
+    let proxy = ready_proxy(&fake, &http, "ticket-list").await;
     let component = |api: &str| format!("{}/saas/cgi-bin/component/{api}", proxy.url);
 
     let list = http
@@ -1140,14 +1097,9 @@ async fn recovery_reads_pages_of_wechats_size_and_keeps_out_an_authorizer_remove
     assert_eq!(deleted.status, 200, "{}", deleted.text());
     let recovered = proxy.wait_for_log("authorizer registry recovered").await;
     assert!(recovered.contains("authorizers=1201"), "{recovered}");
-    let listed = send(
-        &http,
-        Method::GET,
-        &format!("{}/platforms/saas/authorizers", proxy.admin_url),
-        "",
-    )
-    .await
-    .json();
+    let listed = admin_get(&http, &proxy, "/platforms/saas/authorizers")
+        .await
+        .json();
     // The 1,200 and A and B of `fake()`, less the one removed.
     assert_eq!(listed.as_array().map(Vec::len), Some(1201));
     assert!(!listed.to_string().contains(removed.as_str()));
@@ -1168,17 +1120,9 @@ async fn recovery_reads_pages_of_wechats_size_and_keeps_out_an_authorizer_remove
 #[tokio::test]
 async fn access_lines_name_the_platform_never_the_authorizer() {
     let fake = fake().await;
-    fake.push_ticket(COMPONENT, "ticket-log");
-    let proxy = Proxy::start(&config(&fake, ""), &env());
     let http = Http::new();
-    push_ticket(&http, &proxy, "ticket-log").await;
-    send(
-        &http,
-        Method::PUT,
-        &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
-        r#"{"refresh_token":"REFRESH-A"}"#,
-    )
-    .await;
+    let proxy = ready_proxy(&fake, &http, "ticket-log").await;
+    put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
     http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
         .await
         .assert_ok();
@@ -1269,10 +1213,8 @@ async fn wechatpys_platform_flow_registers_each_code_once_and_never_sees_a_live_
     let fake = fake().await;
     fake.add_auth_code("CODE-A", AUTH_A);
     fake.add_auth_code("CODE-B", AUTH_B);
-    fake.push_ticket(COMPONENT, "ticket-sdk");
-    let proxy = Proxy::start(&config(&fake, ""), &env());
     let http = Http::new();
-    push_ticket(&http, &proxy, "ticket-sdk").await;
+    let proxy = ready_proxy(&fake, &http, "ticket-sdk").await;
     let authorized = |appid: &str, code: &str| {
         let fields = format!("<InfoType><![CDATA[authorized]]></InfoType><AuthorizerAppid><![CDATA[{appid}]]></AuthorizerAppid><AuthorizationCode><![CDATA[{code}]]></AuthorizationCode><AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime><PreAuthCode><![CDATA[preauthcode@@@x]]></PreAuthCode>", unix_now() + 3600);
         encrypted_event(&fields, COMPONENT, PUSH_TOKEN, unix_now(), &nonce())

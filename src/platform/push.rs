@@ -248,41 +248,30 @@ mod tests {
         assert_eq!(appid, SAMPLE_APPID);
         assert_eq!(element(&message, "Content"), Some("abcdteT"));
         assert_eq!(element(&message, "MsgId"), Some("6054768590064713728"));
-        // A message push, not a ticket: every check passed, then no ticket.
         let body = format!("<xml><Encrypt><![CDATA[{SAMPLE_ENCRYPT}]]></Encrypt></xml>");
-        assert_eq!(
+        let sample = |appid: &str, now: u64| {
             open(
                 body.as_bytes(),
                 Some(SAMPLE_QUERY),
                 SAMPLE_TOKEN,
                 &key,
-                SAMPLE_APPID,
-                SAMPLE_TIME,
-            ),
+                appid,
+                now,
+            )
+        };
+        // A message push, not a ticket: every check passed, then no event.
+        assert_eq!(
+            sample(SAMPLE_APPID, SAMPLE_TIME),
             Err(PushError::UnknownEvent("none".into()))
         );
         // The same push eleven minutes later: a replay, refused before
         // anything is decrypted.
         assert_eq!(
-            open(
-                body.as_bytes(),
-                Some(SAMPLE_QUERY),
-                SAMPLE_TOKEN,
-                &key,
-                SAMPLE_APPID,
-                SAMPLE_TIME + 660,
-            ),
+            sample(SAMPLE_APPID, SAMPLE_TIME + 660),
             Err(PushError::Stale(660))
         );
         assert_eq!(
-            open(
-                body.as_bytes(),
-                Some(SAMPLE_QUERY),
-                SAMPLE_TOKEN,
-                &key,
-                "wx0",
-                SAMPLE_TIME,
-            ),
+            sample("wx0", SAMPLE_TIME),
             Err(PushError::OtherAppId(SAMPLE_APPID.into()))
         );
     }

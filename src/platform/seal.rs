@@ -55,8 +55,8 @@ pub enum Local<'p> {
 }
 
 /// One exchange of a code: the sealed answer, or WeChat's refusal, once it
-/// is known. Empty while under way; failed attempts that never reached
-/// WeChat leave it empty for the next asker.
+/// is known. Empty while under way; an attempt that got no answer from
+/// WeChat leaves it empty for the next asker.
 type Exchange = Arc<OnceCell<Result<Value, FetchError>>>;
 
 /// The authorization codes exchanged (or being exchanged) in the last hour.
@@ -149,10 +149,12 @@ impl Platform {
                     .component_call("/cgi-bin/component/api_query_auth", body)
                     .await
                 {
-                    // Not sent: the next asker may try again.
-                    Err(e @ FetchError::NotReady(_)) => Err(e),
-                    Err(e) => Ok(Err(e)),
                     Ok(answer) => Ok(self.keep_authorization(answer).await),
+                    // WeChat's verdict on the code: final.
+                    Err(e @ (FetchError::Refused { .. } | FetchError::BadAnswer(_))) => Ok(Err(e)),
+                    // Not sent, or no answer: the next asker tries again (a
+                    // code WeChat did spend then gets its refusal).
+                    Err(e) => Err(e),
                 }
             })
             .await?;
