@@ -1294,3 +1294,41 @@ async fn wechatpys_platform_flow_registers_each_code_once_and_never_sees_a_live_
         .await;
     assert_eq!(gone.status, 404, "{}", gone.text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorization_code_pushed_to_one_replica_is_answered_on_another_without_a_second_exchange(
+) {
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    fake.add_auth_code("CODE-A", AUTH_A);
+    fake.push_ticket(COMPONENT, "ticket-fleet-code");
+    let text = config(&fake, &redis_store(&redis));
+    let http = Http::new();
+    let replicas = [Proxy::start(&text, &env()), Proxy::start(&text, &env())];
+    push_ticket(&http, &replicas[0], "ticket-fleet-code").await;
+    wait_ready(&http, &replicas[1]).await;
+
+    // WeChat's push reaches replica 1, which exchanges the code...
+    let fields = "<InfoType>authorized</InfoType><AuthorizerAppid>wx00000000000000a1</AuthorizerAppid><AuthorizationCode>CODE-A</AuthorizationCode>";
+    let push = encrypted_event(fields, COMPONENT, PUSH_TOKEN, unix_now(), &nonce());
+    assert_eq!(forward(&http, &replicas[0], &push).await.text(), "success");
+    wait_until("the code exchanged", Duration::from_secs(10), || {
+        fake.query_auth_calls() == 1
+    })
+    .await;
+    // ...and the application's SDK asks replica 2 with the same code.
+    let got = wechatpy_component(&replicas[1], "query", &["CODE-A"]).await;
+    let info = &got["result"]["authorization_info"];
+    assert_eq!(info["authorizer_appid"], AUTH_A, "{got}");
+    assert_eq!(
+        info["authorizer_refresh_token"], "WECHAT_TOKEN_PROXY_PLACEHOLDER",
+        "{got}"
+    );
+    assert_eq!(fake.query_auth_calls(), 1, "one exchange for the fleet");
+    http.get(&format!(
+        "{}/saas/{AUTH_A}/cgi-bin/user/get",
+        replicas[1].url
+    ))
+    .await
+    .assert_ok();
+}

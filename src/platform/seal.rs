@@ -6,14 +6,15 @@
 //!   an "authorized" event) exchanges the one-time code here: the authorizer
 //!   is registered and the answer's tokens are placeholders. The same code
 //!   pushed with the event, asked through the admin listener or by the SDK
-//!   reaches WeChat once; every other asker gets the same answer.
+//!   reaches WeChat once; every other asker gets the same answer, on any
+//!   replica sharing Redis.
 //! - `api_get_authorizer_list` and `api_get_authorizer_info` list refresh
 //!   tokens: their answers are read whole (a list page of 500 is ~75 KB)
 //!   and every credential field is replaced.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -23,7 +24,7 @@ use crate::body::ProxyBody;
 use crate::config::AppKind;
 use crate::error::json_response;
 use crate::proxy::{is_token_error, PLACEHOLDER_TOKEN};
-use crate::store::Registered;
+use crate::store::{unix_ms, Key, Lock, Registered, Saved};
 use crate::wechat::FetchError;
 
 use super::{grant, Platform};
@@ -31,6 +32,9 @@ use super::{grant, Platform};
 /// How long WeChat keeps an authorization code valid: an exchange is
 /// remembered that long.
 const CODE_LIFE: Duration = Duration::from_secs(3600);
+/// How often a replica looks for the answer of an exchange another one is
+/// making.
+const FLEET_POLL: Duration = Duration::from_millis(50);
 /// The largest answer read from a component API: a page of 500 authorizers
 /// is about 75 KB, well over the 64 KiB of a token answer.
 pub const MAX_COMPONENT_ANSWER: usize = 1024 * 1024;
@@ -143,22 +147,82 @@ impl Platform {
     pub async fn exchange(&self, code: &str) -> Result<Value, FetchError> {
         let exchange = self.exchanges.of(code);
         let answer = exchange
-            .get_or_try_init(|| async {
-                let body = json!({"component_appid": self.app.appid, "authorization_code": code});
-                match self
-                    .component_call("/cgi-bin/component/api_query_auth", body)
-                    .await
-                {
-                    Ok(answer) => Ok(self.keep_authorization(answer).await),
-                    // WeChat's verdict on the code: final.
-                    Err(e @ (FetchError::Refused { .. } | FetchError::BadAnswer(_))) => Ok(Err(e)),
-                    // Not sent, or no answer: the next asker tries again (a
-                    // code WeChat did spend then gets its refusal).
-                    Err(e) => Err(e),
-                }
-            })
+            .get_or_try_init(|| self.exchange_in_fleet(code))
             .await?;
         answer.clone()
+    }
+
+    /// With a shared store, the exchange is made by one replica under the
+    /// fleet lock and its answer kept in the store an hour: WeChat's push
+    /// and the SDK's call may reach different replicas.
+    async fn exchange_in_fleet(&self, code: &str) -> Result<Result<Value, FetchError>, FetchError> {
+        if !self.store.is_shared() {
+            return self.exchange_once(code).await;
+        }
+        // The store holds a digest, not the code.
+        let digest = ring::digest::digest(&ring::digest::SHA256, code.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let kind = format!("authorization_code:{hex}");
+        let key = Key {
+            appid: &self.app.appid,
+            kind: &kind,
+        };
+        let give_up_at = Instant::now() + self.upstream.token_timeout;
+        loop {
+            if let Ok(Some(saved)) = self.store.load(key).await {
+                if let Ok(kept) = serde_json::from_str::<Value>(&saved.token) {
+                    return Ok(from_kept(kept));
+                }
+            }
+            match self.store.lock(key, self.upstream.token_timeout).await {
+                Ok(Lock::Busy) if Instant::now() < give_up_at => {
+                    tokio::time::sleep(FLEET_POLL).await;
+                }
+                Ok(Lock::Acquired(lock)) => {
+                    let answer = self.exchange_once(code).await;
+                    if let Ok(known) = &answer {
+                        let kept = match known {
+                            Ok(sealed) => sealed.clone(),
+                            Err(FetchError::Refused { errcode, errmsg }) => {
+                                json!({"errcode": errcode, "errmsg": errmsg})
+                            }
+                            Err(e) => json!({"errcode": e.errcode(), "errmsg": e.to_string()}),
+                        };
+                        let saved = Saved {
+                            appid: self.app.appid.clone(),
+                            api: kind.clone(),
+                            token: kept.to_string(),
+                            expires_at_ms: unix_ms(SystemTime::now() + CODE_LIFE),
+                        };
+                        if let Err(e) = self.store.save(key, saved).await {
+                            tracing::warn!(platform = %self.name(), error = %e, "cannot keep an authorization code's answer for the other replicas");
+                        }
+                    }
+                    if let Err(e) = self.store.unlock(lock).await {
+                        tracing::warn!(platform = %self.name(), error = %e, "cannot release the fleet lock");
+                    }
+                    return answer;
+                }
+                // The store is down, or the holder never finished: the code
+                // goes to WeChat from here.
+                _ => return self.exchange_once(code).await,
+            }
+        }
+    }
+
+    /// `api_query_auth` itself. `Err` when WeChat gave no answer (the next
+    /// asker tries again: a code WeChat did spend then gets its refusal);
+    /// `Ok` with WeChat's verdict otherwise.
+    async fn exchange_once(&self, code: &str) -> Result<Result<Value, FetchError>, FetchError> {
+        let body = json!({"component_appid": self.app.appid, "authorization_code": code});
+        match self
+            .component_call("/cgi-bin/component/api_query_auth", body)
+            .await
+        {
+            Ok(answer) => Ok(self.keep_authorization(answer).await),
+            Err(e @ (FetchError::Refused { .. } | FetchError::BadAnswer(_))) => Ok(Err(e)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Registers the authorizer `api_query_auth` answered for, and seals the
@@ -273,6 +337,22 @@ fn seal_fields(fields: &mut Map<String, Value>) {
             }
             other => seal(other),
         }
+    }
+}
+
+/// An exchange's answer as another replica kept it: the sealed answer, or
+/// WeChat's refusal.
+fn from_kept(kept: Value) -> Result<Value, FetchError> {
+    match kept.get("errcode").and_then(Value::as_i64) {
+        Some(errcode) if errcode != 0 => Err(FetchError::Refused {
+            errcode,
+            errmsg: kept
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        }),
+        _ => Ok(kept),
     }
 }
 
