@@ -962,6 +962,16 @@ async fn a_replayed_stale_or_older_push_is_refused_and_never_rolls_the_ticket_ba
         &nonce(),
     );
     assert_eq!(forward(&http, &proxy, &late).await.text(), "success");
+    // WeChat's other notifications to the same URL are answered as WeChat
+    // expects, and left to the application.
+    let other = encrypted_event(
+        "<InfoType>notify_third_fasteregister</InfoType><appid>wx1</appid>",
+        COMPONENT,
+        PUSH_TOKEN,
+        now,
+        &nonce(),
+    );
+    assert_eq!(forward(&http, &proxy, &other).await.text(), "success");
 
     // The next component token is fetched with the newest ticket.
     fake.revoke(COMPONENT);

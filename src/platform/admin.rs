@@ -100,6 +100,12 @@ impl Platform {
         };
         let opened = match push::open(body, query, token.expose(), key, &self.app.appid, now) {
             Ok(opened) => opened,
+            // WeChat's other notifications to this URL (fast registration,
+            // …) are the application's: genuine, so not an error to WeChat.
+            Err(e @ push::PushError::UnknownEvent(_)) => {
+                tracing::info!(platform = %self.name(), event = %e, "push left to the application");
+                return success();
+            }
             Err(e) => {
                 tracing::warn!(platform = %self.name(), error = %e, "push refused");
                 return refused(StatusCode::BAD_REQUEST, format!("{}: {e}", self.name()));
