@@ -149,8 +149,8 @@ impl Platform {
     }
 
     /// `PUT /platforms/NAME/authorizers/APPID` `{"refresh_token"}`. Over a
-    /// registered authorizer, WeChat checks the new refresh token first: a
-    /// wrong one must not replace the only one that works.
+    /// registered authorizer, the new refresh token is first tried with
+    /// WeChat: a wrong one must not replace the only one that works.
     async fn put(&self, appid: &str, body: &[u8]) -> Response<ProxyBody> {
         let refresh = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
             v.get("refresh_token")
