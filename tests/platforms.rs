@@ -1074,7 +1074,8 @@ fn authorizers_of_wechats_size(n: usize) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn recovery_reads_pages_of_wechats_size_and_keeps_out_an_authorizer_removed_meanwhile() {
+async fn recovery_reads_pages_of_wechats_size_and_undoes_no_removal_or_registration_made_meanwhile()
+{
     let fake = fake().await;
     let authorizers = authorizers_of_wechats_size(1200);
     for (appid, refresh) in &authorizers {
@@ -1105,8 +1106,14 @@ async fn recovery_reads_pages_of_wechats_size_and_keeps_out_an_authorizer_remove
     )
     .await;
     assert_eq!(deleted.status, 200, "{}", deleted.text());
+    // And one authorizes again and is registered meanwhile: the first page,
+    // already read, holds its old refresh token.
+    let (again, _) = &authorizers[3];
+    fake.reauthorize(again, "REFRESH-AGAIN");
+    let put = put_authorizer(&http, &proxy, again, "REFRESH-AGAIN").await;
+    assert_eq!(put.status, 200, "{}", put.text());
     let recovered = proxy.wait_for_log("authorizer registry recovered").await;
-    assert!(recovered.contains("authorizers=1201"), "{recovered}");
+    assert!(recovered.contains("authorizers=1200"), "{recovered}");
     let listed = admin_get(&http, &proxy, "/platforms/saas/authorizers")
         .await
         .json();
@@ -1117,13 +1124,13 @@ async fn recovery_reads_pages_of_wechats_size_and_keeps_out_an_authorizer_remove
         .get(&format!("{}/saas/{removed}/cgi-bin/user/get", proxy.url))
         .await;
     assert_eq!(gone.status, 404, "{}", gone.text());
-    // The last page's authorizer serves.
-    http.get(&format!(
-        "{}/saas/{}/cgi-bin/user/get",
-        proxy.url, authorizers[1199].0
-    ))
-    .await
-    .assert_ok();
+    // The last page's authorizer serves, and the one registered meanwhile
+    // with the refresh token it was given.
+    for (appid, _) in [&authorizers[1199], &authorizers[3]] {
+        http.get(&format!("{}/saas/{appid}/cgi-bin/user/get", proxy.url))
+            .await
+            .assert_ok();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1341,4 +1348,36 @@ async fn an_authorization_code_pushed_to_one_replica_is_answered_on_another_with
     ))
     .await
     .assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_asked_for_by_the_push_and_many_callers_at_once_reaches_wechat_once() {
+    let fake = fake().await;
+    fake.add_auth_code("CODE-A", AUTH_A);
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-race").await;
+    // A slow exchange: every asker arrives while it is under way.
+    fake.set_token_delay(Duration::from_millis(300));
+    let fields = format!("<InfoType>authorized</InfoType><AuthorizerAppid>{AUTH_A}</AuthorizerAppid><AuthorizationCode>CODE-A</AuthorizationCode>");
+    let push = encrypted_event(&fields, COMPONENT, PUSH_TOKEN, unix_now(), &nonce());
+    let url = format!("{}/saas/cgi-bin/component/api_query_auth", proxy.url);
+    let body = format!(r#"{{"component_appid":"{COMPONENT}","authorization_code":"CODE-A"}}"#);
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            tokio::spawn(async move { http.post(&url, "application/json", body).await })
+        })
+        .collect();
+    assert_eq!(forward(&http, &proxy, &push).await.text(), "success");
+    for caller in callers {
+        let answer = caller.await.expect("caller");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let info = &answer.json()["authorization_info"];
+        assert_eq!(info["authorizer_appid"], AUTH_A, "{}", answer.text());
+        assert_eq!(
+            info["authorizer_refresh_token"],
+            "WECHAT_TOKEN_PROXY_PLACEHOLDER"
+        );
+    }
+    assert_eq!(fake.query_auth_calls(), 1);
 }

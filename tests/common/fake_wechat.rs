@@ -487,7 +487,7 @@ impl FakeWeChat {
     }
 
     /// Every token answer waits this long after the token is issued
-    /// (`api_authorizer_token`: before).
+    /// (`api_authorizer_token` and `api_query_auth`: before).
     pub fn set_token_delay(&self, delay: Duration) {
         lock(&self.state).token_delay = delay;
     }

@@ -72,9 +72,11 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
             .unwrap_or("")
             .to_owned()
     };
-    if path == "/cgi-bin/component/api_authorizer_token" {
+    if path == "/cgi-bin/component/api_authorizer_token"
+        || path == "/cgi-bin/component/api_query_auth"
+    {
         // Slow like an app token fetch when the test asks, so that requests
-        // across replicas pile up while one fetch is under way.
+        // (across replicas) pile up while one fetch is under way.
         let delay = lock(state).token_delay;
         tokio::time::sleep(delay).await;
     }
