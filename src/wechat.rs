@@ -177,9 +177,12 @@ pub async fn exchange(
 /// [`exchange`] for an answer of up to `limit` bytes.
 pub async fn exchange_up_to(
     client: &HttpClient,
-    request: Request<ProxyBody>,
+    mut request: Request<ProxyBody>,
     limit: usize,
 ) -> Result<serde_json::Value, FetchError> {
+    request
+        .extensions_mut()
+        .insert(crate::upstream::FirstInLine);
     let response = client
         .request(request)
         .await
