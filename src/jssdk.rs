@@ -72,7 +72,7 @@ pub async fn answer(
                 Err(e) => unavailable(app, kind, &e),
             });
         }
-        Local::Placeholder(_) => return None,
+        Local::Placeholder(_) | Local::QueryAuth | Local::Sealed => return None,
     };
     Some(config(app, parts, signed).await)
 }

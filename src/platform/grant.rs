@@ -34,6 +34,26 @@ pub async fn call(
     component_token: Option<&str>,
     body: Value,
 ) -> Result<Value, FetchError> {
+    call_up_to(
+        client,
+        base,
+        path,
+        component_token,
+        body,
+        wechat::TOKEN_ANSWER_LIMIT,
+    )
+    .await
+}
+
+/// [`call`] for an answer of up to `limit` bytes: the authorizer list.
+pub async fn call_up_to(
+    client: &HttpClient,
+    base: &BaseUrl,
+    path: &str,
+    component_token: Option<&str>,
+    body: Value,
+    limit: usize,
+) -> Result<Value, FetchError> {
     let uri = match component_token {
         Some(t) => format!(
             "{base}{path}?component_access_token={}",
@@ -47,7 +67,7 @@ pub async fn call(
         .header(header::CONTENT_TYPE, "application/json")
         .body(ProxyBody::full(Bytes::from(body.to_string())))
         .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
-    wechat::exchange(client, request).await
+    wechat::exchange_up_to(client, request, limit).await
 }
 
 /// A token and its lifetime out of WeChat's answer.
@@ -64,7 +84,7 @@ fn grant_from(answer: &Value, field: &str) -> Result<Grant, FetchError> {
 }
 
 /// Replaces `secret` wherever WeChat echoed it in an error.
-fn scrub(e: FetchError, secret: &str) -> FetchError {
+pub(super) fn scrub(e: FetchError, secret: &str) -> FetchError {
     match e {
         FetchError::Refused { errcode, errmsg }
             if !secret.is_empty() && errmsg.contains(secret) =>
