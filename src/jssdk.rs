@@ -72,7 +72,9 @@ pub async fn answer(
                 Err(e) => unavailable(app, kind, &e),
             });
         }
-        Local::Placeholder(_) | Local::PermanentCode => return None,
+        Local::Placeholder(_) | Local::PermanentCode | Local::QueryAuth | Local::Sealed => {
+            return None
+        }
     };
     Some(config(app, parts, signed).await)
 }

@@ -38,8 +38,10 @@
 //!   [`forward::scrub`] replaces the credentials the proxy placed, and on
 //!   routes the table marks, every credential field, at any size.
 //! - [`ticket`] holds JS-SDK tickets like tokens; [`platform`] holds a third-
-//!   party platform's ticket, component token and authorizers; [`quota`]
-//!   keeps the token API's quota in sight and resets it for the operator.
+//!   party platform's ticket, component token and authorizers, and answers
+//!   the calls whose answers carry credentials itself (the route table sends
+//!   them there), with placeholders; [`quota`] keeps the token API's quota
+//!   in sight and resets it for the operator.
 //! - A WeCom service provider's suite ([`suite`]) is served like a
 //!   platform: the `suite_ticket` pushed to the admin listener, the suite
 //!   and provider tokens, and each corp's token from its permanent code, all

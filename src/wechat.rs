@@ -173,13 +173,26 @@ pub async fn fetch(
     }
 }
 
+/// The largest answer read from a token endpoint: a token answer is under
+/// 1 KiB.
+pub const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
+
 /// Sends a call WeChat answers with small JSON (a token, a ticket, a quota)
 /// and reads the answer: not HTTP 200, not JSON, or a non-zero `errcode`
 /// become a [`FetchError`]. Errors are described without the URL: it may
 /// hold a secret or a token.
 pub async fn exchange(
     client: &HttpClient,
+    request: Request<ProxyBody>,
+) -> Result<serde_json::Value, FetchError> {
+    exchange_up_to(client, request, TOKEN_ANSWER_LIMIT).await
+}
+
+/// [`exchange`] for an answer of up to `limit` bytes.
+pub async fn exchange_up_to(
+    client: &HttpClient,
     mut request: Request<ProxyBody>,
+    limit: usize,
 ) -> Result<serde_json::Value, FetchError> {
     request
         .extensions_mut()
@@ -192,9 +205,11 @@ pub async fn exchange(
     if status != http::StatusCode::OK {
         return Err(FetchError::Status(status.as_u16()));
     }
-    let body = match buffer_up_to(response.into_body(), 64 * 1024).await {
+    let body = match buffer_up_to(response.into_body(), limit).await {
         Ok(Buffered::Complete(bytes)) => bytes,
-        Ok(Buffered::Partial(_)) => return Err(FetchError::BadAnswer("more than 64 KiB".into())),
+        Ok(Buffered::Partial(_)) => {
+            return Err(FetchError::BadAnswer(format!("more than {limit} bytes")))
+        }
         Err(e) => return Err(FetchError::Transport(e.to_string())),
     };
     let answer: serde_json::Value = serde_json::from_slice(&body)
@@ -224,6 +239,18 @@ pub async fn post_json(
     credential: Option<(&str, &str)>,
     body: serde_json::Value,
 ) -> Result<serde_json::Value, FetchError> {
+    post_json_up_to(client, base, path, credential, body, TOKEN_ANSWER_LIMIT).await
+}
+
+/// [`post_json`] for an answer of up to `limit` bytes.
+pub async fn post_json_up_to(
+    client: &HttpClient,
+    base: &BaseUrl,
+    path: &str,
+    credential: Option<(&str, &str)>,
+    body: serde_json::Value,
+    limit: usize,
+) -> Result<serde_json::Value, FetchError> {
     let uri = match credential {
         Some((name, value)) => format!("{base}{path}?{name}={}", encode(value)),
         None => format!("{base}{path}"),
@@ -234,7 +261,7 @@ pub async fn post_json(
         .header(header::CONTENT_TYPE, "application/json")
         .body(ProxyBody::full(Bytes::from(body.to_string())))
         .map_err(|_| FetchError::BadAnswer("the request could not be built".into()))?;
-    exchange(client, request).await
+    exchange_up_to(client, request, limit).await
 }
 
 /// The token named `field` and its `expires_in` out of an answer.

@@ -287,12 +287,15 @@ fn an_id_given_twice_or_of_the_wrong_kind_is_named() {
 fn a_corpid_and_a_component_appid_from_the_environment_are_read() {
     let wecom = app_with("corpid_env = \"TEST_CORPID\"", "wecom");
     let platform = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[platforms.saas]\ncomponent_appid_env = \"TEST_COMPONENT\"\nsecret_env = \"{SECRET_VAR}\"\n"
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_key_env = \"TEST_ADMIN_KEY\"\n\n[platforms.saas]\ncomponent_appid_env = \"TEST_COMPONENT\"\nsecret_env = \"{SECRET_VAR}\"\n"
     );
+    // A platform needs the admin key.
+    let admin_key = ("TEST_ADMIN_KEY", "admin-key-0123456789abcdef");
     let env = [
         (SECRET_VAR, SECRET),
         ("TEST_CORPID", "ww1234567890abcdef"),
         ("TEST_COMPONENT", "wx1234567890abcdef"),
+        admin_key,
     ];
     for config in [&wecom, &platform] {
         let path = write_temp("id-env.toml", config);
@@ -301,7 +304,7 @@ fn a_corpid_and_a_component_appid_from_the_environment_are_read() {
     }
     let (err, _) = refused(
         &platform,
-        &[(SECRET_VAR, SECRET), ("TEST_COMPONENT", "nope")],
+        &[(SECRET_VAR, SECRET), ("TEST_COMPONENT", "nope"), admin_key],
     );
     assert_says(
         &err,

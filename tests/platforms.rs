@@ -22,6 +22,8 @@ const SECRET: &str = "component-secret-0123456789abcdef";
 const PUSH_TOKEN: &str = "pushtoken";
 /// 43 characters, as the Open Platform console shows an EncodingAESKey.
 const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE";
+/// The admin key a platform requires.
+const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
 const AUTH_A: &str = "wx00000000000000a1";
 const AUTH_B: &str = "wx00000000000000b2";
 
@@ -30,6 +32,7 @@ fn env() -> Vec<(&'static str, &'static str)> {
         ("SAAS_SECRET", SECRET),
         ("SAAS_PUSH_TOKEN", PUSH_TOKEN),
         ("SAAS_AES_KEY", AES_KEY),
+        ("SAAS_ADMIN_KEY", ADMIN_KEY),
     ]
 }
 
@@ -38,6 +41,7 @@ fn config(fake: &FakeWeChat, store: &str) -> String {
         r#"[proxy]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+admin_key_env = "SAAS_ADMIN_KEY"
 
 [upstream]
 ca_file = {ca:?}
@@ -60,13 +64,40 @@ min_refresh_interval_ms = 0
     )
 }
 
-/// WeChat's push, built by the scheme in the test with the same crates.
+/// Now, in Unix seconds, as WeChat stamps its pushes.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// WeChat's ticket push, signed now.
 fn encrypted_push(ticket: &str, appid: &str, token: &str) -> (String, String) {
+    let fields = format!("<InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket>");
+    encrypted_event(&fields, appid, token, unix_now(), &nonce())
+}
+
+/// A nonce no other push of this test process had: WeChat's differ.
+fn nonce() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    (1_320_562_132 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).to_string()
+}
+
+/// WeChat's push of the event `fields` (InfoType and the rest), stamped
+/// `timestamp`, built by the scheme in the test with the same crates.
+fn encrypted_event(
+    fields: &str,
+    appid: &str,
+    token: &str,
+    timestamp: u64,
+    nonce: &str,
+) -> (String, String) {
     let key = base64::engine::general_purpose::STANDARD
         .decode(format!("{AES_KEY}="))
         .expect("the test key is canonical base64");
     let xml = format!(
-        "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>1413192605</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>"
+        "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{timestamp}</CreateTime>{fields}</xml>"
     );
     let mut plain = b"0123456789abcdef".to_vec();
     plain.extend_from_slice(&(xml.len() as u32).to_be_bytes());
@@ -81,8 +112,8 @@ fn encrypted_push(ticket: &str, appid: &str, token: &str) -> (String, String) {
         .encrypt_padded_mut::<NoPadding>(&mut plain, padded)
         .expect("whole blocks");
     let encrypted = base64::engine::general_purpose::STANDARD.encode(encrypted);
-    let (timestamp, nonce) = ("1413192605", "1320562132");
-    let mut parts = [token, timestamp, nonce, encrypted.as_str()];
+    let timestamp = timestamp.to_string();
+    let mut parts = [token, timestamp.as_str(), nonce, encrypted.as_str()];
     parts.sort_unstable();
     let signature = common::sha1_by_python(&parts.concat());
     let body = format!(
@@ -94,10 +125,12 @@ fn encrypted_push(ticket: &str, appid: &str, token: &str) -> (String, String) {
     )
 }
 
+/// An admin request, with the admin key.
 async fn send(http: &Http, method: Method, url: &str, body: &str) -> common::Resp {
     let request = Request::builder()
         .method(method)
         .uri(url)
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("request");
@@ -143,7 +176,7 @@ async fn a_raw_push_is_accepted_a_forged_one_refused_and_component_calls_get_the
     fake.push_ticket(COMPONENT, "ticket@@@one");
     let (body, query) = encrypted_push("ticket@@@one", COMPONENT, "forged-token");
     let url = format!("{}/platforms/saas/ticket?{query}", proxy.admin_url);
-    let forged = http.post(&url, "text/xml", body).await;
+    let forged = send(&http, Method::POST, &url, &body).await;
     assert_eq!(forged.status, 400, "{}", forged.text());
     assert!(
         forged.text().contains("msg_signature does not match"),
@@ -153,7 +186,7 @@ async fn a_raw_push_is_accepted_a_forged_one_refused_and_component_calls_get_the
 
     let (body, query) = encrypted_push("ticket@@@one", COMPONENT, PUSH_TOKEN);
     let url = format!("{}/platforms/saas/ticket?{query}", proxy.admin_url);
-    let accepted = http.post(&url, "text/xml", body).await;
+    let accepted = send(&http, Method::POST, &url, &body).await;
     assert_eq!(accepted.status, 200, "{}", accepted.text());
     assert_eq!(accepted.text(), "success");
     wait_ready(&http, &proxy).await;
@@ -163,7 +196,7 @@ async fn a_raw_push_is_accepted_a_forged_one_refused_and_component_calls_get_the
     let call = http
         .post(
             &format!(
-                "{}/saas/cgi-bin/component/api_get_authorizer_info?component_access_token=mine",
+                "{}/saas/cgi-bin/component/api_get_authorizer_option?component_access_token=mine",
                 proxy.url
             ),
             "application/json",
@@ -194,7 +227,11 @@ async fn a_raw_push_is_accepted_a_forged_one_refused_and_component_calls_get_the
 async fn authorizers_are_fetched_on_first_use_renewed_on_a_token_error_and_revoked_clearly() {
     let fake = fake().await;
     fake.push_ticket(COMPONENT, "ticket-json");
-    let proxy = Proxy::start(&config(&fake, ""), &env());
+    // An application that decrypts pushes itself: no push keys, JSON tickets.
+    let text = config(&fake, "")
+        .replace("push_token_env = \"SAAS_PUSH_TOKEN\"\n", "")
+        .replace("encoding_aes_key_env = \"SAAS_AES_KEY\"\n", "");
+    let proxy = Proxy::start(&text, &env());
     let http = Http::new();
     let admin = |p: &str| format!("{}{p}", proxy.admin_url);
     let pushed = send(
@@ -223,7 +260,7 @@ async fn authorizers_are_fetched_on_first_use_renewed_on_a_token_error_and_revok
         .await;
         assert_eq!(put.status, 200, "{}", put.text());
     }
-    let listed = http.get(&admin("/platforms/saas/authorizers")).await;
+    let listed = admin_get(&http, &proxy, "/platforms/saas/authorizers").await;
     assert!(!listed.text().contains("REFRESH-"), "{}", listed.text());
     assert_eq!(listed.json()[0]["state"], "idle");
     assert_eq!(
@@ -305,14 +342,7 @@ async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_t
     {
         let proxy = Proxy::start(&config(&fake, &store), &env());
         let admin = |p: &str| format!("{}{p}", proxy.admin_url);
-        send(
-            &http,
-            Method::POST,
-            &admin("/platforms/saas/ticket"),
-            r#"{"component_verify_ticket":"ticket-file"}"#,
-        )
-        .await;
-        wait_ready(&http, &proxy).await;
+        push_ticket(&http, &proxy, "ticket-file").await;
         let added = send(
             &http,
             Method::POST,
@@ -393,17 +423,44 @@ fn nth_authorizer(n: usize) -> (String, String) {
     (format!("wx{n:016}"), format!("REFRESH-{n}"))
 }
 
-/// Pushes the ticket (JSON) to `proxy` and waits until it is ready.
+/// Forwards a push (`(body, query)`) to `proxy`'s ticket endpoint, as the
+/// application's callback handler does.
+async fn forward(http: &Http, proxy: &Proxy, (body, query): &(String, String)) -> common::Resp {
+    let url = format!("{}/platforms/saas/ticket?{query}", proxy.admin_url);
+    send(http, Method::POST, &url, body).await
+}
+
+/// Pushes the ticket (WeChat's raw push) to `proxy` and waits until it is
+/// ready.
 async fn push_ticket(http: &Http, proxy: &Proxy, ticket: &str) {
-    let pushed = send(
-        http,
-        Method::POST,
-        &format!("{}/platforms/saas/ticket", proxy.admin_url),
-        &format!(r#"{{"component_verify_ticket":"{ticket}"}}"#),
-    )
-    .await;
+    let pushed = forward(http, proxy, &encrypted_push(ticket, COMPONENT, PUSH_TOKEN)).await;
     assert_eq!(pushed.text(), "success");
     wait_ready(http, proxy).await;
+}
+
+/// A proxy in front of `fake` (no store), given `ticket` and ready.
+async fn ready_proxy(fake: &FakeWeChat, http: &Http, ticket: &str) -> Proxy {
+    fake.push_ticket(COMPONENT, ticket);
+    let proxy = Proxy::start(&config(fake, ""), &env());
+    push_ticket(http, &proxy, ticket).await;
+    proxy
+}
+
+/// `GET path` on `proxy`'s admin listener, with the key.
+async fn admin_get(http: &Http, proxy: &Proxy, path: &str) -> common::Resp {
+    send(http, Method::GET, &format!("{}{path}", proxy.admin_url), "").await
+}
+
+/// `PUT /platforms/saas/authorizers/APPID` on `proxy`.
+async fn put_authorizer(http: &Http, proxy: &Proxy, appid: &str, refresh: &str) -> common::Resp {
+    let url = format!("{}/platforms/saas/authorizers/{appid}", proxy.admin_url);
+    send(
+        http,
+        Method::PUT,
+        &url,
+        &format!(r#"{{"refresh_token":"{refresh}"}}"#),
+    )
+    .await
 }
 
 /// GETs each of `paths`, at most `width` at a time, request `i` to replica
@@ -438,13 +495,7 @@ async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_r
     {
         let proxy = Proxy::start(&text, &env());
         push_ticket(&http, &proxy, "ticket-redis").await;
-        let put = send(
-            &http,
-            Method::PUT,
-            &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
-            r#"{"refresh_token":"REFRESH-A"}"#,
-        )
-        .await;
+        let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
         assert_eq!(put.status, 200, "{}", put.text());
         http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
             .await
@@ -599,10 +650,7 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
     // The replicas count the same, by platform, never naming an authorizer.
     let mut counted = 0.0;
     for proxy in &replicas {
-        let text = http
-            .get(&format!("{}/metrics", proxy.admin_url))
-            .await
-            .text();
+        let text = admin_get(&http, proxy, "/metrics").await.text();
         counted += samples(
             &text,
             "wechat_proxy_authorizer_token_refreshes_total",
@@ -642,16 +690,7 @@ async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
     // WeChat's push reaches one replica (the load balancer picked it).
     push_ticket(&http, &replicas[0], "ticket-one").await;
     wait_ready(&http, &replicas[1]).await;
-    let put = send(
-        &http,
-        Method::PUT,
-        &format!(
-            "{}/platforms/saas/authorizers/{AUTH_A}",
-            replicas[0].admin_url
-        ),
-        r#"{"refresh_token":"REFRESH-A"}"#,
-    )
-    .await;
+    let put = put_authorizer(&http, &replicas[0], AUTH_A, "REFRESH-A").await;
     assert_eq!(put.status, 200, "{}", put.text());
     http.get(&format!(
         "{}/saas/{AUTH_A}/cgi-bin/user/get",
@@ -665,7 +704,7 @@ async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
     fake.revoke(COMPONENT);
     http.post(
         &format!(
-            "{}/saas/cgi-bin/component/api_get_authorizer_info",
+            "{}/saas/cgi-bin/component/api_get_authorizer_option",
             replicas[1].url
         ),
         "application/json",
@@ -687,16 +726,7 @@ async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
         .await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     fake.reauthorize(AUTH_A, "REFRESH-A2");
-    let put = send(
-        &http,
-        Method::PUT,
-        &format!(
-            "{}/platforms/saas/authorizers/{AUTH_A}",
-            replicas[1].admin_url
-        ),
-        r#"{"refresh_token":"REFRESH-A2"}"#,
-    )
-    .await;
+    let put = put_authorizer(&http, &replicas[1], AUTH_A, "REFRESH-A2").await;
     assert_eq!(put.status, 200, "{}", put.text());
     http.get(&format!(
         "{}/saas/{AUTH_A}/cgi-bin/user/get",
@@ -817,4 +847,537 @@ async fn renewal_ahead_is_one_fetch_per_lifetime_for_the_fleet_and_none_once_idl
         "{}",
         fake.authorizer_fetches(&once.0)
     );
+}
+
+#[test]
+fn a_platform_without_an_admin_key_is_refused_at_start() {
+    let text = "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+                [platforms.saas]\ncomponent_appid = \"wx00000000000000c0\"\nsecret_env = \"SAAS_SECRET\"\n";
+    let file = write_temp("platform-no-admin-key.toml", text);
+    let path = file.display().to_string();
+    let (status, _, stderr) = common::run_binary(&["check", "--config", &path], &env());
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for part in [path.as_str(), "proxy.admin_key_env", "platforms.saas"] {
+        assert!(stderr.contains(part), "{part:?} missing in: {stderr}");
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test]
+async fn platform_writes_need_the_admin_key_and_a_json_ticket_is_refused_with_push_keys() {
+    let fake = fake().await;
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-signed").await;
+    let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+
+    // Without the key: no write, whatever the endpoint.
+    let authorizer = format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url);
+    for (method, url, body) in [
+        (
+            Method::PUT,
+            authorizer.clone(),
+            r#"{"refresh_token":"STOLEN"}"#,
+        ),
+        (Method::DELETE, authorizer.clone(), ""),
+        (
+            Method::POST,
+            format!("{}/platforms/saas/authorizers", proxy.admin_url),
+            r#"{"auth_code":"CODE"}"#,
+        ),
+        (
+            Method::POST,
+            format!("{}/platforms/saas/ticket", proxy.admin_url),
+            r#"{"component_verify_ticket":"forged"}"#,
+        ),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let refused = http.send(request).await;
+        assert_eq!(refused.status, 401, "{method} {url}: {}", refused.text());
+    }
+    // With the key, but push keys are set: only WeChat's signed push.
+    let json = send(
+        &http,
+        Method::POST,
+        &format!("{}/platforms/saas/ticket", proxy.admin_url),
+        r#"{"component_verify_ticket":"forged"}"#,
+    )
+    .await;
+    assert_eq!(json.status, 403, "{}", json.text());
+    assert!(json.text().contains("signed push"), "{}", json.text());
+
+    // The ticket and the authorizer are as they were: the component token is
+    // fetched again with the signed ticket, A served with its refresh token.
+    fake.revoke(COMPONENT);
+    http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+        .await
+        .assert_ok();
+    assert_eq!(fake.component_fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_replayed_stale_or_older_push_is_refused_and_never_rolls_the_ticket_back() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake, ""), &env());
+    let http = Http::new();
+    let ticket = |t: &str| {
+        format!("<InfoType>component_verify_ticket</InfoType><ComponentVerifyTicket>{t}</ComponentVerifyTicket>")
+    };
+    let now = unix_now();
+    fake.push_ticket(COMPONENT, "ticket-new");
+    let current = encrypted_event(&ticket("ticket-new"), COMPONENT, PUSH_TOKEN, now, &nonce());
+    let pushed = forward(&http, &proxy, &current).await;
+    assert_eq!(pushed.text(), "success");
+    wait_ready(&http, &proxy).await;
+
+    // The same push again: a replay.
+    let replay = forward(&http, &proxy, &current).await;
+    assert_eq!(replay.status, 409, "{}", replay.text());
+    // A genuine push recorded eleven minutes ago.
+    let stale = encrypted_event(
+        &ticket("ticket-stale"),
+        COMPONENT,
+        PUSH_TOKEN,
+        now - 660,
+        &nonce(),
+    );
+    let refused = forward(&http, &proxy, &stale).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.text().contains("s away from this host's clock"),
+        "{}",
+        refused.text()
+    );
+    // A genuine push a minute older than the one held, arriving late: taken
+    // from WeChat, but the newer ticket stays.
+    let late = encrypted_event(
+        &ticket("ticket-late"),
+        COMPONENT,
+        PUSH_TOKEN,
+        now - 60,
+        &nonce(),
+    );
+    assert_eq!(forward(&http, &proxy, &late).await.text(), "success");
+    // WeChat's other notifications to the same URL are answered as WeChat
+    // expects, and left to the application.
+    let other = encrypted_event(
+        "<InfoType>notify_third_fasteregister</InfoType><appid>wx1</appid>",
+        COMPONENT,
+        PUSH_TOKEN,
+        now,
+        &nonce(),
+    );
+    assert_eq!(forward(&http, &proxy, &other).await.text(), "success");
+
+    // The next component token is fetched with the newest ticket.
+    fake.revoke(COMPONENT);
+    http.post(
+        &format!(
+            "{}/saas/cgi-bin/component/api_get_authorizer_option",
+            proxy.url
+        ),
+        "application/json",
+        "{}",
+    )
+    .await
+    .assert_ok();
+    assert_eq!(fake.component_fetches(), 2);
+}
+
+#[tokio::test]
+async fn registering_over_an_authorizer_checks_the_new_refresh_token_with_wechat_first() {
+    let fake = fake().await;
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-put").await;
+    let call = format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url);
+    let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    http.get(&call).await.assert_ok();
+
+    let wrong = put_authorizer(&http, &proxy, AUTH_A, "TYPO").await;
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    assert!(
+        wrong.text().contains("61023") && wrong.text().contains("kept"),
+        "{}",
+        wrong.text()
+    );
+    assert!(!wrong.text().contains("TYPO"), "{}", wrong.text());
+    // WeChat kills A's token: the refetch still has the working refresh token.
+    fake.revoke(AUTH_A);
+    http.get(&call).await.assert_ok();
+
+    // The account authorizes again: the new refresh token is checked and
+    // taken.
+    fake.reauthorize(AUTH_A, "REFRESH-A2");
+    let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A2").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    fake.revoke(AUTH_A);
+    http.get(&call).await.assert_ok();
+}
+
+#[tokio::test]
+async fn authorizer_list_and_info_answers_carry_placeholders_for_refresh_tokens() {
+    let fake = fake().await;
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-list").await;
+    let component = |api: &str| format!("{}/saas/cgi-bin/component/{api}", proxy.url);
+
+    let list = http
+        .post(
+            &component("api_get_authorizer_list?component_access_token=x"),
+            "application/json",
+            format!(r#"{{"component_appid":"{COMPONENT}","offset":0,"count":500}}"#),
+        )
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    let listed = list.json();
+    assert_eq!(listed["total_count"], 2);
+    assert_eq!(listed["list"][0]["authorizer_appid"], AUTH_A);
+    for entry in listed["list"].as_array().expect("a list") {
+        assert_eq!(entry["refresh_token"], "WECHAT_TOKEN_PROXY_PLACEHOLDER");
+    }
+    let info = http
+        .post(
+            &component("api_get_authorizer_info"),
+            "application/json",
+            format!(r#"{{"component_appid":"{COMPONENT}","authorizer_appid":"{AUTH_B}"}}"#),
+        )
+        .await;
+    assert_eq!(info.status, 200, "{}", info.text());
+    assert_eq!(info.json()["authorizer_info"]["nick_name"], "shop");
+    assert_eq!(
+        info.json()["authorization_info"]["authorizer_refresh_token"],
+        "WECHAT_TOKEN_PROXY_PLACEHOLDER"
+    );
+    for answer in [&list, &info] {
+        assert!(!answer.text().contains("REFRESH-"), "{}", answer.text());
+        for token in fake.issued_tokens() {
+            assert!(!answer.text().contains(&token), "{}", answer.text());
+        }
+    }
+}
+
+/// `n` authorizers with refresh tokens as long as WeChat's, so that a page
+/// of 500 is as large as WeChat's (~75 KB).
+fn authorizers_of_wechats_size(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let (appid, _) = nth_authorizer(i);
+            let refresh = format!("refreshtoken@@@{i:08}{}", "x".repeat(64));
+            (appid, refresh)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn recovery_reads_pages_of_wechats_size_and_undoes_no_removal_or_registration_made_meanwhile()
+{
+    let fake = fake().await;
+    let authorizers = authorizers_of_wechats_size(1200);
+    for (appid, refresh) in &authorizers {
+        fake.add_authorizer(appid, refresh);
+    }
+    fake.push_ticket(COMPONENT, "ticket-recover");
+    // Slow pages: the removal arrives while the list is read.
+    fake.set_list_delay(Duration::from_millis(500));
+    let dir = write_temp("platform-recover", "").with_extension("d");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = format!(
+        "[store]\nkind = \"file\"\npath = {:?}",
+        dir.join("tokens.json").display().to_string()
+    );
+    let proxy = Proxy::start(&config(&fake, &store), &env());
+    let http = Http::new();
+    push_ticket(&http, &proxy, "ticket-recover").await;
+    wait_until("the list to be read", Duration::from_secs(10), || {
+        fake.authorizer_list_calls() >= 1
+    })
+    .await;
+    let (removed, _) = &authorizers[7];
+    let deleted = send(
+        &http,
+        Method::DELETE,
+        &format!("{}/platforms/saas/authorizers/{removed}", proxy.admin_url),
+        "",
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    // And one authorizes again and is registered meanwhile: the first page,
+    // already read, holds its old refresh token.
+    let (again, _) = &authorizers[3];
+    fake.reauthorize(again, "REFRESH-AGAIN");
+    let put = put_authorizer(&http, &proxy, again, "REFRESH-AGAIN").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let recovered = proxy.wait_for_log("authorizer registry recovered").await;
+    assert!(recovered.contains("authorizers=1200"), "{recovered}");
+    let listed = admin_get(&http, &proxy, "/platforms/saas/authorizers")
+        .await
+        .json();
+    // The 1,200 and A and B of `fake()`, less the one removed.
+    assert_eq!(listed.as_array().map(Vec::len), Some(1201));
+    assert!(!listed.to_string().contains(removed.as_str()));
+    let gone = http
+        .get(&format!("{}/saas/{removed}/cgi-bin/user/get", proxy.url))
+        .await;
+    assert_eq!(gone.status, 404, "{}", gone.text());
+    // The last page's authorizer serves, and the one registered meanwhile
+    // with the refresh token it was given.
+    for (appid, _) in [&authorizers[1199], &authorizers[3]] {
+        http.get(&format!("{}/saas/{appid}/cgi-bin/user/get", proxy.url))
+            .await
+            .assert_ok();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn access_lines_name_the_platform_never_the_authorizer() {
+    let fake = fake().await;
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-log").await;
+    put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
+    http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+        .await
+        .assert_ok();
+    // An unknown one too: the line must not name it either.
+    let unknown = http
+        .get(&format!("{}/saas/{AUTH_B}/cgi-bin/user/get", proxy.url))
+        .await;
+    assert_eq!(unknown.status, 404);
+    let line = proxy
+        .wait_for_log("path=\"/saas/{authorizer}/cgi-bin/user/get\" status=404")
+        .await;
+    assert!(line.contains("app=\"saas\""), "{line}");
+    let access: Vec<String> = proxy
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("wechat_token_proxy::access"))
+        .collect();
+    assert_eq!(access.len(), 2, "{access:#?}");
+    for line in &access {
+        assert!(
+            !line.contains(AUTH_A) && !line.contains(AUTH_B),
+            "an access line names an authorizer: {line}"
+        );
+    }
+}
+
+/// An application's platform code on wechatpy's `WeChatComponent`,
+/// unmodified but for its base URL: `parse` hands it WeChat's push (as its
+/// callback handler does), `query` calls `query_auth` with a code. Prints
+/// what wechatpy got, as JSON.
+const WECHATPY_COMPONENT: &str = r#"
+import json, sys
+from wechatpy.component import WeChatComponent
+
+base, appid, token, aes_key, mode = sys.argv[1:6]
+component = WeChatComponent(appid, "not-the-secret", token, aes_key)
+component.API_BASE_URL = base + "/saas/cgi-bin"
+if mode == "parse":
+    body, signature, timestamp, nonce = sys.argv[6:10]
+    message = component.parse_message(body, signature, timestamp, nonce)
+    result = message.query_auth_result
+else:
+    result = component.query_auth(sys.argv[6])
+print(json.dumps({"result": result, "session": component.session._data}, default=str))
+"#;
+
+/// Runs [`WECHATPY_COMPONENT`] against `proxy` with `args` after the mode.
+async fn wechatpy_component(proxy: &Proxy, mode: &str, args: &[&str]) -> serde_json::Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("tests/readme/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run .ci/test, which installs wechatpy",
+        python.display()
+    );
+    let script = write_temp("wechatpy-component.py", WECHATPY_COMPONENT);
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(&script)
+        .args([proxy.url.as_str(), COMPONENT, PUSH_TOKEN, AES_KEY, mode])
+        .args(args)
+        // Fails any connection that goes around the proxy.
+        .env("PYTHONPATH", root.join("tests/readme/python"));
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run python");
+    let _ = std::fs::remove_file(script);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "wechatpy failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// A query parameter of a push's query string.
+fn query_param<'q>(query: &'q str, name: &str) -> &'q str {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{name} in {query}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wechatpys_platform_flow_registers_each_code_once_and_never_sees_a_live_token() {
+    let fake = fake().await;
+    fake.add_auth_code("CODE-A", AUTH_A);
+    fake.add_auth_code("CODE-B", AUTH_B);
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-sdk").await;
+    let authorized = |appid: &str, code: &str| {
+        let fields = format!("<InfoType><![CDATA[authorized]]></InfoType><AuthorizerAppid><![CDATA[{appid}]]></AuthorizerAppid><AuthorizationCode><![CDATA[{code}]]></AuthorizationCode><AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime><PreAuthCode><![CDATA[preauthcode@@@x]]></PreAuthCode>", unix_now() + 3600);
+        encrypted_event(&fields, COMPONENT, PUSH_TOKEN, unix_now(), &nonce())
+    };
+    let placeholder = "WECHAT_TOKEN_PROXY_PLACEHOLDER";
+
+    // A's push reaches the application first: wechatpy's parse_message calls
+    // api_query_auth through the proxy, which exchanges and registers.
+    let push_a = authorized(AUTH_A, "CODE-A");
+    let (body, query) = &push_a;
+    let got = wechatpy_component(
+        &proxy,
+        "parse",
+        &[
+            body,
+            query_param(query, "msg_signature"),
+            query_param(query, "timestamp"),
+            query_param(query, "nonce"),
+        ],
+    )
+    .await;
+    let info = &got["result"]["authorization_info"];
+    assert_eq!(info["authorizer_appid"], AUTH_A, "{got}");
+    assert_eq!(info["authorizer_access_token"], placeholder, "{got}");
+    assert_eq!(info["authorizer_refresh_token"], placeholder, "{got}");
+    // The account is served at once.
+    http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
+        .await
+        .assert_ok();
+    // Then the handler forwards the same push: no second exchange.
+    assert_eq!(forward(&http, &proxy, &push_a).await.text(), "success");
+    let again = send(
+        &http,
+        Method::POST,
+        &format!("{}/platforms/saas/authorizers", proxy.admin_url),
+        r#"{"auth_code":"CODE-A"}"#,
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(fake.query_auth_calls(), 1);
+
+    // B's push reaches the proxy first, then wechatpy asks with the code.
+    assert_eq!(
+        forward(&http, &proxy, &authorized(AUTH_B, "CODE-B"))
+            .await
+            .text(),
+        "success"
+    );
+    wait_until("B's code exchanged", Duration::from_secs(10), || {
+        fake.query_auth_calls() == 2
+    })
+    .await;
+    let got_b = wechatpy_component(&proxy, "query", &["CODE-B"]).await;
+    let info = &got_b["result"]["authorization_info"];
+    assert_eq!(info["authorizer_appid"], AUTH_B, "{got_b}");
+    assert_eq!(info["authorizer_refresh_token"], placeholder, "{got_b}");
+    assert_eq!(fake.query_auth_calls(), 2, "one exchange per code");
+    http.get(&format!("{}/saas/{AUTH_B}/cgi-bin/user/get", proxy.url))
+        .await
+        .assert_ok();
+
+    // Nothing wechatpy holds is live.
+    for seen in [got.to_string(), got_b.to_string()] {
+        assert!(!seen.contains("REFRESH-"), "{seen}");
+        for token in fake.issued_tokens() {
+            assert!(!seen.contains(&token), "{seen}");
+        }
+    }
+
+    // B withdraws: the "unauthorized" push removes it.
+    let fields =
+        format!("<InfoType>unauthorized</InfoType><AuthorizerAppid>{AUTH_B}</AuthorizerAppid>");
+    let push = encrypted_event(&fields, COMPONENT, PUSH_TOKEN, unix_now(), &nonce());
+    assert_eq!(forward(&http, &proxy, &push).await.text(), "success");
+    let gone = http
+        .get(&format!("{}/saas/{AUTH_B}/cgi-bin/user/get", proxy.url))
+        .await;
+    assert_eq!(gone.status, 404, "{}", gone.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorization_code_pushed_to_one_replica_is_answered_on_another_without_a_second_exchange(
+) {
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    fake.add_auth_code("CODE-A", AUTH_A);
+    fake.push_ticket(COMPONENT, "ticket-fleet-code");
+    let text = config(&fake, &redis_store(&redis));
+    let http = Http::new();
+    let replicas = [Proxy::start(&text, &env()), Proxy::start(&text, &env())];
+    push_ticket(&http, &replicas[0], "ticket-fleet-code").await;
+    wait_ready(&http, &replicas[1]).await;
+
+    // WeChat's push reaches replica 1, which exchanges the code...
+    let fields = "<InfoType>authorized</InfoType><AuthorizerAppid>wx00000000000000a1</AuthorizerAppid><AuthorizationCode>CODE-A</AuthorizationCode>";
+    let push = encrypted_event(fields, COMPONENT, PUSH_TOKEN, unix_now(), &nonce());
+    assert_eq!(forward(&http, &replicas[0], &push).await.text(), "success");
+    wait_until("the code exchanged", Duration::from_secs(10), || {
+        fake.query_auth_calls() == 1
+    })
+    .await;
+    // ...and the application's SDK asks replica 2 with the same code.
+    let got = wechatpy_component(&replicas[1], "query", &["CODE-A"]).await;
+    let info = &got["result"]["authorization_info"];
+    assert_eq!(info["authorizer_appid"], AUTH_A, "{got}");
+    assert_eq!(
+        info["authorizer_refresh_token"], "WECHAT_TOKEN_PROXY_PLACEHOLDER",
+        "{got}"
+    );
+    assert_eq!(fake.query_auth_calls(), 1, "one exchange for the fleet");
+    http.get(&format!(
+        "{}/saas/{AUTH_A}/cgi-bin/user/get",
+        replicas[1].url
+    ))
+    .await
+    .assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_asked_for_by_the_push_and_many_callers_at_once_reaches_wechat_once() {
+    let fake = fake().await;
+    fake.add_auth_code("CODE-A", AUTH_A);
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-race").await;
+    // A slow exchange: every asker arrives while it is under way.
+    fake.set_token_delay(Duration::from_millis(300));
+    let fields = format!("<InfoType>authorized</InfoType><AuthorizerAppid>{AUTH_A}</AuthorizerAppid><AuthorizationCode>CODE-A</AuthorizationCode>");
+    let push = encrypted_event(&fields, COMPONENT, PUSH_TOKEN, unix_now(), &nonce());
+    let url = format!("{}/saas/cgi-bin/component/api_query_auth", proxy.url);
+    let body = format!(r#"{{"component_appid":"{COMPONENT}","authorization_code":"CODE-A"}}"#);
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            tokio::spawn(async move { http.post(&url, "application/json", body).await })
+        })
+        .collect();
+    assert_eq!(forward(&http, &proxy, &push).await.text(), "success");
+    for caller in callers {
+        let answer = caller.await.expect("caller");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let info = &answer.json()["authorization_info"];
+        assert_eq!(info["authorizer_appid"], AUTH_A, "{}", answer.text());
+        assert_eq!(
+            info["authorizer_refresh_token"],
+            "WECHAT_TOKEN_PROXY_PLACEHOLDER"
+        );
+    }
+    assert_eq!(fake.query_auth_calls(), 1);
 }

@@ -120,6 +120,18 @@ impl Validator<'_> {
             .into_iter()
             .map(|(name, platform)| self.platform(name, platform, upstream.proxy.as_ref(), &apps))
             .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(platform), None) = (platforms.first(), &proxy.admin_key) {
+            // Its admin endpoints replace and remove refresh tokens (a lost
+            // one takes the merchant authorizing again) and take tickets.
+            return Err(self.err(
+                "proxy.admin_key_env",
+                format!(
+                    "[platforms.{}] needs the admin key: set proxy.admin_key_env or proxy.admin_key_file, \
+                     so that only the holder can register or remove authorizers and push tickets",
+                    platform.app.name
+                ),
+            ));
+        }
 
         let default_app = match raw.proxy.default_app {
             Some(name) => Some(apps.iter().position(|a| a.name == name).ok_or_else(|| {

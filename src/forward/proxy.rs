@@ -142,11 +142,18 @@ impl Proxy {
             None => self.metrics.unrouted(status),
         }
         if self.access_log {
+            // A platform's authorizer is its customer: the line names the
+            // platform only.
+            let platform = outcome.app.and_then(|i| self.apps[i].platform.as_ref());
+            let path = match platform {
+                Some(platform) => std::borrow::Cow::Owned(platform.loggable(parts.uri.path())),
+                None => std::borrow::Cow::Borrowed(parts.uri.path()),
+            };
             tracing::info!(
                 target: "wechat_token_proxy::access",
                 app = outcome.app.map_or("-", |i| self.apps[i].config.name.as_str()),
                 method = %parts.method,
-                path = parts.uri.path(),
+                path = &*path,
                 status,
                 errcode = outcome.errcode,
                 retried = outcome.retried,
@@ -204,6 +211,23 @@ impl Proxy {
                 app: app.config.name.clone(),
                 refusal,
             })?;
+        if let (Action::Local(Local::QueryAuth | Local::Sealed), Some(platform)) =
+            (action, &app.platform)
+        {
+            // Its answer carries credentials: the platform makes the call and
+            // answers with placeholders.
+            let call = match action {
+                Action::Local(Local::QueryAuth) => crate::platform::Local::QueryAuth,
+                _ => crate::platform::Local::Sealed { path },
+            };
+            let body = body.take().ok_or_else(|| {
+                LocalError::ClientBody("the request body was already read".into())
+            })?;
+            let (_, Some(body), _) = self.prepare_body(body).await? else {
+                return Err(BodyTooLarge(self.max_replay as u64).into());
+            };
+            return Ok(platform.answer_local(call, &body).await);
+        }
         if let Action::Local(local) = action {
             if let (Local::PermanentCode, Some(suite)) = (local, &app.suite) {
                 return self.permanent_code(suite, path, body).await;

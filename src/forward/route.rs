@@ -65,6 +65,12 @@ pub enum Local {
     JssdkConfig,
     /// `/jssdk/agent-config`: `wx.agentConfig` values signed here (WeCom).
     JssdkAgentConfig,
+    /// A platform's `api_query_auth`: the platform exchanges the code
+    /// itself, registers the authorizer and answers with placeholders.
+    QueryAuth,
+    /// A platform's component API whose answer lists credentials: the
+    /// platform makes the call and answers with placeholders.
+    Sealed,
     /// A WeCom suite's `get_permanent_code`: exchanged by the proxy, the
     /// corp registered, answered with placeholders.
     PermanentCode,
@@ -205,8 +211,12 @@ const TABLE: &[Entry] = &[
     entry(WECOM, "/cgi-bin/stable_token", TOKEN_PATH),
     entry(MP_LIKE, "/cgi-bin/gettoken", TOKEN_PATH),
     entry(APPS, "/cgi-bin/component/", TOKEN_PATH),
-    // A platform's own APIs carry its component token; their answers
-    // (api_query_auth, api_get_authorizer_list) hold authorizers' tokens.
+    // A platform's own APIs carry its component token. Those whose answers
+    // hold authorizers' tokens are made by the platform itself; the rest are
+    // scrubbed by field all the same.
+    entry(PLATFORM, "/cgi-bin/component/api_query_auth", Action::Local(Local::QueryAuth)),
+    entry(PLATFORM, "/cgi-bin/component/api_get_authorizer_list", Action::Local(Local::Sealed)),
+    entry(PLATFORM, "/cgi-bin/component/api_get_authorizer_info", Action::Local(Local::Sealed)),
     entry(PLATFORM, "/cgi-bin/component/", forward(Place::ComponentToken, Scrub::Fields)),
     // A WeCom suite: the SDKs' own token calls answered with placeholders,
     // the auth-code exchange done here (the permanent code is a secret),

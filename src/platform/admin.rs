@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 
 use crate::error::json_response;
 use crate::forward::body::ProxyBody;
-use crate::store::Registered;
+use crate::store::{Registered, StoreError};
+use crate::wechat::FetchError;
 
-use super::{grant, push, Platform};
+use super::{push, Platform};
 
 /// Answers `method path` if it is a platform endpoint; `None` otherwise.
 pub async fn answer(
@@ -64,55 +65,99 @@ pub async fn answer(
 }
 
 impl Platform {
-    /// `POST /platforms/NAME/ticket`: JSON `{"component_verify_ticket"}`, or
-    /// WeChat's raw encrypted push with its query.
-    async fn ticket_push(&self, query: Option<&str>, body: &[u8]) -> Response<ProxyBody> {
-        let json_ticket = serde_json::from_slice::<Value>(body).ok().map(|v| {
-            v.get("component_verify_ticket")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        let ticket = match json_ticket {
-            Some(Some(ticket)) if !ticket.is_empty() => ticket,
-            Some(_) => {
+    /// `POST /platforms/NAME/ticket`: WeChat's raw encrypted push with its
+    /// query (a ticket or an authorization event), or, without push keys,
+    /// JSON `{"component_verify_ticket"}`.
+    async fn ticket_push(
+        self: &Arc<Self>,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Response<ProxyBody> {
+        let now = unix_s();
+        if let Ok(json) = serde_json::from_slice::<Value>(body) {
+            if self.config.aes_key.is_some() {
                 return refused(
+                    StatusCode::FORBIDDEN,
+                    format!("{}: push keys are configured, so only WeChat's signed push is taken: forward its body and query unchanged", self.name()),
+                );
+            }
+            return match json.get("component_verify_ticket").and_then(Value::as_str) {
+                Some(ticket) if !ticket.is_empty() => {
+                    self.keep_ticket(ticket.to_owned(), now).await;
+                    success()
+                }
+                _ => refused(
                     StatusCode::BAD_REQUEST,
                     "JSON without component_verify_ticket: send {\"component_verify_ticket\":\"…\"} or WeChat's raw push".into(),
-                )
+                ),
+            };
+        }
+        let (Some(token), Some(key)) = (&self.config.push_token, &self.config.aes_key) else {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!("{}: a raw push needs push_token_env and encoding_aes_key_env in [platforms.{}]; or send JSON {{\"component_verify_ticket\":\"…\"}}", self.name(), self.name()),
+            );
+        };
+        let opened = match push::open(body, query, token.expose(), key, &self.app.appid, now) {
+            Ok(opened) => opened,
+            // WeChat's other notifications to this URL (fast registration,
+            // …) are the application's: genuine, so not an error to WeChat.
+            Err(e @ push::PushError::UnknownEvent(_)) => {
+                tracing::info!(platform = %self.name(), event = %e, "push left to the application");
+                return success();
             }
-            None => {
-                let (Some(token), Some(key)) = (&self.config.push_token, &self.config.aes_key) else {
-                    return refused(
-                        StatusCode::BAD_REQUEST,
-                        format!("{}: a raw push needs push_token_env and encoding_aes_key_env in [platforms.{}]; or send JSON {{\"component_verify_ticket\":\"…\"}}", self.name(), self.name()),
-                    );
-                };
-                match push::open(body, query, token.expose(), key, &self.app.appid) {
-                    Ok(ticket) => ticket,
-                    Err(e) => {
-                        tracing::warn!(platform = %self.name(), error = %e, "ticket push refused");
-                        return refused(StatusCode::BAD_REQUEST, format!("{}: {e}", self.name()));
-                    }
-                }
+            Err(e) => {
+                tracing::warn!(platform = %self.name(), error = %e, "push refused");
+                return refused(StatusCode::BAD_REQUEST, format!("{}: {e}", self.name()));
             }
         };
-        self.keep_ticket(ticket).await;
-        let mut response = Response::new(ProxyBody::full(Bytes::from_static(b"success")));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain"),
-        );
-        response
+        if !self.first_sight(&opened.signature, opened.timestamp, now) {
+            tracing::warn!(platform = %self.name(), "a push taken before was sent again: refused");
+            return refused(
+                StatusCode::CONFLICT,
+                format!(
+                    "{}: this push was taken before (same msg_signature): a replay",
+                    self.name()
+                ),
+            );
+        }
+        match opened.event {
+            push::Event::Ticket(ticket) => {
+                self.keep_ticket(ticket, opened.timestamp).await;
+            }
+            push::Event::Authorized { appid, code } => {
+                // WeChat wants its answer at once; the SDK's own
+                // api_query_auth of the same code joins this exchange.
+                let platform = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = platform.exchange(&code).await {
+                        tracing::warn!(platform = %platform.name(), authorizer = %appid, error = %e, "the authorization event's code could not be exchanged");
+                    }
+                });
+            }
+            push::Event::Unauthorized { appid } => match self.remove(&appid).await {
+                Ok(_) => {}
+                Err(e) => {
+                    return refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{}: the registry cannot be saved: {e}", self.name()),
+                    )
+                }
+            },
+        }
+        success()
     }
 
-    /// `PUT /platforms/NAME/authorizers/APPID` `{"refresh_token"}`.
+    /// `PUT /platforms/NAME/authorizers/APPID` `{"refresh_token"}`. Over a
+    /// registered authorizer, the new refresh token is first tried with
+    /// WeChat: a wrong one must not replace the only one that works.
     async fn put(&self, appid: &str, body: &[u8]) -> Response<ProxyBody> {
         let refresh = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
             v.get("refresh_token")
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         });
-        let Some(refresh_token) = refresh.filter(|r| !r.is_empty()) else {
+        let Some(mut refresh_token) = refresh.filter(|r| !r.is_empty()) else {
             return refused(
                 StatusCode::BAD_REQUEST,
                 "send JSON {\"refresh_token\":\"…\"} (the authorizer_refresh_token)".into(),
@@ -124,6 +169,24 @@ impl Platform {
                 format!("'{appid}' is not an appid: wx and 16 hex digits"),
             );
         }
+        if self.is_registered(appid).await {
+            refresh_token = match self.check_refresh_token(appid, &refresh_token).await {
+                Ok(checked) => checked,
+                Err(e @ FetchError::Refused { .. }) => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        "error",
+                        &json!({"errcode": e.errcode(), "errmsg": format!("{}: WeChat refused the new refresh token for {appid}, so the registered one is kept: {e}", self.name())}),
+                    )
+                }
+                Err(e) => {
+                    return refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{}: the new refresh token for {appid} could not be checked with WeChat, so the registered one is kept: {e}", self.name()),
+                    )
+                }
+            };
+        }
         self.register(vec![Registered {
             component_appid: self.app.appid.clone(),
             appid: appid.to_owned(),
@@ -132,8 +195,18 @@ impl Platform {
         .await
     }
 
+    /// Whether `appid` is registered, here or (shared store) by another
+    /// replica.
+    async fn is_registered(&self, appid: &str) -> bool {
+        self.read().contains_key(appid)
+            || matches!(
+                self.store.authorizer(&self.app.appid, appid).await,
+                Ok(Some(_))
+            )
+    }
+
     /// `POST /platforms/NAME/authorizers` `{"auth_code"}`: exchanged
-    /// through `api_query_auth`.
+    /// through `api_query_auth`, once whoever asks.
     async fn exchange_code(&self, body: &[u8]) -> Response<ProxyBody> {
         let code = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
             v.get("auth_code")
@@ -146,50 +219,19 @@ impl Platform {
                 "send JSON {\"auth_code\":\"…\"} (the authorization_code of the authorization event)".into(),
             );
         };
-        let component = match self.component.token().await {
-            Ok(token) => token,
-            Err(e) => {
-                return refused(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{}: no component_access_token: {e}", self.name()),
-                )
-            }
-        };
-        let body = json!({"component_appid": self.app.appid, "authorization_code": code});
-        let path = "/cgi-bin/component/api_query_auth";
-        let answer = match grant::call(
-            &self.client,
-            &self.app.base_url,
-            path,
-            Some(component.value()),
-            body,
-        )
-        .await
-        {
-            Ok(answer) => answer,
-            Err(e) => {
-                return json_response(
-                    StatusCode::BAD_GATEWAY,
-                    "error",
-                    &json!({"errcode": e.errcode(), "errmsg": format!("{}: api_query_auth: {e}", self.name())}),
-                )
-            }
-        };
-        let info = &answer["authorization_info"];
-        let field = |f: &str| info.get(f).and_then(Value::as_str).map(str::to_owned);
-        match (field("authorizer_appid"), field("authorizer_refresh_token")) {
-            (Some(appid), Some(refresh_token)) => {
-                self.register(vec![Registered {
-                    component_appid: self.app.appid.clone(),
-                    appid,
-                    refresh_token,
-                }])
-                .await
-            }
-            _ => refused(
+        match self.exchange(&code).await {
+            Ok(answer) => ok(json!({
+                "registered": true,
+                "appid": answer["authorization_info"]["authorizer_appid"],
+            })),
+            Err(e @ FetchError::NotReady(_)) => refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}: {e}", self.name()),
+            ),
+            Err(e) => json_response(
                 StatusCode::BAD_GATEWAY,
-                "api_query_auth answered without authorizer_appid or authorizer_refresh_token"
-                    .into(),
+                "error",
+                &json!({"errcode": e.errcode(), "errmsg": format!("{}: api_query_auth: {e}", self.name())}),
             ),
         }
     }
@@ -209,30 +251,40 @@ impl Platform {
     }
 
     /// `DELETE /platforms/NAME/authorizers/APPID` (the unauthorization
-    /// event).
+    /// event, for an application that decrypts pushes itself).
     async fn delete(&self, appid: &str) -> Response<ProxyBody> {
-        // Registered through another replica, perhaps, and not used here yet.
-        let elsewhere = async {
-            matches!(
-                self.store.authorizer(&self.app.appid, appid).await,
-                Ok(Some(_))
-            )
-        };
-        if !self.read().contains_key(appid) && !elsewhere.await {
-            return refused(
+        match self.remove(appid).await {
+            Ok(true) => ok(json!({"removed": true, "appid": appid})),
+            Ok(false) => refused(
                 StatusCode::NOT_FOUND,
                 format!("{}: no authorizer {appid}", self.name()),
-            );
-        }
-        if let Err(e) = self.store.unregister(&self.app.appid, appid).await {
-            return refused(
+            ),
+            Err(e) => refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{}: the registry cannot be saved: {e}", self.name()),
-            );
+            ),
         }
+    }
+
+    /// Removes `appid` from the store and from memory; false if it was not
+    /// registered. While the registry is recovered, the appid is also kept
+    /// out of what the recovery finds.
+    async fn remove(&self, appid: &str) -> Result<bool, StoreError> {
+        let _writes = self.registry_writes.lock().await;
+        let recovering = {
+            let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(removed) = recovering.as_mut() {
+                removed.insert(appid.to_owned());
+            }
+            recovering.is_some()
+        };
+        if !recovering && !self.is_registered(appid).await {
+            return Ok(false);
+        }
+        self.store.unregister(&self.app.appid, appid).await?;
         self.write().remove(appid);
         tracing::info!(platform = %self.name(), authorizer = %appid, "authorizer removed");
-        ok(json!({"removed": true, "appid": appid}))
+        Ok(true)
     }
 
     /// `GET /platforms/NAME/authorizers`: appid, token state, life left,
@@ -286,6 +338,23 @@ impl Platform {
             "authorizers": {"registered": map.len(), "in_use": in_use, "revoked": revoked},
         })
     }
+}
+
+/// WeChat's answer to a push it made.
+fn success() -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(b"success")));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// Now, in Unix seconds, as push timestamps are.
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `wx` and 16 hex digits, like the config's appids.

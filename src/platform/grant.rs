@@ -31,8 +31,33 @@ pub async fn call(
     component_token: Option<&str>,
     body: Value,
 ) -> Result<Value, FetchError> {
+    call_up_to(
+        client,
+        base,
+        path,
+        component_token,
+        body,
+        wechat::TOKEN_ANSWER_LIMIT,
+    )
+    .await
+}
+
+/// [`call`] for an answer of up to `limit` bytes: the authorizer list.
+pub async fn call_up_to(
+    client: &HttpClient,
+    base: &BaseUrl,
+    path: &str,
+    component_token: Option<&str>,
+    body: Value,
+    limit: usize,
+) -> Result<Value, FetchError> {
     let credential = component_token.map(|t| ("component_access_token", t));
-    wechat::post_json(client, base, path, credential, body).await
+    wechat::post_json_up_to(client, base, path, credential, body, limit).await
+}
+
+/// Replaces `secret` wherever WeChat echoed it in an error.
+pub(super) fn scrub(e: FetchError, secret: &str) -> FetchError {
+    redact(e, &[secret])
 }
 
 /// The component token's source: the component_appsecret (the manager's

@@ -18,17 +18,21 @@
 //! - The registry is loaded from the store in one read at start; when it is
 //!   empty and the component token works, it is recovered from WeChat's
 //!   `api_get_authorizer_list`.
+//! - No live refresh, authorizer or component token leaves: the calls whose
+//!   answers hold them are made by the proxy and sealed ([`seal`]).
 
 mod admin;
 mod grant;
 pub(crate) mod push;
+mod seal;
 
 pub use self::admin::answer;
+pub use self::seal::Local;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use serde_json::json;
@@ -38,7 +42,7 @@ use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSett
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
 use crate::metrics::{AuthorizerObserver, Metrics};
-use crate::store::{unix_ms, Key, Registered, Saved, Store};
+use crate::store::{Key, Registered, Saved, Store};
 use crate::token::{RefreshObserver, TokenManager};
 
 use self::grant::{AuthorizerGrant, ComponentGrant};
@@ -97,6 +101,20 @@ pub struct Platform {
     epoch: Instant,
     /// The last `api_start_push_ticket`, for its rate limit.
     last_start_push: Mutex<Option<Instant>>,
+    /// Authorization codes exchanged lately: each reaches WeChat once.
+    exchanges: seal::Exchanges,
+    /// When the ticket held was pushed (Unix seconds): an older push, even a
+    /// genuine one, does not replace it.
+    ticket_pushed_at: AtomicU64,
+    /// The `msg_signature` of each push taken in the last
+    /// [`push::MAX_AGE_S`], with its timestamp: a replay is refused.
+    seen_pushes: Mutex<HashMap<String, u64>>,
+    /// Serializes removals and the end of a recovery, so a removal made
+    /// while the list is read is not undone by it.
+    registry_writes: tokio::sync::Mutex<()>,
+    /// Set while the registry is recovered from `api_get_authorizer_list`:
+    /// the appids removed meanwhile, kept out of what it found.
+    recovering: Mutex<Option<HashSet<String>>>,
 }
 
 impl Platform {
@@ -137,6 +155,11 @@ impl Platform {
             authorizer_observer: Arc::new(AuthorizerObserver::new(metrics, &config.app.name)),
             epoch: Instant::now(),
             last_start_push: Mutex::new(None),
+            exchanges: seal::Exchanges::default(),
+            ticket_pushed_at: AtomicU64::new(0),
+            seen_pushes: Mutex::new(HashMap::new()),
+            registry_writes: tokio::sync::Mutex::new(()),
+            recovering: Mutex::new(None),
         }
     }
 
@@ -175,6 +198,7 @@ impl Platform {
         }
         tokio::spawn(self.component.clone().run_refresher(shutdown.clone()));
         if self.registered() == 0 && !matches!(*self.store, Store::Memory) {
+            *self.recovering.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
             tokio::spawn(self.clone().recover(shutdown.clone()));
         }
         tokio::spawn(self.run_scheduler(shutdown));
@@ -232,6 +256,26 @@ impl Platform {
             .tokens
             .get_or_init(|| self.manager(&authorizer.grant))
             .clone())
+    }
+
+    /// `path` (the platform's prefix included) for the access log: an
+    /// authorizer's appid becomes `{authorizer}`.
+    pub fn loggable(&self, path: &str) -> String {
+        let after = path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(self.name()))
+            .unwrap_or("");
+        match after.strip_prefix('/') {
+            Some(rest)
+                if !rest.is_empty()
+                    && !rest.starts_with("cgi-bin/component/")
+                    && !rest.starts_with("sns/") =>
+            {
+                let end = rest.find('/').unwrap_or(rest.len());
+                format!("/{}/{{authorizer}}{}", self.name(), &rest[end..])
+            }
+            _ => path.to_owned(),
+        }
     }
 
     /// The authorizer as the store has it, when another replica registered
@@ -317,14 +361,32 @@ impl Platform {
         }
     }
 
-    /// Keeps a ticket: in memory, in the store, and ends the component
-    /// token's backoff so it is fetched with it now.
-    pub async fn keep_ticket(&self, ticket: String) {
+    /// Keeps a ticket pushed at `pushed_at` (Unix seconds): in memory, in
+    /// the store, and ends the component token's backoff so it is fetched
+    /// with it now. False, and nothing changed, when the ticket held here
+    /// or in the store was pushed later: a late push never rolls it back.
+    pub async fn keep_ticket(&self, ticket: String, pushed_at: u64) -> bool {
+        let expires_at_ms = pushed_at
+            .saturating_mul(1000)
+            .saturating_add(TICKET_LIFE.as_millis() as u64);
+        let key = Key {
+            appid: &self.app.appid,
+            kind: TICKET_KIND,
+        };
+        let newer_in_store = matches!(
+            self.store.load(key).await,
+            Ok(Some(saved)) if saved.expires_at_ms > expires_at_ms
+        );
+        if newer_in_store || self.ticket_pushed_at.load(Ordering::Relaxed) > pushed_at {
+            tracing::warn!(platform = %self.name(), "a component_verify_ticket older than the one held was not kept");
+            return false;
+        }
+        self.ticket_pushed_at.store(pushed_at, Ordering::Relaxed);
         let saved = Saved {
             appid: self.app.appid.clone(),
             api: TICKET_KIND.to_owned(),
             token: ticket.clone(),
-            expires_at_ms: unix_ms(SystemTime::now() + TICKET_LIFE),
+            expires_at_ms,
         };
         self.component_grant
             .ticket
@@ -332,10 +394,6 @@ impl Platform {
         self.component_grant
             .ticket_refused
             .store(0, Ordering::Relaxed);
-        let key = Key {
-            appid: &self.app.appid,
-            kind: TICKET_KIND,
-        };
         if let Err(e) = self.store.save(key, saved).await {
             tracing::warn!(platform = %self.name(), error = %e, "cannot save the component_verify_ticket");
         }
@@ -343,6 +401,15 @@ impl Platform {
         if self.component.current().is_none() {
             self.component.end_backoff();
         }
+        true
+    }
+
+    /// Records a push by its signature; false if it was taken before.
+    fn first_sight(&self, signature: &str, timestamp: u64, now: u64) -> bool {
+        let mut seen = self.seen_pushes.lock().unwrap_or_else(|e| e.into_inner());
+        // Older ones are refused by age anyway.
+        seen.retain(|_, at| at.abs_diff(now) <= push::MAX_AGE_S);
+        seen.insert(signature.to_owned(), timestamp).is_none()
     }
 
     /// The ticket an earlier run or another replica kept, if still valid.
@@ -405,18 +472,23 @@ impl Platform {
         loop {
             let body = json!({"component_appid": self.app.appid, "offset": offset, "count": PAGE});
             let path = "/cgi-bin/component/api_get_authorizer_list";
-            let page = match grant::call(
+            let page = match grant::call_up_to(
                 &self.client,
                 &self.app.base_url,
                 path,
                 Some(token.value()),
                 body,
+                seal::MAX_COMPONENT_ANSWER,
             )
             .await
             {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(platform = %self.name(), error = %e, "cannot recover the authorizer list");
+                    self.recovering
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
                     return;
                 }
             };
@@ -446,10 +518,24 @@ impl Platform {
                 break;
             }
         }
+        // Removals wait while what was found is kept: those made while the
+        // list was read are left out, and so are authorizers registered
+        // meanwhile (their refresh token is newer than the list's).
+        let _writes = self.registry_writes.lock().await;
+        let removed = self
+            .recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        {
+            let held = self.read();
+            found.retain(|e| !removed.contains(&e.appid) && !held.contains_key(e.appid.as_str()));
+        }
         if let Err(e) = self.store.register(&found).await {
             tracing::warn!(platform = %self.name(), error = %e, "cannot save the recovered authorizers");
         }
-        tracing::info!(platform = %self.name(), authorizers = found.len(), "authorizer registry recovered from api_get_authorizer_list");
+        tracing::info!(platform = %self.name(), authorizers = found.len(), left_out = removed.len(), "authorizer registry recovered from api_get_authorizer_list");
         self.insert_all(found);
     }
 

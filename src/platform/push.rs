@@ -1,5 +1,6 @@
-//! WeChat's encrypted push of the `component_verify_ticket`: check the
-//! signature, decrypt, check the AppId, read the ticket.
+//! WeChat's encrypted pushes to the authorization-event URL: check the
+//! signature and age, decrypt, check the AppId, read the ticket or the
+//! authorization event.
 //!
 //! The scheme (WeChat's "message encryption"): `msg_signature` is the SHA-1
 //! hex of the sorted concatenation of the push token, `timestamp`, `nonce`
@@ -19,6 +20,42 @@ use crate::config::AesKey;
 
 /// WeChat pads to this, not to AES's 16-byte block.
 const PAD_BLOCK: usize = 32;
+
+/// A push older (or further in the future) than this is refused: a genuine
+/// one arrives within seconds, so an older one is a replay.
+pub const MAX_AGE_S: u64 = 600;
+
+/// What a verified push says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A new `component_verify_ticket`.
+    Ticket(String),
+    /// "authorized" or "updateauthorized": an account granted (or changed)
+    /// the platform's rights; the one-time code gives its refresh token.
+    Authorized {
+        /// The account's appid.
+        appid: String,
+        /// The `AuthorizationCode`, for `api_query_auth`.
+        code: String,
+    },
+    /// "unauthorized": the account withdrew the platform's rights.
+    Unauthorized {
+        /// The account's appid.
+        appid: String,
+    },
+}
+
+/// A push that passed every check.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// What it says.
+    pub event: Event,
+    /// Its signed `timestamp` (Unix seconds): a ticket older than the one
+    /// held must not replace it.
+    pub timestamp: u64,
+    /// Its `msg_signature`, which names it: the same push twice is a replay.
+    pub signature: String,
+}
 
 /// Why a push was refused; each names what to check.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,19 +77,31 @@ pub enum PushError {
     /// Decrypted, but for another platform.
     #[error("the push is for AppId {0}, not this platform's component_appid")]
     OtherAppId(String),
-    /// Decrypted, but holds no ticket (another event type).
-    #[error("the push holds no ComponentVerifyTicket (InfoType {0})")]
-    NoTicket(String),
+    /// `timestamp` is not a number.
+    #[error("the push's timestamp is not a number")]
+    BadTimestamp,
+    /// Signed more than [`MAX_AGE_S`] from now.
+    #[error("the push is {0} s away from this host's clock (at most 600 s are taken): a replayed push, or a wrong clock")]
+    Stale(u64),
+    /// Decrypted, but not an event the proxy handles.
+    #[error(
+        "the push is neither a component_verify_ticket nor an authorization event (InfoType {0})"
+    )]
+    UnknownEvent(String),
+    /// Decrypted, but a field the event needs is missing.
+    #[error("the {0} push has no {1}")]
+    MissingField(String, &'static str),
 }
 
-/// The ticket a raw push carries, after every check.
+/// What a raw push says, after every check; `now` is Unix seconds.
 pub fn open(
     body: &[u8],
     query: Option<&str>,
     push_token: &str,
     key: &AesKey,
     component_appid: &str,
-) -> Result<String, PushError> {
+    now: u64,
+) -> Result<Opened, PushError> {
     let param = |name: &'static str| {
         crate::forward::query::param(query, name).ok_or(PushError::MissingParam(name))
     };
@@ -63,15 +112,44 @@ pub fn open(
     );
     let body = std::str::from_utf8(body).map_err(|_| PushError::NotAPush)?;
     let encrypted = element(body, "Encrypt").ok_or(PushError::NotAPush)?;
-    let (message, appid) = verified(&signature, &timestamp, &nonce, encrypted, push_token, key)?;
+    let expected = signature_of(push_token, &timestamp, &nonce, encrypted);
+    if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
+        return Err(PushError::BadSignature);
+    }
+    // After the signature: the timestamp is only worth reading once it is
+    // known to be WeChat's.
+    let timestamp: u64 = timestamp.parse().map_err(|_| PushError::BadTimestamp)?;
+    if timestamp.abs_diff(now) > MAX_AGE_S {
+        return Err(PushError::Stale(timestamp.abs_diff(now)));
+    }
+    let (message, appid) = decrypt(key, encrypted)?;
     if appid != component_appid {
         return Err(PushError::OtherAppId(appid));
     }
-    match element(&message, "ComponentVerifyTicket") {
-        Some(ticket) if !ticket.is_empty() => Ok(ticket.to_owned()),
-        _ => Err(PushError::NoTicket(
-            element(&message, "InfoType").unwrap_or("none").to_owned(),
-        )),
+    Ok(Opened {
+        event: event(&message)?,
+        timestamp,
+        signature,
+    })
+}
+
+/// The event a decrypted message holds.
+fn event(message: &str) -> Result<Event, PushError> {
+    let info_type = element(message, "InfoType").unwrap_or("none");
+    let field = |name: &'static str| match element(message, name) {
+        Some(value) if !value.is_empty() => Ok(value.to_owned()),
+        _ => Err(PushError::MissingField(info_type.to_owned(), name)),
+    };
+    match info_type {
+        "component_verify_ticket" => Ok(Event::Ticket(field("ComponentVerifyTicket")?)),
+        "authorized" | "updateauthorized" => Ok(Event::Authorized {
+            appid: field("AuthorizerAppid")?,
+            code: field("AuthorizationCode")?,
+        }),
+        "unauthorized" => Ok(Event::Unauthorized {
+            appid: field("AuthorizerAppid")?,
+        }),
+        other => Err(PushError::UnknownEvent(other.to_owned())),
     }
 }
 
@@ -172,6 +250,7 @@ mod tests {
     const SAMPLE_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
     const SAMPLE_TOKEN: &str = "spamtest";
     const SAMPLE_APPID: &str = "wx2c2769f8efd9abc2";
+    const SAMPLE_TIME: u64 = 1409735669;
     const SAMPLE_QUERY: &str =
         "msg_signature=5d197aaffba7e9b25a30732f161a50dee96bd5fa&timestamp=1409735669&nonce=1320562132";
     const SAMPLE_ENCRYPT: &str = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUgmBM4x6F8PGHQHFVAFmOD2LdJF9FrXpbUAh0B5GIItb52sn896wVsMSHGuPE328HnRGBcrS7C41IzDWyWNlZkyyXwon8T332jisa+h6tEDYsVticbSnyU8dKOIbgU6ux5VTjg3yt+WGzjlpKn6NPhRjpA912xMezR4kw6KWwMrCVKSVCZciVGCgavjIQ6X8tCOp3yZbGpy0VxpAe+77TszTfRd5RJSVO/HTnifJpXgCSUdUue1v6h0EIBYYI1BD1DlD+C0CR8e6OewpusjZ4uBl9FyJvnhvQl+q5rv1ixrcpCumEPo5MJSgM9ehVsNPfUM669WuMyVWQLCzpu9GhglF2PE=";
@@ -187,27 +266,60 @@ mod tests {
         assert_eq!(appid, SAMPLE_APPID);
         assert_eq!(element(&message, "Content"), Some("abcdteT"));
         assert_eq!(element(&message, "MsgId"), Some("6054768590064713728"));
-        // A message push, not a ticket: every check passed, then no ticket.
         let body = format!("<xml><Encrypt><![CDATA[{SAMPLE_ENCRYPT}]]></Encrypt></xml>");
-        assert_eq!(
+        let sample = |appid: &str, now: u64| {
             open(
                 body.as_bytes(),
                 Some(SAMPLE_QUERY),
                 SAMPLE_TOKEN,
                 &key,
-                SAMPLE_APPID
-            ),
-            Err(PushError::NoTicket("none".into()))
+                appid,
+                now,
+            )
+        };
+        // A message push, not a ticket: every check passed, then no event.
+        assert_eq!(
+            sample(SAMPLE_APPID, SAMPLE_TIME),
+            Err(PushError::UnknownEvent("none".into()))
+        );
+        // The same push eleven minutes later: a replay, refused before
+        // anything is decrypted.
+        assert_eq!(
+            sample(SAMPLE_APPID, SAMPLE_TIME + 660),
+            Err(PushError::Stale(660))
         );
         assert_eq!(
-            open(
-                body.as_bytes(),
-                Some(SAMPLE_QUERY),
-                SAMPLE_TOKEN,
-                &key,
-                "wx0"
-            ),
+            sample("wx0", SAMPLE_TIME),
             Err(PushError::OtherAppId(SAMPLE_APPID.into()))
+        );
+    }
+
+    #[test]
+    fn authorization_events_are_read_and_others_named() {
+        let authorized = "<xml><AppId>wx1</AppId><InfoType><![CDATA[updateauthorized]]></InfoType><AuthorizerAppid>wx2</AuthorizerAppid><AuthorizationCode>code@@@x</AuthorizationCode></xml>";
+        assert_eq!(
+            event(authorized),
+            Ok(Event::Authorized {
+                appid: "wx2".into(),
+                code: "code@@@x".into()
+            })
+        );
+        let gone =
+            "<xml><InfoType>unauthorized</InfoType><AuthorizerAppid>wx2</AuthorizerAppid></xml>";
+        assert_eq!(
+            event(gone),
+            Ok(Event::Unauthorized {
+                appid: "wx2".into()
+            })
+        );
+        let no_code =
+            "<xml><InfoType>authorized</InfoType><AuthorizerAppid>wx2</AuthorizerAppid></xml>";
+        assert_eq!(
+            event(no_code),
+            Err(PushError::MissingField(
+                "authorized".into(),
+                "AuthorizationCode"
+            ))
         );
     }
 
@@ -216,7 +328,7 @@ mod tests {
         let key = AesKey([7; 32]);
         let body = b"<xml><Encrypt>AAAA</Encrypt></xml>";
         assert_eq!(
-            open(body, Some("timestamp=1&nonce=2"), "t", &key, "wx"),
+            open(body, Some("timestamp=1&nonce=2"), "t", &key, "wx", 1),
             Err(PushError::MissingParam("msg_signature"))
         );
         assert_eq!(
@@ -225,7 +337,8 @@ mod tests {
                 Some("msg_signature=00&timestamp=1&nonce=2"),
                 "t",
                 &key,
-                "wx"
+                "wx",
+                1,
             ),
             Err(PushError::BadSignature)
         );

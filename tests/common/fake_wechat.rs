@@ -451,6 +451,16 @@ impl FakeWeChat {
         lock(&self.state).component.list_calls
     }
 
+    /// `api_query_auth` calls so far, refused ones included.
+    pub fn query_auth_calls(&self) -> usize {
+        lock(&self.state).component.query_auth_calls
+    }
+
+    /// Every `api_get_authorizer_list` answer waits this long first.
+    pub fn set_list_delay(&self, delay: Duration) {
+        lock(&self.state).component.list_delay = delay;
+    }
+
     /// Calls to any token endpoint so far, failed ones included.
     pub fn token_fetches(&self) -> usize {
         lock(&self.state).token_fetches
@@ -550,7 +560,7 @@ impl FakeWeChat {
     }
 
     /// Every token answer waits this long after the token is issued
-    /// (`api_authorizer_token`: before).
+    /// (`api_authorizer_token` and `api_query_auth`: before).
     pub fn set_token_delay(&self, delay: Duration) {
         lock(&self.state).token_delay = delay;
     }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -40,6 +40,10 @@ pub(super) struct Component {
     pub start_push: usize,
     /// `api_get_authorizer_list` calls.
     pub list_calls: usize,
+    /// `api_query_auth` calls, refused ones included.
+    pub query_auth_calls: usize,
+    /// Wait before each `api_get_authorizer_list` answer.
+    pub list_delay: Duration,
 }
 
 fn answer(body: Value) -> Response<Payload> {
@@ -68,10 +72,17 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
             .unwrap_or("")
             .to_owned()
     };
-    if path == "/cgi-bin/component/api_authorizer_token" {
+    if path == "/cgi-bin/component/api_authorizer_token"
+        || path == "/cgi-bin/component/api_query_auth"
+    {
         // Slow like an app token fetch when the test asks, so that requests
-        // across replicas pile up while one fetch is under way.
+        // (across replicas) pile up while one fetch is under way.
         let delay = lock(state).token_delay;
+        tokio::time::sleep(delay).await;
+    }
+    if path == "/cgi-bin/component/api_get_authorizer_list" {
+        // Slow when the test asks, so that it can act while a list is read.
+        let delay = lock(state).component.list_delay;
         tokio::time::sleep(delay).await;
     }
     let mut st = lock(state);
@@ -150,10 +161,12 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
             answer(json!({"total_count": st.component.authorizers.len(), "list": list}))
         }
         "/cgi-bin/component/api_query_auth" => {
+            st.component.query_auth_calls += 1;
             if !component_ok {
                 return refuse(40001, "invalid credential");
             }
-            let Some(appid) = st.component.codes.get(&text("authorization_code")).cloned() else {
+            // One-time, as WeChat's are.
+            let Some(appid) = st.component.codes.remove(&text("authorization_code")) else {
                 return refuse(61010, "code is expired");
             };
             let (token, expires_in) = st.tokens.mint(&appid, now);
@@ -177,6 +190,15 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
                     40001,
                     "invalid credential, access_token is invalid or not latest",
                 );
+            }
+            if path == "/cgi-bin/component/api_get_authorizer_info" {
+                // WeChat's answer holds the refresh token.
+                let appid = text("authorizer_appid");
+                let refresh = st.component.authorizers.get(&appid).cloned();
+                return answer(json!({
+                    "authorizer_info": {"nick_name": "shop", "user_name": "gh_1"},
+                    "authorization_info": {"authorizer_appid": appid, "authorizer_refresh_token": refresh, "func_info": []},
+                }));
             }
             answer(json!({"errcode": 0, "errmsg": "ok", "path": path}))
         }
