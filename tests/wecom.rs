@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::fake_wechat::{AppKind, FakeWeChat};
 use common::push::{encrypt, signed_query, unix_now};
 use common::redis::RedisServer;
-use common::{run_binary, wait_until_async, write_temp, Http, Proxy};
+use common::{run_binary, wait_until_async, write_temp, Proxy};
 use http::{Method, Request};
 use http_body_util::Full;
 
@@ -30,8 +30,54 @@ const CORP_B: &str = "wwCorpB0000000002";
 const CODE_A: &str = "PERMANENT-CODE-A-secret";
 const CODE_B: &str = "PERMANENT-CODE-B-secret";
 
+const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+
+/// The harness's client, presenting the admin key on every request: a
+/// platform's admin endpoints need it (the application listener ignores it).
+#[derive(Clone)]
+struct Http(common::Http);
+
+impl Http {
+    fn new() -> Http {
+        Http(common::Http::new())
+    }
+
+    async fn get(&self, url: &str) -> common::Resp {
+        self.with_key(Method::GET, url, "text/plain", Bytes::new())
+            .await
+    }
+
+    async fn post(&self, url: &str, content_type: &str, body: impl Into<Bytes>) -> common::Resp {
+        self.with_key(Method::POST, url, content_type, body.into())
+            .await
+    }
+
+    async fn with_key(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> common::Resp {
+        let request = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .expect("request");
+        self.send(request).await
+    }
+
+    async fn send(&self, mut request: Request<Full<Bytes>>) -> common::Resp {
+        let key = format!("Bearer {ADMIN_KEY}").parse().expect("header value");
+        request.headers_mut().insert("authorization", key);
+        self.0.send(request).await
+    }
+}
+
 fn env() -> Vec<(&'static str, &'static str)> {
     vec![
+        ("CRM_ADMIN_KEY", ADMIN_KEY),
         ("CRM_SUITE_SECRET", SUITE_SECRET),
         ("CRM_PUSH_TOKEN", PUSH_TOKEN),
         ("CRM_AES_KEY", AES_KEY),
@@ -44,6 +90,7 @@ fn config_for(fake: &FakeWeChat, suite_id: &str, extra: &str) -> String {
         r#"[proxy]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+admin_key_env = "CRM_ADMIN_KEY"
 
 [upstream]
 ca_file = {ca:?}
@@ -702,7 +749,8 @@ fn a_bad_suite_config_names_the_file_and_the_key() {
         }
         assert!(!err.contains(SUITE_SECRET) && !err.contains(PROVIDER_SECRET), "{err}");
     }
-    let good = format!("{base}suite_id = \"{DK_SUITE}\"\n");
+    let good =
+        format!("[proxy]\nadmin_key_env = \"CRM_ADMIN_KEY\"\n\n{base}suite_id = \"{DK_SUITE}\"\n");
     let path = write_temp("suite.toml", &good);
     let (status, _, err) = run_binary(
         &["check", "--config", path.to_str().expect("utf-8")],

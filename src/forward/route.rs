@@ -513,6 +513,13 @@ mod tests {
                 Scope::Platform,
                 "/cgi-bin/component/api_get_authorizer_list"
             ),
+            Some(Local(super::Local::Sealed))
+        );
+        assert_eq!(
+            classify(
+                Scope::Platform,
+                "/cgi-bin/component/api_get_authorizer_option"
+            ),
             Some(forward(Place::ComponentToken, Scrub::Fields))
         );
         assert_eq!(
