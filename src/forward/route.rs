@@ -438,9 +438,16 @@ mod tests {
         assert_eq!(
             classify(
                 Scope::Platform,
-                "/cgi-bin/component/api_get_authorizer_list"
+                "/cgi-bin/component/api_get_authorizer_option"
             ),
             Some(forward(Place::ComponentToken, Scrub::Fields))
+        );
+        assert_eq!(
+            classify(
+                Scope::Platform,
+                "/cgi-bin/component/api_get_authorizer_list"
+            ),
+            Some(Local(super::Local::Sealed))
         );
         assert_eq!(
             classify(Scope::Platform, "/sns/component/jscode2session"),
