@@ -511,7 +511,7 @@ mod tests {
         assert_eq!(
             classify(
                 Scope::Platform,
-                "/cgi-bin/component/api_get_authorizer_list"
+                "/cgi-bin/component/api_get_authorizer_option"
             ),
             Some(Local(super::Local::Sealed))
         );
@@ -521,6 +521,13 @@ mod tests {
                 "/cgi-bin/component/api_get_authorizer_option"
             ),
             Some(forward(Place::ComponentToken, Scrub::Fields))
+        );
+        assert_eq!(
+            classify(
+                Scope::Platform,
+                "/cgi-bin/component/api_get_authorizer_list"
+            ),
+            Some(Local(super::Local::Sealed))
         );
         assert_eq!(
             classify(Scope::Platform, "/sns/component/jscode2session"),
