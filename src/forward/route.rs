@@ -513,13 +513,6 @@ mod tests {
                 Scope::Platform,
                 "/cgi-bin/component/api_get_authorizer_option"
             ),
-            Some(Local(super::Local::Sealed))
-        );
-        assert_eq!(
-            classify(
-                Scope::Platform,
-                "/cgi-bin/component/api_get_authorizer_option"
-            ),
             Some(forward(Place::ComponentToken, Scrub::Fields))
         );
         assert_eq!(
