@@ -72,6 +72,7 @@ impl TokenManager {
 
     async fn fetch_once(&self, force: bool) -> Result<Grant, FetchError> {
         let secret = self.secret.load_full();
+        self.count_fetch();
         let fetch = async {
             match &self.grantor {
                 Some(grantor) => grantor.grant(&self.client, &secret).await,
@@ -93,6 +94,7 @@ impl TokenManager {
             grant.token,
             sent_at + grant.expires_in,
             sent_at + backoff::renew_after(grant.expires_in, self.app.refresh_before_expiry),
+            true,
         );
         let mut st = self.lock_state();
         st.fetches += 1;

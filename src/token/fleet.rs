@@ -140,6 +140,7 @@ impl TokenManager {
             saved.token,
             now + left,
             now + backoff::renew_after(left, self.app.refresh_before_expiry),
+            false,
         )
     }
 }

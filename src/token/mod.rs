@@ -29,7 +29,14 @@
 //! error at once; token errors cause at most one fetch per
 //! `min_refresh_interval_ms`, and requests that meet one inside that window
 //! wait for the next allowed fetch rather than fail; the admin refresh makes
-//! at most one successful fetch per 10 s.
+//! at most one fetch per `min_refresh_interval_ms`, failed or not, and goes
+//! through a fetch backoff once.
+//!
+//! The quota guard: a token fetched because API P rejected the one before
+//! remembers P. If P rejects it too before ever accepting it, P refuses every
+//! token for reasons of its own: no fetch, the token is not marked rejected,
+//! and the caller gets WeChat's answer. A fight (the old token rejected with
+//! life left) is counted only once P accepts the new token.
 //!
 //! The files: [`fetch`] talks to WeChat (the stable API's `force_refresh`
 //! quirk, secret rotation); [`fleet`] shares tokens through the store and,
@@ -73,21 +80,23 @@ pub struct Token {
     generation: u64,
     /// WeChat rejected it: shown on the status page, fails readiness.
     rejected: AtomicBool,
+    /// The API path whose rejection of the previous token caused this
+    /// token's fetch, if one did.
+    fetched_for: Option<Box<str>>,
+    /// That API accepted this token: the one before had died (a fight, if
+    /// it died young), and a later rejection there means this one died too.
+    /// Until then, a rejection there means the API refuses every token for
+    /// its own reasons, and fetching again would only burn the quota.
+    accepted_by_trigger: AtomicBool,
+    /// The API it was fetched for was found to refuse every token, and the
+    /// log said so.
+    refusal_told: AtomicBool,
 }
 
 impl Token {
     /// The token, for the one place that writes it into an upstream URL.
     pub fn value(&self) -> &str {
         &self.value
-    }
-
-    /// WeChat answered a call made with this token without a token error:
-    /// a rejection seen on another call was about that call, not the token.
-    pub fn accepted(&self) {
-        // Load first: the common case (never rejected) stays a plain read.
-        if self.is_rejected() {
-            self.rejected.store(false, Ordering::Relaxed);
-        }
     }
 
     fn is_valid_at(&self, now: Instant) -> bool {
@@ -150,6 +159,15 @@ pub enum RefreshError {
     /// WeChat handed back the very token it had just rejected.
     #[error("WeChat returned the rejected token again")]
     NotRenewed,
+    /// The API rejected a token fetched because it rejected the one before:
+    /// it refuses every token for reasons of its own, so no fetch is made
+    /// and the token keeps serving every other call.
+    #[error("this API rejects every token; the token serves other calls")]
+    RejectedByOneApi,
+    /// An operator's refresh was not made: one was made too recently, or an
+    /// operator already cut the current backoff short.
+    #[error("no refresh made; the next may be made in {} s", .0.as_secs().max(1))]
+    Declined(Duration),
 }
 
 impl RefreshError {
@@ -174,6 +192,14 @@ pub enum AdminRefresh {
         /// Until the next admin refresh may fetch.
         retry_in: Duration,
     },
+    /// No fetch was made: an admin refresh was made too recently, or an
+    /// operator already cut the current backoff short.
+    Declined {
+        /// Until the next admin refresh may fetch.
+        retry_in: Duration,
+        /// The error of the last fetch, if it failed.
+        last_error: Option<FetchError>,
+    },
 }
 
 /// What the status page and readiness probe show of an app's token.
@@ -191,6 +217,9 @@ pub struct Status {
     pub failures: u32,
     /// Successful fetches since start.
     pub fetches: u64,
+    /// Requests sent to WeChat's token endpoint today (China Standard Time,
+    /// when WeChat's daily quota starts over), failed ones included.
+    pub fetches_today: u64,
     /// Tokens rejected well within their life: another system fetches
     /// tokens for the same appid.
     pub fights: u64,
@@ -236,6 +265,23 @@ struct State {
     /// When the held token was put in the slot: a use after this is a use
     /// within its life.
     installed_at: Option<Instant>,
+    /// Last admin refresh that fetched, successful or not.
+    last_admin_fetch: Option<Instant>,
+    /// Token endpoint requests on [`State::fetch_day`].
+    fetches_today: u64,
+    /// The day (China Standard Time) `fetches_today` counts.
+    fetch_day: u64,
+    /// During a token-error fetch: the API path that rejected the token,
+    /// given to the token that replaces it.
+    trigger: Option<Box<str>>,
+    /// During a token-error fetch: the life the rejected token had left, if
+    /// that makes its rejection look like a fight.
+    fight_candidate: Option<Duration>,
+    /// A token fetched to replace one rejected with life left: the fight is
+    /// counted once the API that rejected the old one accepts the new one
+    /// (generation, life left). An API that rejects every token never does,
+    /// and is no fight.
+    pending_fight: Option<(u64, Duration)>,
 }
 
 /// Observes every fetch's outcome (metrics hook in here).
@@ -424,26 +470,63 @@ impl TokenManager {
     pub async fn token(self: &Arc<Self>) -> Result<Arc<Token>, RefreshError> {
         match self.current() {
             Some(token) => Ok(token),
-            None => self.refresh_detached(Reason::OnDemand, None).await,
+            None => self.refresh_detached(Reason::OnDemand, None, None).await,
         }
     }
 
-    /// Replaces `rejected` (the token WeChat just refused), single-flight.
-    /// Marks it rejected first, for the status page and readiness.
+    /// Replaces `rejected` (the token WeChat just refused on a call to
+    /// `path`), single-flight. Marks it rejected first, for the status page
+    /// and readiness; unless `path` is the API whose rejection of the token
+    /// before caused this one's fetch, and it has never accepted this one:
+    /// that API refuses every token, and a fetch would only burn the quota.
     pub async fn replace(
         self: &Arc<Self>,
         rejected: &Arc<Token>,
+        path: &str,
     ) -> Result<Arc<Token>, RefreshError> {
+        if rejected.fetched_for.as_deref() == Some(path)
+            && !rejected.accepted_by_trigger.load(Ordering::Relaxed)
+        {
+            // Once per token: a looping client would flood the log.
+            if !rejected.refusal_told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    app = %self.label(),
+                    path,
+                    "WeChat rejected a token fetched because this API rejected the one before: the API refuses \
+                     every token for reasons of its own (permissions, the account's kind); no new token is fetched for it"
+                );
+            }
+            return Err(RefreshError::RejectedByOneApi);
+        }
         rejected.rejected.store(true, Ordering::Relaxed);
-        self.refresh_detached(Reason::TokenError, Some(rejected.clone()))
+        self.refresh_detached(Reason::TokenError, Some(rejected.clone()), Some(path))
             .await
     }
 
-    /// Fetches a new token now for the admin endpoint, unless one was
-    /// fetched successfully in the last 10 s.
+    /// WeChat answered a call to `path` made with `token` without a token
+    /// error: a rejection seen on another call was about that call, not the
+    /// token. When `path` is the API whose rejection caused this token's
+    /// fetch, the token before had died there: a fight suspected then is
+    /// real.
+    pub fn accepted(&self, token: &Token, path: &str) {
+        // Loads first: the common case stays plain reads.
+        if token.is_rejected() {
+            token.rejected.store(false, Ordering::Relaxed);
+        }
+        if token.fetched_for.as_deref() == Some(path)
+            && !token.accepted_by_trigger.load(Ordering::Relaxed)
+            && !token.accepted_by_trigger.swap(true, Ordering::Relaxed)
+        {
+            self.confirm_fight(token.generation);
+        }
+    }
+
+    /// Fetches a new token now for the admin endpoint: at most once per
+    /// `min_refresh_interval`, counting any successful fetch and every admin
+    /// fetch, failed or not; through a fetch backoff only once.
     pub async fn refresh_by_admin(self: &Arc<Self>) -> Result<AdminRefresh, RefreshError> {
         let this = self.clone();
-        let flight = tokio::spawn(async move { this.refresh(Reason::Admin, None).await });
+        let flight = tokio::spawn(async move { this.refresh(Reason::Admin, None, None).await });
         match flight.await {
             Ok(Ok((_, Source::Held))) => {
                 let since = self
@@ -452,10 +535,14 @@ impl TokenManager {
                     .map_or(Duration::ZERO, |t| t.elapsed());
                 Ok(AdminRefresh::TooSoon {
                     since,
-                    retry_in: admission::ADMIN_REFRESH_INTERVAL.saturating_sub(since),
+                    retry_in: self.app.min_refresh_interval.saturating_sub(since),
                 })
             }
             Ok(Ok(_)) => Ok(AdminRefresh::Fetched),
+            Ok(Err(RefreshError::Declined(retry_in))) => Ok(AdminRefresh::Declined {
+                retry_in,
+                last_error: self.lock_state().failures.last().cloned(),
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(stopped()),
         }
@@ -476,6 +563,11 @@ impl TokenManager {
             last_error: st.failures.last().cloned(),
             failures: st.failures.count(),
             fetches: st.fetches,
+            fetches_today: if st.fetch_day == china_day(SystemTime::now()) {
+                st.fetches_today
+            } else {
+                0
+            },
             fights: st.fights,
             last_fight: st.last_fight,
         }
@@ -502,6 +594,8 @@ impl TokenManager {
             renew_at: st.renew_at,
             last_token_error_fetch: st.last_token_error_fetch,
             last_success: st.last_success,
+            last_admin_fetch: st.last_admin_fetch,
+            backoff_cut_by_operator: st.failures.cut_by_operator(),
             min_refresh_interval: self.app.min_refresh_interval,
         }
     }
@@ -513,6 +607,7 @@ impl TokenManager {
         self: &Arc<Self>,
         reason: Reason,
         rejected: Option<Arc<Token>>,
+        path: Option<&str>,
     ) -> Result<Arc<Token>, RefreshError> {
         let now = Instant::now();
         let generation = rejected.as_ref().map(|t| t.generation);
@@ -521,7 +616,11 @@ impl TokenManager {
             _ => Duration::ZERO,
         };
         let this = self.clone();
-        let flight = tokio::spawn(async move { this.refresh(reason, rejected.as_deref()).await });
+        let path: Option<Box<str>> = path.map(Into::into);
+        let flight = tokio::spawn(async move {
+            this.refresh(reason, rejected.as_deref(), path.as_deref())
+                .await
+        });
         match tokio::time::timeout(delay + self.limits.timeout, flight).await {
             Ok(Ok(result)) => result.map(|(token, _)| token),
             Ok(Err(_)) => Err(stopped()),
@@ -530,10 +629,12 @@ impl TokenManager {
     }
 
     /// The single-flight refresh: see the module docs.
+    /// `path` is the API that rejected `rejected` (token errors only).
     async fn refresh(
         &self,
         reason: Reason,
         rejected: Option<&Token>,
+        path: Option<&str>,
     ) -> Result<(Arc<Token>, Source), RefreshError> {
         loop {
             let gate = self.gate.lock().await;
@@ -553,36 +654,55 @@ impl TokenManager {
                     drop(gate);
                     tokio::time::sleep_until(at.into()).await;
                 }
+                Decision::Decline(at) => {
+                    return Err(RefreshError::Declined(at.saturating_duration_since(now)))
+                }
                 Decision::Fetch => {
-                    if reason == Reason::TokenError {
-                        self.lock_state().last_token_error_fetch = Some(now);
-                    }
-                    let outcome = self.obtain(reason, rejected).await;
-                    if reason == Reason::TokenError {
-                        if let Some(rejected) = rejected {
-                            let by_fleet = matches!(outcome, Ok((_, Source::Store)));
-                            self.notice_fight(rejected, now, by_fleet);
+                    {
+                        let mut st = self.lock_state();
+                        if reason == Reason::TokenError {
+                            st.last_token_error_fetch = Some(now);
+                            st.trigger = path.map(Into::into);
+                            let mp = self.app.kind == AppKind::Mp;
+                            st.fight_candidate = rejected
+                                .map(|t| t.expires_at.saturating_duration_since(now))
+                                .filter(|&life_left| admission::is_fight(mp, life_left, false));
+                        }
+                        if reason == Reason::Admin {
+                            st.last_admin_fetch = Some(now);
+                            if facts.retry_at.is_some_and(|at| now < at) {
+                                st.failures.cut_by_operator_now();
+                            }
                         }
                     }
+                    let outcome = self.obtain(reason, rejected).await;
+                    let mut st = self.lock_state();
+                    st.trigger = None;
+                    st.fight_candidate = None;
                     return outcome;
                 }
             }
         }
     }
 
-    /// A token this proxy fetched was rejected well within its life: almost
-    /// always another system fetching tokens for the same appid. Say so.
-    fn notice_fight(&self, rejected: &Token, at: Instant, replaced_by_fleet: bool) {
-        let life_left = rejected.expires_at.saturating_duration_since(at);
-        let mp = self.app.kind == AppKind::Mp;
-        if !admission::is_fight(mp, life_left, replaced_by_fleet) {
-            return;
-        }
-        {
+    /// The API that rejected the token before accepted the token of
+    /// `generation`: if that was fetched to replace a token rejected well
+    /// within its life, that was almost always another system fetching
+    /// tokens for the same appid. Say so. (Counted only now: an API that
+    /// rejects every token, the new one too, is no fight.)
+    fn confirm_fight(&self, generation: u64) {
+        let life_left = {
             let mut st = self.lock_state();
-            st.fights += 1;
-            st.last_fight = Some(SystemTime::now());
-        }
+            match st.pending_fight {
+                Some((g, life_left)) if g == generation => {
+                    st.pending_fight = None;
+                    st.fights += 1;
+                    st.last_fight = Some(SystemTime::now());
+                    life_left
+                }
+                _ => return,
+            }
+        };
         // Counted before it is logged: whoever reads the line finds it counted.
         if let Some(observer) = &self.observer {
             observer.fight(&self.app.name);
@@ -609,9 +729,26 @@ impl TokenManager {
         }
     }
 
-    /// Puts a token (fetched or taken from the store) in the slot, schedules
-    /// its renewal and clears the failure record.
-    fn install(&self, value: String, expires_at: Instant, renew_at: Instant) -> Arc<Token> {
+    /// Counts a request to WeChat's token endpoint against today's quota.
+    fn count_fetch(&self) {
+        let today = china_day(SystemTime::now());
+        let mut st = self.lock_state();
+        if st.fetch_day != today {
+            st.fetch_day = today;
+            st.fetches_today = 0;
+        }
+        st.fetches_today += 1;
+    }
+
+    /// Puts a token (`fetched`, or taken from the store) in the slot,
+    /// schedules its renewal and clears the failure record.
+    fn install(
+        &self,
+        value: String,
+        expires_at: Instant,
+        renew_at: Instant,
+        fetched: bool,
+    ) -> Arc<Token> {
         let mut st = self.lock_state();
         let held = self.slot.load();
         // WeChat may hand back the token we hold (the stable API does until
@@ -623,11 +760,21 @@ impl TokenManager {
                 (st.next_generation - 1, false)
             }
         };
+        let new = held.as_ref().is_none_or(|h| h.generation != generation);
+        // A fight is suspected only against a token another system did not
+        // hand this replica (the fleet's own replacement is no fight).
+        let candidate = st.fight_candidate.take().filter(|_| fetched && new);
+        if let Some(life_left) = candidate {
+            st.pending_fight = Some((generation, life_left));
+        }
         let token = Arc::new(Token {
             value: value.into_boxed_str(),
             expires_at,
             generation,
             rejected: AtomicBool::new(rejected),
+            fetched_for: st.trigger.take(),
+            accepted_by_trigger: AtomicBool::new(false),
+            refusal_told: AtomicBool::new(false),
         });
         self.slot.store(Some(token.clone()));
         st.renew_at = Some(renew_at);
@@ -683,7 +830,7 @@ impl TokenManager {
             tokio::select! {
                 _ = tokio::time::sleep_until(at.into()) => {
                     // Failures are logged and scheduled inside.
-                    let _ = self.refresh(reason, None).await;
+                    let _ = self.refresh(reason, None, None).await;
                 }
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => return,
@@ -707,7 +854,7 @@ impl TokenManager {
     /// The renewal [`TokenManager::renewal_due`] called for; failures are
     /// logged and scheduled inside.
     pub(crate) async fn renew_ahead(&self) {
-        let _ = self.refresh(Reason::Ahead, None).await;
+        let _ = self.refresh(Reason::Ahead, None, None).await;
     }
 
     fn next_background_fetch(&self) -> (Instant, Reason) {
@@ -733,4 +880,13 @@ fn stopped() -> RefreshError {
     RefreshError::Failed(FetchError::Transport(
         "the token fetch stopped unexpectedly".into(),
     ))
+}
+
+/// The day number, counted in China Standard Time (UTC+8): WeChat's daily
+/// quotas start over at its midnight.
+fn china_day(now: SystemTime) -> u64 {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (secs + 8 * 3600) / 86_400
 }
