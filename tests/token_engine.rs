@@ -169,6 +169,64 @@ async fn a_request_waits_no_longer_than_the_token_timeout_while_another_replica_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_request_waiting_for_a_token_on_every_replica_answers_within_the_token_timeout() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let redis = RedisServer::start();
+    let http = Http::new();
+    // min_refresh_interval_ms stays at its default, 5 s: longer than the wait.
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .upstream_line("token_timeout_ms = 2000");
+    let a = replica(&config, &redis, &http).await;
+    let b = replica(&config, &redis, &http).await;
+    fake.revoke(MP_APPID);
+    // The token endpoint hangs: whoever holds the lease holds it until its
+    // fetch times out.
+    fake.set_token_delay(Duration::from_secs(60));
+
+    // A first request on each replica starts a fetch (or waits for the
+    // holder's); a second arrives while the first still waits.
+    let first: Vec<_> = [&a, &b]
+        .iter()
+        .map(|p| {
+            let (http, url) = (http.clone(), format!("{}{USER_INFO}", p.url));
+            tokio::spawn(async move { http.get(&url).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second: Vec<_> = [&a, &b]
+        .iter()
+        .map(|p| {
+            let (http, url) = (http.clone(), format!("{}{USER_INFO}", p.url));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = http.get(&url).await;
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    for (replica, (r, waited)) in ["a", "b"].into_iter().zip(futures(second).await) {
+        assert_unavailable(&r);
+        assert!(
+            waited < Duration::from_millis(3000),
+            "a second request on {replica} waited {waited:?}, beyond its token_timeout_ms of 2 s"
+        );
+    }
+    for r in futures(first).await {
+        assert_unavailable(&r);
+    }
+}
+
+/// The results of `tasks`, in order.
+async fn futures<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.expect("request task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn token_errors_inside_the_flood_window_wait_for_the_next_fetch_and_succeed() {
     let fake = Harness::fake_with(FakeOptions::default()).await;
     let config = ConfigBuilder::new(&fake)

@@ -19,8 +19,9 @@
 //! - Fetches run in a task of their own, never in a request's future: a
 //!   client that disconnects stops waiting, but the fetch it started finishes
 //!   and its token is used by everyone after. A request waits at most
-//!   `token_timeout_ms` (plus the flood guard's delay, below) and then gets a
-//!   503; the fetch goes on.
+//!   `token_timeout_ms`, whoever holds the fleet lease and whatever the flood
+//!   guard (below) makes the fetch wait for, and then gets a 503; the fetch
+//!   goes on.
 //! - `state` (a plain mutex, never held across an await) records failures,
 //!   backoff, schedule and history, so the status page never waits behind a
 //!   fetch.
@@ -601,30 +602,26 @@ impl TokenManager {
     }
 
     /// Runs the refresh in a task of its own and waits for it at most
-    /// `token_timeout` (after the flood guard's delay, if one applies): the
-    /// fetch outlives a caller that disconnects or gives up.
+    /// `token_timeout`, whoever fetches and whatever the flood guard makes
+    /// the task wait for: the fetch outlives a caller that disconnects or
+    /// gives up.
     async fn refresh_detached(
         self: &Arc<Self>,
         reason: Reason,
         rejected: Option<Arc<Token>>,
         path: Option<&str>,
     ) -> Result<Arc<Token>, RefreshError> {
-        let now = Instant::now();
-        let generation = rejected.as_ref().map(|t| t.generation);
-        let delay = match admission::decide(reason, generation, &self.facts(now), now) {
-            Decision::WaitUntil(at) => at.saturating_duration_since(now),
-            _ => Duration::ZERO,
-        };
         let this = self.clone();
         let path: Option<Box<str>> = path.map(Into::into);
         let flight = tokio::spawn(async move {
             this.refresh(reason, rejected.as_deref(), path.as_deref())
                 .await
         });
-        match tokio::time::timeout(delay + self.limits.timeout, flight).await {
+        let wait = self.limits.timeout;
+        match tokio::time::timeout(wait, flight).await {
             Ok(Ok(result)) => result.map(|(token, _)| token),
             Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(RefreshError::StillFetching(self.limits.timeout)),
+            Err(_) => Err(RefreshError::StillFetching(wait)),
         }
     }
 
