@@ -184,7 +184,13 @@ async fn a_ticket_is_renewed_ahead_while_used_never_lengthened_by_a_repeated_exp
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ticket_fetch_meeting_a_token_error_gets_a_new_token_and_retries_once() {
-    let h = Harness::mp("classic").await;
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    // The second token error comes soon after the first: the next fetch is
+    // allowed within the 2 s a request waits.
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .app_line("min_refresh_interval_ms = 500");
+    let h = Harness::start(fake, config).await;
     h.fake.revoke(MP_APPID);
     let r = h.http.get(&h.url(GET_JSAPI)).await;
     ticket_of(&r);
