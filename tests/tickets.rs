@@ -351,3 +351,41 @@ async fn wecom_configs_are_signed_with_the_corp_and_the_agent_ticket() {
     assert_eq!(h.fake.ticket_fetches("corp"), 1);
     assert_eq!(h.fake.ticket_fetches("agent"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_wechat_renews_only_in_its_last_seconds_is_never_handed_out_then() {
+    // WeChat hands back the old ticket until it has 5 s of its 10 left.
+    let fake = Harness::fake_with(FakeOptions {
+        ticket_lifetime: Duration::from_secs(10),
+        ticket_renew_within: Duration::from_secs(5),
+        ..FakeOptions::default()
+    })
+    .await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("stable")
+        .app_line("refresh_before_expiry_s = 8");
+    let h = Harness::start(fake, config).await;
+
+    // A page asks every 200 ms through the first ticket's whole life.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen: Vec<String> = Vec::new();
+    while std::time::Instant::now() < until {
+        let r = h.http.get(&h.url(GET_JSAPI)).await;
+        let ticket = ticket_of(&r);
+        let truth = h.fake.ticket_life_left(&ticket);
+        let said = r.json()["expires_in"].as_u64().unwrap();
+        assert!(
+            truth >= Duration::from_secs(2),
+            "{ticket} handed out with {truth:?} to live"
+        );
+        assert!(
+            said <= truth.as_secs() + 1,
+            "{ticket}: said {said} s, {truth:?} true"
+        );
+        if !seen.contains(&ticket) {
+            seen.push(ticket);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen.len() >= 2, "never renewed: {seen:?}");
+}
