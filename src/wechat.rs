@@ -149,14 +149,33 @@ pub async fn fetch(
     let answer: Answer = serde_json::from_value(exchange(client, request).await?)
         .map_err(|_| FetchError::BadAnswer("not a token answer".into()))?;
     match (answer.access_token, answer.expires_in) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+        (Some(token), Some(secs)) if !token.is_empty() => Ok(Grant {
             token,
-            expires_in: Duration::from_secs(secs),
+            expires_in: lifetime(secs)?,
         }),
         _ => Err(FetchError::BadAnswer(
             "no access_token or expires_in".into(),
         )),
     }
+}
+
+/// The longest `expires_in` taken as WeChat's word: a week. Tokens and
+/// tickets live 7200 s; WeChat says that may change, not by orders of
+/// magnitude. Anything beyond is a broken answer, and an instant that far
+/// ahead would overflow the clock.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A credential's lifetime from the `expires_in` WeChat stated: from 1 s to
+/// [`MAX_LIFETIME`], else a clear error.
+pub fn lifetime(secs: u64) -> Result<Duration, FetchError> {
+    let lifetime = Duration::from_secs(secs);
+    if secs == 0 || lifetime > MAX_LIFETIME {
+        return Err(FetchError::BadAnswer(format!(
+            "expires_in {secs} is out of range (1 to {} s)",
+            MAX_LIFETIME.as_secs()
+        )));
+    }
+    Ok(lifetime)
 }
 
 /// Sends a call WeChat answers with small JSON (a token, a ticket, a quota)

@@ -58,9 +58,9 @@ fn grant_from(answer: &Value, field: &str) -> Result<Grant, FetchError> {
     let token = answer.get(field).and_then(Value::as_str);
     let secs = answer.get("expires_in").and_then(Value::as_u64);
     match (token, secs) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+        (Some(token), Some(secs)) if !token.is_empty() => Ok(Grant {
             token: token.to_owned(),
-            expires_in: Duration::from_secs(secs),
+            expires_in: wechat::lifetime(secs)?,
         }),
         _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
     }

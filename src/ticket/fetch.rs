@@ -77,12 +77,12 @@ async fn fetch_with(
     let ticket = answer.get("ticket").and_then(serde_json::Value::as_str);
     let expires_in = answer.get("expires_in").and_then(serde_json::Value::as_u64);
     match (ticket, expires_in) {
-        (Some(ticket), Some(secs)) if !ticket.is_empty() && secs > 0 => {
+        (Some(ticket), Some(secs)) if !ticket.is_empty() => {
             // A token WeChat accepted is good, whatever the status page said.
             tokens.accepted(token, path);
             Ok(Issued {
                 value: ticket.to_owned(),
-                expires_in: Duration::from_secs(secs),
+                expires_in: wechat::lifetime(secs)?,
             })
         }
         _ => Err(FetchError::BadAnswer("no ticket or expires_in".into())),

@@ -98,6 +98,8 @@ pub enum FetchFailure {
     Hang,
     /// Resets the TCP connection (RST) without answering.
     Reset,
+    /// HTTP 200, `application/json`, this body exactly (an odd answer).
+    Body(String),
 }
 
 /// One API (non-token) request as the fake received it.
