@@ -45,6 +45,7 @@ mod admin;
 mod auth;
 mod body;
 pub mod config;
+mod engine;
 mod error;
 mod guard;
 pub mod inspect;
@@ -187,11 +188,7 @@ pub async fn run(
         let tickets = ticket::Tickets::new(
             tokens.clone(),
             store.clone(),
-            ticket::Limits {
-                timeout: config.upstream.token_timeout,
-                retry_min: config.upstream.token_retry_min,
-                retry_max: config.upstream.token_retry_max,
-            },
+            engine::Limits::of(&config.upstream),
             stop_rx.clone(),
         );
         apps.push(App {

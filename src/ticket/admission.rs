@@ -90,7 +90,7 @@ pub fn renew_at(now: Instant, expires_at: Instant, lead: Duration, repeated: boo
     if repeated {
         return (now + retry_step(lead)).min(expires_at);
     }
-    now + crate::token::backoff::renew_after(left, lead)
+    now + crate::engine::backoff::renew_after(left, lead)
 }
 
 /// How often a ticket WeChat keeps handing back is asked for inside its

@@ -2,17 +2,17 @@
 //! like the access_token so a fleet makes one fetch per ticket lifetime.
 //!
 //! Each app has one [`Holder`] per ticket kind its product offers, with the
-//! token engine's guarantees:
+//! [credential engine](crate::engine)'s guarantees:
 //! - `slot` (an `ArcSwapOption`) holds the ticket; requests read it without
 //!   a lock.
 //! - `gate` (an async mutex) is held while deciding whether to fetch and for
 //!   the whole fetch: N requests that find no ticket cause one fetch.
 //! - The fetch runs in a task of its own; a request waits at most
 //!   `token_timeout_ms` for it, and a client that leaves does not stop it.
-//! - Failures back off by the token engine's rules ([`backoff`]); during a
+//! - Failures back off by the engine's rules ([`backoff`]); during a
 //!   backoff requests get the last error at once.
 //! - The fetch goes through the token store and its fleet lease
-//!   ([`fleet::Shared`]), under the key (appid, `ticket_<kind>`).
+//!   ([`Shared`]), under the key (appid, `ticket_<kind>`).
 //!
 //! What differs ([`admission`]): no fetch at start, only on first demand;
 //! renewal ahead of expiry only while the ticket is asked for; and a ticket's
@@ -31,9 +31,10 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
 use crate::config::AppKind;
+use crate::engine::backoff;
+use crate::engine::fleet::{Obtained, Shared, LEASE, MIN_ADOPT_LIFE};
+use crate::engine::Limits;
 use crate::store::{unix_ms, Key, Saved, Store, StoreError};
-use crate::token::backoff;
-use crate::token::fleet::{Obtained, Shared, LEASE, MIN_ADOPT_LIFE};
 use crate::token::{RefreshError, TokenManager};
 use crate::wechat::FetchError;
 
@@ -233,17 +234,6 @@ pub struct Holder {
     limits: Limits,
     /// Flips at shutdown; the renewal task ends then.
     shutdown: watch::Receiver<bool>,
-}
-
-/// The `[upstream]` values a ticket fetch needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// One fetch, and how long a request waits for a ticket.
-    pub timeout: Duration,
-    /// The first backoff after a failure.
-    pub retry_min: Duration,
-    /// The longest backoff.
-    pub retry_max: Duration,
 }
 
 /// Every ticket of one app.

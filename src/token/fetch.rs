@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::TokenApi;
+use crate::engine::backoff;
 use crate::secret::SecretError;
 use crate::wechat::{self, FetchError, Grant};
 
-use super::{backoff, Reason, RefreshError, Token, TokenManager};
+use super::{Reason, RefreshError, Token, TokenManager};
 
 /// The stable API allows a `force_refresh` at most this often.
 const FORCE_REFRESH_INTERVAL: Duration = Duration::from_secs(30);

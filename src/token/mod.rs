@@ -41,17 +41,17 @@
 //!
 //! The files: [`fetch`] talks to WeChat (the stable API's `force_refresh`
 //! quirk, secret rotation); [`fleet`] shares tokens through the store and,
-//! with Redis, holds a fleet-wide lease so one replica fetches for all;
-//! [`backoff`] says when to try again.
+//! with Redis, a fleet-wide lease so one replica fetches for all (the
+//! protocol is the engine's, [`crate::engine::fleet`]);
+//! [`crate::engine::backoff`] says when to try again.
 //!
 //! The same manager holds a third-party platform's component token and each
 //! authorizer's token ([`crate::platform`]): what differs is only where the
 //! token comes from, a [`Grantor`], and its key in the store.
 
 mod admission;
-pub(crate) mod backoff;
 mod fetch;
-pub(crate) mod fleet;
+mod fleet;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -63,6 +63,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{AppConfig, AppKind, Environment, Secret, UpstreamSettings};
+use crate::engine::{backoff, Limits};
 use crate::store::{Key, Store};
 use crate::upstream::HttpClient;
 use crate::wechat::{FetchError, Grant};
@@ -344,7 +345,7 @@ pub struct TokenManager {
     /// Upstream connection pool shared with the proxy.
     client: HttpClient,
     /// Limits for one fetch and the backoff between failed ones.
-    limits: FetchLimits,
+    limits: Limits,
     /// Told about every fetch.
     observer: Option<Arc<dyn RefreshObserver>>,
     /// Where a rotated secret is re-read from.
@@ -354,17 +355,6 @@ pub struct TokenManager {
     store: Arc<Store>,
     /// Fetches the token when it is not the app's own; `None` for apps.
     grantor: Option<Arc<dyn Grantor>>,
-}
-
-/// The `[upstream]` values the token manager needs.
-#[derive(Debug, Clone, Copy)]
-struct FetchLimits {
-    /// One fetch from WeChat, and how long a request waits for a token.
-    timeout: Duration,
-    /// The first backoff after a failure.
-    retry_min: Duration,
-    /// The longest backoff.
-    retry_max: Duration,
 }
 
 impl TokenManager {
@@ -388,11 +378,7 @@ impl TokenManager {
             }),
             wake: Notify::new(),
             client,
-            limits: FetchLimits {
-                timeout: upstream.token_timeout,
-                retry_min: upstream.token_retry_min,
-                retry_max: upstream.token_retry_max,
-            },
+            limits: Limits::of(upstream),
             observer,
             env,
             store: Arc::new(Store::Memory),
