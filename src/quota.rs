@@ -93,8 +93,7 @@ impl Quota {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        // Plain values: a panic elsewhere cannot leave them half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::engine::lock(&self.state)
     }
 
     /// `/apps` fields: `quota` (WeChat's numbers, or null before the first

@@ -21,12 +21,13 @@ pub struct Grant {
     pub expires_in: Duration,
 }
 
-/// Why a token fetch failed. Messages name what happened and what to do;
-/// none holds the secret or a token.
+/// Why a credential fetch failed. Messages name what happened and what to
+/// do; none holds the secret or a token. Its `Display` speaks of a token;
+/// [`FetchError::describe`] of any credential.
 #[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.describe("token"))]
 pub enum FetchError {
     /// WeChat answered with an errcode.
-    #[error("WeChat refused the token: {errcode} {errmsg}{}", hint(*.errcode))]
     Refused {
         /// WeChat's errcode.
         errcode: i64,
@@ -34,21 +35,16 @@ pub enum FetchError {
         errmsg: String,
     },
     /// An HTTP status other than 200.
-    #[error("the token endpoint answered HTTP {0}")]
     Status(u16),
-    /// 200, but not a token answer.
-    #[error("the token endpoint answered something that is not a token ({0})")]
+    /// 200, but not the credential's answer.
     BadAnswer(String),
     /// Connecting or talking to WeChat failed.
-    #[error("cannot reach the token endpoint: {0}")]
     Transport(String),
     /// The whole fetch took longer than `token_timeout_ms`.
-    #[error("the token fetch timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
     /// Something the fetch needs is not there yet (a platform's
     /// component_verify_ticket, its component_access_token), or the
     /// credential is gone (a revoked authorizer).
-    #[error("{0}")]
     NotReady(String),
 }
 
@@ -69,6 +65,28 @@ fn hint(errcode: i64) -> &'static str {
 }
 
 impl FetchError {
+    /// What happened, in words about the credential `noun` names (`token`,
+    /// `ticket`): one wording for every kind of credential.
+    pub fn describe(&self, noun: &str) -> String {
+        match self {
+            FetchError::Refused { errcode, errmsg } => {
+                format!(
+                    "WeChat refused the {noun}: {errcode} {errmsg}{}",
+                    hint(*errcode)
+                )
+            }
+            FetchError::Status(status) => format!("the {noun} endpoint answered HTTP {status}"),
+            FetchError::BadAnswer(what) => {
+                format!("the {noun} endpoint answered something that is not a {noun} ({what})")
+            }
+            FetchError::Transport(what) => format!("cannot reach the {noun} endpoint: {what}"),
+            FetchError::Timeout(after) => {
+                format!("the {noun} fetch timed out after {} ms", after.as_millis())
+            }
+            FetchError::NotReady(what) => what.clone(),
+        }
+    }
+
     /// The errcode to show clients: WeChat's, or -1 when WeChat gave none.
     pub fn errcode(&self) -> i64 {
         match self {

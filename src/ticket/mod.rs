@@ -33,7 +33,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::AppKind;
 use crate::engine::backoff;
 use crate::engine::fleet::{Obtained, Shared, LEASE, MIN_ADOPT_LIFE};
-use crate::engine::Limits;
+use crate::engine::{self, Limits, Unanswered};
 use crate::store::{unix_ms, Key, Saved, Store, StoreError};
 use crate::token::{RefreshError, TokenManager};
 use crate::wechat::FetchError;
@@ -142,7 +142,7 @@ pub enum TicketError {
     #[error("no access_token to fetch the ticket with: {0}")]
     Token(RefreshError),
     /// The fetch failed (now or recently, and the backoff has not passed).
-    #[error("{}", describe(.0))]
+    #[error("{}", .0.describe("ticket"))]
     Failed(FetchError),
     /// The fetch did not finish while the request could wait; it goes on.
     #[error("no ticket within {} ms; the fetch goes on", .0.as_millis())]
@@ -157,25 +157,6 @@ impl TicketError {
             TicketError::Failed(e) => e.errcode(),
             TicketError::StillFetching(_) => -1,
         }
-    }
-}
-
-/// A failed ticket fetch in words about tickets ([`FetchError`]'s own speak
-/// of tokens).
-fn describe(e: &FetchError) -> String {
-    match e {
-        FetchError::Refused { errcode, errmsg } => {
-            format!("WeChat refused the ticket: {errcode} {errmsg}")
-        }
-        FetchError::Status(status) => format!("the ticket endpoint answered HTTP {status}"),
-        FetchError::BadAnswer(what) => {
-            format!("the ticket endpoint answered something that is not a ticket ({what})")
-        }
-        FetchError::Transport(what) => format!("cannot reach the ticket endpoint: {what}"),
-        FetchError::Timeout(after) => {
-            format!("the ticket fetch timed out after {} ms", after.as_millis())
-        }
-        FetchError::NotReady(what) => what.clone(),
     }
 }
 
@@ -321,8 +302,7 @@ impl Holder {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        // Plain values: a panic elsewhere cannot leave them half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::engine::lock(&self.state)
     }
 
     /// Records the demand and starts the renewal task if it is not running.
@@ -340,13 +320,11 @@ impl Holder {
     /// `token_timeout`: the fetch outlives a caller that gives up.
     async fn refresh_detached(self: &Arc<Self>) -> Result<Arc<Ticket>, TicketError> {
         let this = self.clone();
-        let flight = tokio::spawn(async move { this.refresh(Want::Demand).await });
-        match tokio::time::timeout(self.limits.timeout, flight).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(TicketError::Failed(FetchError::Transport(
-                "the ticket fetch stopped unexpectedly".into(),
-            ))),
-            Err(_) => Err(TicketError::StillFetching(self.limits.timeout)),
+        let work = async move { this.refresh(Want::Demand).await };
+        match engine::detached("ticket", self.limits.timeout, work).await {
+            Ok(result) => result,
+            Err(Unanswered::StillRunning(wait)) => Err(TicketError::StillFetching(wait)),
+            Err(Unanswered::Stopped(e)) => Err(TicketError::Failed(e)),
         }
     }
 

@@ -63,7 +63,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{AppConfig, AppKind, Environment, Secret, UpstreamSettings};
-use crate::engine::{backoff, Limits};
+use crate::engine::{self, backoff, Limits, Unanswered};
 use crate::store::{Key, Store};
 use crate::upstream::HttpClient;
 use crate::wechat::{FetchError, Grant};
@@ -531,7 +531,7 @@ impl TokenManager {
                 last_error: self.lock_state().failures.last().cloned(),
             }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(stopped()),
+            Err(_) => Err(RefreshError::Failed(engine::stopped("token"))),
         }
     }
 
@@ -561,9 +561,7 @@ impl TokenManager {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        // The state holds plain values; a panic elsewhere cannot leave it
-        // half-written in a way that matters, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        engine::lock(&self.state)
     }
 
     /// What the admission rules need, read now.
@@ -599,15 +597,14 @@ impl TokenManager {
     ) -> Result<Arc<Token>, RefreshError> {
         let this = self.clone();
         let path: Option<Box<str>> = path.map(Into::into);
-        let flight = tokio::spawn(async move {
+        let work = async move {
             this.refresh(reason, rejected.as_deref(), path.as_deref())
                 .await
-        });
-        let wait = self.limits.timeout;
-        match tokio::time::timeout(wait, flight).await {
-            Ok(Ok(result)) => result.map(|(token, _)| token),
-            Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(RefreshError::StillFetching(wait)),
+        };
+        match engine::detached("token", self.limits.timeout, work).await {
+            Ok(result) => result.map(|(token, _)| token),
+            Err(Unanswered::StillRunning(wait)) => Err(RefreshError::StillFetching(wait)),
+            Err(Unanswered::Stopped(e)) => Err(RefreshError::Failed(e)),
         }
     }
 
@@ -855,14 +852,6 @@ impl TokenManager {
             .unwrap_or_else(Instant::now);
         (at, reason)
     }
-}
-
-/// A refresh task that ended without an answer (it panicked): never
-/// expected, but a request must still get one.
-fn stopped() -> RefreshError {
-    RefreshError::Failed(FetchError::Transport(
-        "the token fetch stopped unexpectedly".into(),
-    ))
 }
 
 /// The day number, counted in China Standard Time (UTC+8): WeChat's daily
