@@ -15,6 +15,12 @@
 //! - The JS-SDK ticket calls and `/jssdk/config` are answered by [`jssdk`]
 //!   from the tickets [`ticket`] holds like tokens; [`quota`] keeps the
 //!   token API's quota in sight and resets it for the operator.
+//! - Every credential held (app tokens, a platform's component and
+//!   authorizer tokens, tickets) runs on the credential [`engine`]: a fetch
+//!   in a task of its own that a caller waits for at most
+//!   `token_timeout_ms`, backoff after failures, and the store-and-lease
+//!   protocol that makes a fleet fetch once. What differs per kind is how
+//!   it is fetched and when ([`token`]'s and [`ticket`]'s admission rules).
 //! - [`admin`] serves health, readiness, status (JSON, and HTML for a
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
