@@ -9,6 +9,9 @@
 //! - [`fleet`]: the store-and-lease protocol, so a fleet makes one fetch per
 //!   credential per lifetime.
 //! - [`Limits`]: the `[upstream]` bounds on one fetch and on the backoff.
+//! - [`single_flight`]: under one gate per credential, its rules (a pure
+//!   `decide` per kind) say whether to serve the held one, answer the last
+//!   error, wait, or fetch; N callers that want a new one cause one fetch.
 //! - [`detached`]: a fetch runs in a task of its own, so it outlives a
 //!   caller that disconnects or gives up; the caller waits at most
 //!   `token_timeout_ms` for it.
@@ -18,7 +21,7 @@ pub(crate) mod fleet;
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::UpstreamSettings;
 use crate::wechat::FetchError;
@@ -79,4 +82,61 @@ pub(crate) fn stopped(noun: &str) -> FetchError {
 /// is ignored.
 pub(crate) fn lock<S>(state: &Mutex<S>) -> MutexGuard<'_, S> {
     state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a credential's admission rules decide about a wish for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The held credential serves: no fetch.
+    UseHeld,
+    /// The last fetch failed and its backoff has not passed: answer its error.
+    FailWithLastError,
+    /// Too soon (token errors in a flood): wait until then, look again, and
+    /// fetch if nobody did meanwhile. Delays callers instead of failing them.
+    WaitUntil(Instant),
+    /// An operator's refresh is not made; the next may be at this time.
+    /// Sixty posts must never make sixty fetches.
+    Decline(Instant),
+    /// Go ahead and fetch.
+    Fetch,
+}
+
+/// The single flight every credential runs. Under `gate`, `decide` (the
+/// kind's rules, given the time) says what to do: serve what `held` holds,
+/// answer what `last_error` recorded (either gone meanwhile: decide again),
+/// wait with the gate released, refuse with `declined` (how long until the
+/// next may be made), or `fetch` with the gate held for the whole fetch.
+pub(crate) async fn single_flight<T, E>(
+    gate: &tokio::sync::Mutex<()>,
+    decide: impl Fn(Instant) -> Decision,
+    held: impl Fn() -> Option<T>,
+    last_error: impl Fn() -> Option<E>,
+    declined: impl Fn(Duration) -> E,
+    fetch: impl AsyncFnOnce(Instant) -> Result<T, E>,
+) -> Result<T, E> {
+    loop {
+        let gate = gate.lock().await;
+        let now = Instant::now();
+        match decide(now) {
+            Decision::UseHeld => match held() {
+                Some(held) => return Ok(held),
+                // Expired between the look and now: decide again.
+                None => continue,
+            },
+            Decision::FailWithLastError => match last_error() {
+                Some(e) => return Err(e),
+                None => continue,
+            },
+            Decision::WaitUntil(at) => {
+                drop(gate);
+                tokio::time::sleep_until(at.into()).await;
+            }
+            Decision::Decline(at) => return Err(declined(at.saturating_duration_since(now))),
+            Decision::Fetch => {
+                let outcome = fetch(now).await;
+                drop(gate);
+                return outcome;
+            }
+        }
+    }
 }

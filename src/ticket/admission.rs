@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+pub use crate::engine::Decision;
+
 /// Why a ticket is wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -39,17 +41,6 @@ pub struct Facts {
     pub retry_at: Option<Instant>,
     /// When the held ticket is due for renewal.
     pub renew_at: Option<Instant>,
-}
-
-/// What to do about a wanted ticket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The held ticket serves: no fetch.
-    UseHeld,
-    /// The last fetch failed and its backoff has not passed.
-    FailWithLastError,
-    /// Go ahead and fetch.
-    Fetch,
 }
 
 /// The rules, in order.

@@ -38,7 +38,7 @@ use crate::store::{unix_ms, Key, Saved, Store, StoreError};
 use crate::token::{RefreshError, TokenManager};
 use crate::wechat::FetchError;
 
-use self::admission::{Decision, Facts, Want};
+use self::admission::{Facts, Want};
 
 /// The JS-SDK tickets WeChat issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,29 +330,32 @@ impl Holder {
 
     /// The single-flight refresh: see the module docs.
     async fn refresh(&self, want: Want) -> Result<Arc<Ticket>, TicketError> {
-        loop {
-            let _gate = self.gate.lock().await;
-            let now = Instant::now();
-            let facts = {
-                let st = self.lock_state();
-                Facts {
-                    valid: self.current().is_some(),
-                    retry_at: st.failures.retry_at(),
-                    renew_at: st.renew_at,
-                }
-            };
-            match admission::decide(want, &facts, now) {
-                Decision::UseHeld => match self.current() {
-                    Some(ticket) => return Ok(ticket),
-                    None => continue,
-                },
-                Decision::FailWithLastError => match self.lock_state().failures.last().cloned() {
-                    Some(e) => return Err(TicketError::Failed(e)),
-                    None => continue,
-                },
-                Decision::Fetch => return self.obtain(want).await,
-            }
-        }
+        engine::single_flight(
+            &self.gate,
+            |now| {
+                let facts = {
+                    let st = self.lock_state();
+                    Facts {
+                        valid: self.current().is_some(),
+                        retry_at: st.failures.retry_at(),
+                        renew_at: st.renew_at,
+                    }
+                };
+                admission::decide(want, &facts, now)
+            },
+            || self.current(),
+            || {
+                self.lock_state()
+                    .failures
+                    .last()
+                    .cloned()
+                    .map(TicketError::Failed)
+            },
+            // The ticket rules never decline: only an operator's refresh is.
+            TicketError::StillFetching,
+            async |_| self.obtain(want).await,
+        )
+        .await
     }
 
     /// A ticket from the store if it holds a usable one, else fetched and

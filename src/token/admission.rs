@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+pub use crate::engine::Decision;
+
 use super::Reason;
 
 /// A token rejected with at least this much life left was not rejected for
@@ -42,23 +44,6 @@ pub struct Facts {
     /// At most one token-error fetch, and one admin fetch, per this
     /// interval.
     pub min_refresh_interval: Duration,
-}
-
-/// What to do about a refresh request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The held token serves: no fetch.
-    UseHeld,
-    /// The last fetch failed and its backoff has not passed: answer its error.
-    FailWithLastError,
-    /// Token errors came too fast: wait until then, look again, and fetch
-    /// if nobody did meanwhile. Delays callers instead of failing them.
-    WaitUntil(Instant),
-    /// An operator's refresh is not made; the next may be at this time.
-    /// Sixty posts must never make sixty fetches.
-    Decline(Instant),
-    /// Go ahead and fetch.
-    Fetch,
 }
 
 /// The rules, in order. `rejected` is the generation of the token the caller

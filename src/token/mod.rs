@@ -68,7 +68,7 @@ use crate::store::{Key, Store};
 use crate::upstream::HttpClient;
 use crate::wechat::{FetchError, Grant};
 
-use self::admission::{Decision, Facts, Held};
+use self::admission::{Facts, Held};
 
 /// One access_token as the proxy holds it.
 pub struct Token {
@@ -616,51 +616,55 @@ impl TokenManager {
         rejected: Option<&Token>,
         path: Option<&str>,
     ) -> Result<(Arc<Token>, Source), RefreshError> {
-        loop {
-            let gate = self.gate.lock().await;
-            let now = Instant::now();
-            let facts = self.facts(now);
-            match admission::decide(reason, rejected.map(|t| t.generation), &facts, now) {
-                Decision::UseHeld => match self.current() {
-                    Some(token) => return Ok((token, Source::Held)),
-                    // Expired between the look and now: decide again.
-                    None => continue,
-                },
-                Decision::FailWithLastError => match self.lock_state().failures.last().cloned() {
-                    Some(e) => return Err(RefreshError::Failed(e)),
-                    None => continue,
-                },
-                Decision::WaitUntil(at) => {
-                    drop(gate);
-                    tokio::time::sleep_until(at.into()).await;
-                }
-                Decision::Decline(at) => {
-                    return Err(RefreshError::Declined(at.saturating_duration_since(now)))
-                }
-                Decision::Fetch => {
-                    {
-                        let mut st = self.lock_state();
-                        if reason == Reason::TokenError {
-                            st.last_token_error_fetch = Some(now);
-                            st.trigger = path.map(Into::into);
-                            let mp = self.app.kind == AppKind::Mp;
-                            st.fight_candidate = rejected
-                                .map(|t| t.expires_at.saturating_duration_since(now))
-                                .filter(|&life_left| admission::is_fight(mp, life_left, false));
-                        }
-                        if reason == Reason::Admin {
-                            st.last_admin_fetch = Some(now);
-                            if facts.retry_at.is_some_and(|at| now < at) {
-                                st.failures.cut_by_operator_now();
-                            }
-                        }
-                    }
-                    let outcome = self.obtain(reason, rejected).await;
-                    let mut st = self.lock_state();
-                    st.trigger = None;
-                    st.fight_candidate = None;
-                    return outcome;
-                }
+        let generation = rejected.map(|t| t.generation);
+        engine::single_flight(
+            &self.gate,
+            |now| admission::decide(reason, generation, &self.facts(now), now),
+            || self.current().map(|token| (token, Source::Held)),
+            || {
+                self.lock_state()
+                    .failures
+                    .last()
+                    .cloned()
+                    .map(RefreshError::Failed)
+            },
+            RefreshError::Declined,
+            async |now| {
+                self.before_fetch(reason, rejected, path, now);
+                let outcome = self.obtain(reason, rejected).await;
+                let mut st = self.lock_state();
+                st.trigger = None;
+                st.fight_candidate = None;
+                outcome
+            },
+        )
+        .await
+    }
+
+    /// What a fetch about to be made for `reason` leaves in the state (gate
+    /// held): a token error's time, API and fight suspicion; an admin
+    /// fetch's time, and whether it went through a backoff.
+    fn before_fetch(
+        &self,
+        reason: Reason,
+        rejected: Option<&Token>,
+        path: Option<&str>,
+        now: Instant,
+    ) {
+        let mut st = self.lock_state();
+        let in_backoff = st.failures.retry_at().is_some_and(|at| now < at);
+        if reason == Reason::TokenError {
+            st.last_token_error_fetch = Some(now);
+            st.trigger = path.map(Into::into);
+            let mp = self.app.kind == AppKind::Mp;
+            st.fight_candidate = rejected
+                .map(|t| t.expires_at.saturating_duration_since(now))
+                .filter(|&life_left| admission::is_fight(mp, life_left, false));
+        }
+        if reason == Reason::Admin {
+            st.last_admin_fetch = Some(now);
+            if in_backoff {
+                st.failures.cut_by_operator_now();
             }
         }
     }
