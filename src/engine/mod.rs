@@ -57,18 +57,22 @@ pub(crate) enum Unanswered {
     Stopped(FetchError),
 }
 
-/// Runs `work` in a task of its own and waits for it at most `wait`. `noun`
-/// names the credential in the error should the task stop unexpectedly.
-pub(crate) async fn detached<T: Send + 'static>(
-    noun: &str,
+/// Runs `work` in a task of its own, started now, and waits for it at most
+/// `wait`. `noun` names the credential in the error should the task stop
+/// unexpectedly. Not an `async fn`: the caller's future holds the task's
+/// handle, never the work itself, so a request's future stays small.
+pub(crate) fn detached<T: Send + 'static>(
+    noun: &'static str,
     wait: Duration,
     work: impl Future<Output = T> + Send + 'static,
-) -> Result<T, Unanswered> {
+) -> impl Future<Output = Result<T, Unanswered>> {
     let flight = tokio::spawn(work);
-    match tokio::time::timeout(wait, flight).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(_)) => Err(Unanswered::Stopped(stopped(noun))),
-        Err(_) => Err(Unanswered::StillRunning(wait)),
+    async move {
+        match tokio::time::timeout(wait, flight).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(Unanswered::Stopped(stopped(noun))),
+            Err(_) => Err(Unanswered::StillRunning(wait)),
+        }
     }
 }
 
