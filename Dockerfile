@@ -4,13 +4,14 @@
 #   docker build -t registry.example.com/wechat-token-proxy:0.1.0 .
 #   docker push registry.example.com/wechat-token-proxy:0.1.0    # where your cluster pulls from
 #
-# The image carries the repository's config.toml as an example only: its appid is a placeholder,
-# so the proxy refuses to start with it (exit code 2, naming apps.mp.appid). Mount your own config
+# The image carries the repository's config.toml, which reads the appid and the AppSecret from
+# WECHAT_MP_APPID and WECHAT_MP_SECRET: without them the proxy refuses to start (exit code 2,
+# naming apps.mp.appid_env). Mount your own config
 # over /etc/wechat-token-proxy/config.toml (see deploy/kubernetes/configmap.yaml). The example's
 # listeners are on 127.0.0.1: right for a sidecar (the application shares the pod's or container's
 # network namespace), not for `docker run -p`. Validate a config (check also tries both ports):
 #   docker run --rm -v $PWD/config.toml:/etc/wechat-token-proxy/config.toml:ro \
-#     -e WECHAT_MP_SECRET=... registry.example.com/wechat-token-proxy:0.1.0 \
+#     -e WECHAT_MP_APPID=wx... -e WECHAT_MP_SECRET=... registry.example.com/wechat-token-proxy:0.1.0 \
 #     check --config /etc/wechat-token-proxy/config.toml
 # Exit codes: 0 served and stopped cleanly, 1 a port cannot be bound, 2 the config is refused.
 
@@ -30,7 +31,7 @@ COPY --from=build /usr/local/bin/wechat-token-proxy /usr/local/bin/wechat-token-
 COPY config.toml /etc/wechat-token-proxy/config.toml
 # Numeric, so Kubernetes can verify runAsNonRoot.
 USER 65532:65532
-# 8080: the proxy; 9090: admin (/healthz, /readyz, /apps, /metrics).
-EXPOSE 8080 9090
+# 8080: the proxy; 8079: admin (/, /healthz, /servingz, /readyz, /apps, /metrics).
+EXPOSE 8080 8079
 ENTRYPOINT ["/usr/local/bin/wechat-token-proxy"]
 CMD ["--config", "/etc/wechat-token-proxy/config.toml"]

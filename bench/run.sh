@@ -11,6 +11,7 @@
 #   B      wrk -> wechat-token-proxy -> upstream      (access_log = false)
 #   C      wrk -> nginx proxy_pass + fixed token -> upstream (access_log off, keepalive 64)
 #   B-log  as B, access_log = true, stderr to a file
+#   B0     as B, but BASELINE_BIN (an earlier build): before and after a change in one run
 #   C-log  as C, nginx access_log to a file
 # B-log and C-log run only when ONLY names them.
 # The upstream is nginx (one worker, access_log off) answering a fixed ~100-byte WeChat JSON body,
@@ -31,6 +32,7 @@
 #   MEM_CONNS="1000 5000"   the memory run's concurrencies; the last is the burst
 #   COUNT=10000      idle keep-alive connections for the idle probe
 #   PROXY_BIN=path   use this binary instead of running cargo build --release
+#   BASELINE_BIN=path  the binary series B0 runs, e.g. ONLY=B0,B CONNS="8 64" MEMORY=0
 #   KEEP=1           keep the work directory (configs, logs, raw wrk output)
 #   BENCH_RUST_LOG=info  RUST_LOG for the proxy
 # The table goes to stdout, progress to stderr: bench/run.sh > table.md
@@ -47,7 +49,7 @@ MEMORY=${MEMORY:-1}
 MEM_CONNS=${MEM_CONNS:-1000 5000}
 COUNT=${COUNT:-10000}
 THREADS=1
-ALL_SERIES=(A B C B-log C-log)
+ALL_SERIES=(A B0 B C B-log C-log)
 
 [[ $ROUNDS =~ ^[1-9][0-9]?$ ]] || die "ROUNDS must be 1..99, not '$ROUNDS'"
 [[ $DURATION =~ ^([1-9][0-9]*)([smh]?)$ ]] || die "DURATION must look like 10s, 2s or 1m, not '$DURATION'"
@@ -95,6 +97,15 @@ if want B; then
 	start_proxy proxy-b false
 	PORT[B]=$PROXY_PORT
 	PID[B]=$PROXY_PID
+fi
+if want B0; then
+	[[ -x ${BASELINE_BIN:-} ]] || die "series B0 needs BASELINE_BIN, an executable (an earlier build of the proxy)"
+	after=$PROXY_BIN
+	PROXY_BIN=$BASELINE_BIN
+	start_proxy proxy-b0 false
+	PROXY_BIN=$after
+	PORT[B0]=$PROXY_PORT
+	PID[B0]=$PROXY_PID
 fi
 if want B-log; then
 	start_proxy proxy-b-log true
@@ -257,6 +268,7 @@ awk -F'\t' -v series="${SERIES[*]}" -v conns="$CONNS" '
 	END {
 		label["A"] = "A: nginx direct (ceiling)"
 		label["B"] = "B: wechat-token-proxy"
+		label["B0"] = "B0: wechat-token-proxy, BASELINE_BIN"
 		label["C"] = "C: nginx proxy_pass + fixed token"
 		label["B-log"] = "B-log: wechat-token-proxy, access log on"
 		label["C-log"] = "C-log: nginx proxy, access log on"
@@ -280,6 +292,17 @@ awk -F'\t' -v series="${SERIES[*]}" -v conns="$CONNS" '
 		}
 	}' medians="$WORK/medians.tsv" "$RESULTS"
 echo
+
+if want B0 && want B; then
+	echo "### This build (B) against BASELINE_BIN (B0), same run, interleaved"
+	echo
+	echo "| conns | B0 req/s | B req/s | B / B0 | B0 p99 ms | B p99 ms |"
+	echo "|---:|---:|---:|---:|---:|---:|"
+	awk -F'\t' '{ r[$1, $2] = $3; p[$1, $2] = $4; if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+		END { for (i = 1; i <= n; i++) { c = order[i]; if ((("B0", c) in r) && (("B", c) in r))
+			printf "| %s | %.0f | %.0f | %.3f | %.3f | %.3f |\n", c, r["B0", c], r["B", c], r["B", c] / r["B0", c], p["B0", c], p["B", c] } }' "$WORK/medians.tsv"
+	echo
+fi
 
 if ((MEMORY)); then
 	echo "### Memory and upstream connections (a fresh proxy, wrk -t1 -d${DURATION_S}s per level)"

@@ -80,7 +80,8 @@ impl Admin {
         self
     }
 
-    /// Requires `key` on every endpoint but `/healthz` and `/readyz`, which
+    /// Requires `key` on every endpoint but the probes (`/healthz`,
+    /// `/servingz`, `/readyz`), which
     /// probes must reach without one and which show nothing sensitive.
     pub fn with_key(mut self, key: Option<InboundKey>) -> Admin {
         self.key = key;
@@ -90,7 +91,7 @@ impl Admin {
     /// Serves one admin request.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let path = request.uri().path();
-        let probe = matches!(path, "/healthz" | "/readyz");
+        let probe = matches!(path, "/healthz" | "/servingz" | "/readyz");
         if !probe
             && self
                 .key
@@ -110,6 +111,7 @@ impl Admin {
         match (request.method(), path) {
             (&Method::GET, "/") => status_page::response(&self.app_statuses(), SystemTime::now()),
             (&Method::GET, "/healthz") => ok(json!({"status": "ok"})),
+            (&Method::GET, "/servingz") => self.serving(),
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => {
                 let mut response = Response::new(ProxyBody::full(self.metrics.encode(&self.apps)));
@@ -137,7 +139,7 @@ impl Admin {
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 "error",
-                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /healthz, /readyz, /apps, /metrics, POST /apps/NAME/refresh, POST /apps/NAME/clear-quota, /platforms")}),
+                &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}: try /, /healthz, /servingz, /readyz, /apps, /metrics, POST /apps/NAME/refresh, POST /apps/NAME/clear-quota, /platforms")}),
             ),
         }
     }
@@ -172,6 +174,21 @@ impl Admin {
                 &json!({"errcode": -1, "errmsg": format!("no admin endpoint {path}")}),
             )
         })
+    }
+
+    /// Whether the proxy takes calls, whatever WeChat says: the readiness a
+    /// Service should follow, so a WeChat outage or a whitelist problem
+    /// does not take the application's pod out of it (its calls get
+    /// WeChat-shaped 503s meanwhile; token health is `/readyz`'s).
+    fn serving(&self) -> Response<ProxyBody> {
+        if self.draining.load(Ordering::Relaxed) {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error",
+                &json!({"serving": false, "reason": "shutting down"}),
+            );
+        }
+        ok(json!({"serving": true}))
     }
 
     fn readiness(&self) -> Response<ProxyBody> {

@@ -34,6 +34,9 @@
 //! - [`logging`] keeps tokens and secrets out of every log line, whatever
 //!   the dependency that wrote it.
 //!
+//! `demo` ([`demo`]) runs all of this in front of a simulated WeChat in the
+//! same process, for a first try without an account.
+//!
 //! [`config`] turns config.toml into a validated [`config::Config`] before
 //! any of this starts (its defaults all in `config/defaults.rs`), reading
 //! AppSecrets and keys through [`secret`], whose type never prints them;
@@ -51,6 +54,7 @@ mod admin;
 mod auth;
 mod body;
 pub mod config;
+pub mod demo;
 mod engine;
 mod error;
 mod guard;

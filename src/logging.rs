@@ -76,6 +76,37 @@ pub fn one_line(line: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A writer that puts `prefix` before each line (the fmt layer writes one
+/// event per call), so every line says it comes from the demo.
+#[derive(Debug)]
+pub struct Prefixed<W> {
+    /// Where the prefixed lines go.
+    inner: W,
+    /// What starts every line.
+    prefix: &'static str,
+}
+
+impl<W: Write> Prefixed<W> {
+    /// Lines written to `inner`, each starting with `prefix`.
+    pub fn new(inner: W, prefix: &'static str) -> Prefixed<W> {
+        Prefixed { inner, prefix }
+    }
+}
+
+impl<W: Write> Write for Prefixed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut line = Vec::with_capacity(self.prefix.len() + buf.len());
+        line.extend_from_slice(self.prefix.as_bytes());
+        line.extend_from_slice(buf);
+        self.inner.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// `line` with the value of every credential parameter replaced; `None`
 /// when it holds none (the usual case, with no copy). `secret=` also
 /// catches `corpsecret=`, `appsecret=` and `component_appsecret=`.

@@ -1,6 +1,7 @@
 //! The binary: command line, logging, config, then [`wechat_token_proxy::run`].
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wechat_token_proxy::config::{Config, LogFormat, ProcessEnv};
-use wechat_token_proxy::Listeners;
+use wechat_token_proxy::{demo, Listeners};
 
 // jemalloc leaves the untouched pages of each idle connection's 8 KiB read
 // buffer unbacked, where glibc's heap reuses already-resident memory: 136 →
@@ -33,9 +34,18 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 const AFTER_HELP: &str = "\
-Without a subcommand, serves: applications call [proxy] listen (default 127.0.0.1:8080);
-/healthz, /readyz, /apps, /metrics and POST /apps/NAME/refresh are on [proxy] admin_listen
-(default 127.0.0.1:9090). SIGTERM or SIGINT drains and exits 0; SIGHUP re-reads secret files.
+Without a subcommand, serves: applications call [proxy] listen (default 127.0.0.1:8080).
+On [proxy] admin_listen (default 127.0.0.1:8079):
+  GET  /                           the status page (HTML)
+  GET  /healthz                    200 while the process runs
+  GET  /servingz                   200 while the proxy takes calls (503 while draining)
+  GET  /readyz                     200 when every app holds a valid token
+  GET  /apps                       every app's token, tickets and quota (JSON)
+  GET  /metrics                    Prometheus metrics
+  POST /apps/NAME/refresh          fetch a new token now
+  POST /apps/NAME/clear-quota      reset the token API's daily quota (mp apps)
+  /platforms/...                   third-party platforms: ticket, authorizers
+SIGTERM or SIGINT drains and exits 0; SIGHUP re-reads secret files.
 
 Logs go to stderr; RUST_LOG sets the level (default info), e.g. RUST_LOG=debug.
 
@@ -61,10 +71,28 @@ enum Command {
     /// Validate the config (secrets read too), try to bind and release both
     /// listeners, then exit.
     Check,
+    /// Try it without a WeChat account: the proxy in front of a simulated
+    /// WeChat on loopback (one mp app; no config file, no secret, no
+    /// network). Prints what to try; serves until Ctrl-C.
+    Demo {
+        /// Where the proxy listens (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the admin endpoints and status page listen (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8079")]
+        admin_listen: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Demo {
+        listen,
+        admin_listen,
+    }) = cli.command
+    {
+        return demo(listen, admin_listen);
+    }
     let config = match Config::load(&cli.config, &ProcessEnv) {
         Ok(config) => config,
         Err(e) => {
@@ -125,6 +153,44 @@ fn check(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `demo`: the proxy's real `run` in front of the simulated WeChat, every
+/// log line marked as the demo's.
+fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+    init_demo_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(async {
+        let demo = match demo::bind(listen, admin_listen).await {
+            Ok(demo) => demo,
+            Err(e) => {
+                eprintln!("error: {e}");
+                let code = if e.is_refusal() {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_RUNTIME
+                };
+                return ExitCode::from(code);
+            }
+        };
+        println!("{}", demo.instructions());
+        match demo.run(wechat_token_proxy::termination()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}
+
 async fn serve(config: Config) -> ExitCode {
     let listeners = match Listeners::bind(&config).await {
         Ok(listeners) => listeners,
@@ -182,4 +248,19 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// The demo's logging: every line starts by saying its WeChat is simulated.
+fn init_demo_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| {
+            wechat_token_proxy::logging::Prefixed::new(
+                wechat_token_proxy::logging::redacting_stderr(),
+                "[demo: simulated WeChat] ",
+            )
+        })
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

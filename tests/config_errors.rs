@@ -208,3 +208,99 @@ fn a_bad_agentid_is_named() {
     let (err, _) = refused(&format!("{GOOD_APP}agentid = 1000002\n"), ENV);
     assert_says(&err, &["apps.mp.agentid", "wecom"]);
 }
+
+/// An app table whose id comes from a variable.
+fn app_with(id_line: &str, kind: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[apps.mp]\nkind = \"{kind}\"\n{id_line}\nsecret_env = \"{SECRET_VAR}\"\n"
+    )
+}
+
+#[test]
+fn an_appid_from_the_environment_is_read_and_checked() {
+    let config = app_with("appid_env = \"TEST_APPID\"", "mp");
+    let path = write_temp("appid-env.toml", &config);
+    let path = path.to_str().unwrap();
+
+    let (status, out, err) = run_binary(
+        &["check", "--config", path],
+        &[
+            (SECRET_VAR, SECRET),
+            ("TEST_APPID", " wx1234567890abcdef\n"),
+        ],
+    );
+    assert!(
+        status.success(),
+        "an appid from the environment should pass: {err}"
+    );
+    assert!(out.contains("OK (1 app: mp)"), "{out}");
+
+    let (err, _) = refused(&config, ENV);
+    assert_says(&err, &["apps.mp.appid_env", "TEST_APPID", "not set"]);
+
+    let (err, _) = refused(
+        &config,
+        &[(SECRET_VAR, SECRET), ("TEST_APPID", "your-appid")],
+    );
+    assert_says(
+        &err,
+        &[
+            "apps.mp.appid_env",
+            "'your-appid' (from TEST_APPID)",
+            "wx and 16 hex digits",
+        ],
+    );
+}
+
+#[test]
+fn an_id_given_twice_or_of_the_wrong_kind_is_named() {
+    let both = app_with(
+        "appid = \"wx1234567890abcdef\"\nappid_env = \"TEST_APPID\"",
+        "mp",
+    );
+    let (err, _) = refused(&both, ENV);
+    assert_says(&err, &["apps.mp.appid_env", "not both"]);
+
+    let corp = app_with("corpid_env = \"TEST_CORPID\"", "mp");
+    let (err, _) = refused(&corp, ENV);
+    assert_says(&err, &["apps.mp.corpid_env", "kind = \"wecom\""]);
+}
+
+#[test]
+fn a_corpid_and_a_component_appid_from_the_environment_are_read() {
+    let wecom = app_with("corpid_env = \"TEST_CORPID\"", "wecom");
+    let platform = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[platforms.saas]\ncomponent_appid_env = \"TEST_COMPONENT\"\nsecret_env = \"{SECRET_VAR}\"\n"
+    );
+    let env = [
+        (SECRET_VAR, SECRET),
+        ("TEST_CORPID", "ww1234567890abcdef"),
+        ("TEST_COMPONENT", "wx1234567890abcdef"),
+    ];
+    for config in [&wecom, &platform] {
+        let path = write_temp("id-env.toml", config);
+        let (status, _, err) = run_binary(&["check", "--config", path.to_str().unwrap()], &env);
+        assert!(status.success(), "{config}\nshould pass: {err}");
+    }
+    let (err, _) = refused(
+        &platform,
+        &[(SECRET_VAR, SECRET), ("TEST_COMPONENT", "nope")],
+    );
+    assert_says(
+        &err,
+        &[
+            "platforms.saas.component_appid_env",
+            "(from TEST_COMPONENT)",
+        ],
+    );
+}
+
+#[test]
+fn a_secret_with_spaces_is_a_placeholder_and_refused() {
+    let (err, _) = refused(GOOD_APP, &[(SECRET_VAR, "REPLACE WITH THE APPSECRET")]);
+    assert_says(&err, &["apps.mp.secret_env", "placeholder"]);
+    assert!(
+        !err.contains("REPLACE WITH"),
+        "the message shows the secret: {err}"
+    );
+}

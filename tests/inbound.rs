@@ -212,7 +212,7 @@ fn a_listener_reachable_from_other_hosts_without_a_key_refuses_to_start() {
         assert!(err.contains(part), "{part:?} missing in: {err}");
     }
 
-    let (ok, err) = check("admin_listen = \"[::]:9090\"", &[]);
+    let (ok, err) = check("admin_listen = \"[::]:8079\"", &[]);
     assert!(!ok);
     for part in ["proxy.admin_listen", "proxy.admin_key_env"] {
         assert!(err.contains(part), "{part:?} missing in: {err}");
@@ -227,7 +227,7 @@ fn a_key_or_allow_unauthenticated_lets_an_exposed_listener_start() {
     );
     assert!(ok, "{err}");
     let (ok, err) = check(
-        "listen = \"0.0.0.0:8080\"\nadmin_listen = \"0.0.0.0:9090\"\nallow_unauthenticated = true",
+        "listen = \"0.0.0.0:8080\"\nadmin_listen = \"0.0.0.0:8079\"\nallow_unauthenticated = true",
         &[],
     );
     assert!(ok, "{err}");

@@ -45,16 +45,20 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 
-/// The first of `names` on the PATH; panics naming the installer otherwise.
+/// The first of `names` in tests/tools/bin (where `.ci/test` unpacks
+/// promtool) or on the PATH; panics naming the installer otherwise.
 fn tool(names: &[&str], package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::iter::once(repo("tests/tools/bin"))
+        .chain(std::env::split_paths(&path))
+        .collect();
     names
         .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "{} not found on PATH: run .ci/test, which installs Debian's `{package}` package where missing",
+                "{} not found on PATH: run .ci/test, which takes it from Debian's `{package}` package where missing",
                 names.join(" or ")
             )
         })
@@ -506,6 +510,74 @@ async fn headless_chromium_shows_each_apps_token_state() {
     for token in h.fake.issued_tokens() {
         assert!(!dom.contains(&token), "the page shows a token");
     }
+}
+
+/// The demo after the README's quick start (a call, a revocation, the call
+/// again) and a page signature: every part of the status page has
+/// something to show. The README's picture is taken here.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demos_status_page_shows_its_token_fight_quota_and_ticket() {
+    let demo = common::Proxy::spawn(
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        "info",
+    );
+    let http = common::Http::new();
+    let call = format!("{}/cgi-bin/user/info?openid=OPENID", demo.url);
+    assert_eq!(http.get(&call).await.status, 200);
+    let revoked = http
+        .post(
+            &format!("{}/simulated-wechat/revoke-token", demo.url),
+            "application/json",
+            "{}",
+        )
+        .await;
+    revoked.assert_ok();
+    assert_eq!(http.get(&call).await.status, 200, "the revocation healed");
+    let page = "https%3A%2F%2Fshop.example.com%2F";
+    let signed = http
+        .get(&format!("{}/jssdk/config?url={page}", demo.url))
+        .await;
+    assert!(signed.json()["signature"].is_string(), "{}", signed.text());
+    let apps_url = format!("{}/apps", demo.admin_url);
+    wait_until_async(
+        "the demo's quota reading and ticket",
+        Duration::from_secs(10),
+        || {
+            let (http, apps_url) = (http.clone(), apps_url.clone());
+            async move {
+                let apps = http.get(&apps_url).await.json();
+                !apps[0]["quota"].is_null() && apps[0]["tickets"]["jsapi"]["state"] == "valid"
+            }
+        },
+    )
+    .await;
+
+    let url = format!("{}/", demo.admin_url);
+    let dom = chromium(&url, &["--dump-dom"]);
+    assert!(dom.contains("1 of 1 apps hold a valid token"), "{dom}");
+    for field in [
+        r#"data-field="fights">1<"#,
+        r#"data-field="refreshes">2<"#,
+        r#"data-field="quota">"#,
+        r#"data-field="jsapi">"#,
+    ] {
+        assert!(dom.contains(field), "the page should show {field}:\n{dom}");
+    }
+    assert!(
+        dom.contains("wxd000000000000de0"),
+        "the demo's appid: {dom}"
+    );
+    assert!(
+        !dom.contains("SIMULATED_"),
+        "the page shows a token or ticket"
+    );
 
     // The README's picture, from the same browser: kept when asked for.
     let png = write_temp("status-page.png", "");
@@ -513,7 +585,7 @@ async fn headless_chromium_shows_each_apps_token_state() {
         &url,
         &[
             &format!("--screenshot={}", png.display()),
-            "--window-size=1240,500",
+            "--window-size=720,650",
         ],
     );
     let bytes = std::fs::read(&png).unwrap();

@@ -1,8 +1,12 @@
 //! What the README says is true: every fenced snippet in README.md is run
 //! here, in its language, so the README and the code cannot drift apart.
 //!
-//! - The run commands: `check` passes on the shipped config.toml once the
-//!   README's first edits are made, and fails clearly before.
+//! - The demo: the README's command starts it, and the README's commands
+//!   against it (curl) get what the README says, from the real binary over
+//!   loopback.
+//! - The run commands: `check` on the committed config.toml (`git show`:
+//!   the working copy may be edited) passes with the README's variables set
+//!   to an account's, and fails clearly with them as written.
 //! - The client snippets (curl, wechatpy, co-wechat-api: the real SDKs,
 //!   pinned in tests/readme/ and installed by `.ci/test`) run against a proxy
 //!   in front of the fake WeChat, its real address put in for
@@ -26,8 +30,14 @@ use common::setup::{Harness, MP_APPID};
 const BINARY: &str = env!("CARGO_BIN_EXE_wechat-token-proxy");
 /// The address the README's snippets call.
 const README_ADDR: &str = "127.0.0.1:8080";
-/// The appid placeholder of the shipped config.toml, which the README says to replace.
-const PLACEHOLDER: &str = "REPLACE_WITH_YOUR_APPID";
+/// The admin address the README's snippets call (the default admin_listen).
+const README_ADMIN_ADDR: &str = "127.0.0.1:8079";
+/// The variable the shipped config.toml reads the appid from.
+const APPID_VAR: &str = "WECHAT_MP_APPID";
+/// The README section whose snippets run against the demo, not the fake.
+const DEMO_SECTION: &str = "### Try it: the demo";
+/// What the proxy answers SDKs' token requests with.
+const PLACEHOLDER_TOKEN: &str = "WECHAT_TOKEN_PROXY_PLACEHOLDER";
 /// How long one snippet may run.
 const SNIPPET_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -45,18 +55,26 @@ struct Snippet {
     lang: String,
     /// The lines between the fences.
     code: String,
+    /// The heading line the block is under.
+    section: String,
 }
 
 fn snippets() -> Vec<Snippet> {
     let readme = read("README.md");
     let mut out = Vec::new();
     let mut open: Option<Snippet> = None;
+    let mut section = String::new();
     for line in readme.lines() {
-        match (line.strip_prefix("```"), open.take()) {
+        if open.is_none() && line.starts_with('#') {
+            section = line.trim().to_owned();
+        }
+        // Fences may be indented (a block inside a list item).
+        match (line.trim_start().strip_prefix("```"), open.take()) {
             (Some(lang), None) => {
                 open = Some(Snippet {
                     lang: lang.trim().to_owned(),
                     code: String::new(),
+                    section: section.clone(),
                 })
             }
             (Some(_), Some(done)) => out.push(done),
@@ -72,11 +90,12 @@ fn snippets() -> Vec<Snippet> {
     out
 }
 
-/// The client snippets of one language, joined: what an application runs.
+/// The client snippets of one language, joined: what an application runs
+/// (the demo's are run against the demo).
 fn client_snippets(lang: &str) -> Vec<String> {
     let found: Vec<String> = snippets()
         .into_iter()
-        .filter(|s| s.lang == lang && s.code.contains(README_ADDR))
+        .filter(|s| s.lang == lang && s.code.contains(README_ADDR) && s.section != DEMO_SECTION)
         .map(|s| s.code)
         .collect();
     assert!(
@@ -91,15 +110,25 @@ fn is_page_snippet(code: &str) -> bool {
     code.contains("wx.config(")
 }
 
-/// The block with the run commands (the one with `cargo run`).
-fn run_block() -> String {
+/// The one block with `cargo run` and `needle`.
+fn cargo_run_block(needle: &str) -> String {
     let blocks: Vec<String> = snippets()
         .into_iter()
-        .filter(|s| s.code.contains("cargo run"))
+        .filter(|s| s.code.contains("cargo run") && s.code.contains(needle))
         .map(|s| s.code)
         .collect();
-    assert_eq!(blocks.len(), 1, "one block of run commands expected");
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one README block with `cargo run` and {needle:?} expected, found {}",
+        blocks.len()
+    );
     blocks.into_iter().next().unwrap()
+}
+
+/// The block with the real run's commands.
+fn run_block() -> String {
+    cargo_run_block("--config")
 }
 
 #[test]
@@ -111,6 +140,9 @@ fn every_readme_snippet_is_one_this_file_runs() {
                     || snippet.code.contains("cargo run")
                     // The test command, which runs this file.
                     || snippet.code.trim() == ".ci/test"
+                    // Needs a cluster: tests/deploy.rs checks it against
+                    // the Deployment's Secret volume.
+                    || snippet.code.contains("kubectl create secret generic")
             }
             "python" => snippet.code.contains(README_ADDR),
             "js" => snippet.code.contains(README_ADDR) || is_page_snippet(&snippet.code),
@@ -126,10 +158,10 @@ fn every_readme_snippet_is_one_this_file_runs() {
 
 /// The variables the run block exports, and the argument lists of its
 /// `cargo run --release -- …` lines.
-fn run_commands() -> (Vec<(String, String)>, Vec<Vec<String>>) {
+fn run_commands(block: &str) -> (Vec<(String, String)>, Vec<Vec<String>>) {
     let mut env = Vec::new();
     let mut commands = Vec::new();
-    for line in run_block().lines() {
+    for line in block.lines() {
         if let Some(assignment) = line.strip_prefix("export ") {
             let (name, value) = assignment.split_once('=').expect("export NAME=value");
             env.push((name.to_owned(), value.to_owned()));
@@ -161,10 +193,12 @@ fn run(mut command: Command) -> Output {
     child.wait_with_output().expect("collect the output")
 }
 
-/// Runs the README's `check` line in a directory holding `config` as
-/// config.toml, with the README's variables.
-fn readme_check(config: &str) -> Output {
-    let (env, commands) = run_commands();
+/// Runs the README's `check` line in a directory holding the committed
+/// config.toml (its fixed ports made free ones: a shared test machine may
+/// have them taken, and check binds them), with the README's variables,
+/// `appid` put in for the appid variable's value when given.
+fn readme_check(appid: Option<&str>) -> Output {
+    let (mut env, commands) = run_commands(&run_block());
     let check = commands
         .iter()
         .find(|args| args.first().map(String::as_str) == Some("check"))
@@ -178,62 +212,83 @@ fn readme_check(config: &str) -> Output {
         serve[..],
         "check and serve should name the same config"
     );
+    let exported = env.iter_mut().find(|(name, _)| name == APPID_VAR);
+    let exported = exported.unwrap_or_else(|| panic!("the run block does not export {APPID_VAR}"));
+    if let Some(appid) = appid {
+        exported.1 = appid.to_owned();
+    }
 
+    let config = common::committed("config.toml");
+    for addr in [README_ADDR, README_ADMIN_ADDR] {
+        assert!(
+            config.contains(&format!("\"{addr}\"")),
+            "the committed config.toml does not listen on {addr}, the address the README calls"
+        );
+    }
+    let config = config
+        .replace(README_ADDR, "127.0.0.1:0")
+        .replace(README_ADMIN_ADDR, "127.0.0.1:0");
     // A fresh directory, named like the harness's temp files.
     let dir = common::write_temp("readme-run", "");
     std::fs::remove_file(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("config.toml"), config).unwrap();
     let mut command = Command::new(BINARY);
-    command.args(check).current_dir(&dir).envs(env);
+    command
+        .args(check)
+        .current_dir(&dir)
+        .env_remove(APPID_VAR)
+        .envs(env);
     let output = run(command);
     let _ = std::fs::remove_dir_all(&dir);
     output
 }
 
-/// The shipped config.toml with its fixed ports made free ones: a shared
-/// test machine may have 8080 or 9090 taken, and check binds them.
-fn shipped_config() -> String {
-    read("config.toml")
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0")
-}
-
 #[test]
-fn check_passes_on_the_shipped_config_after_the_edits_the_readme_asks_for() {
+fn check_passes_on_the_committed_config_with_the_readmes_variables_set_to_an_account() {
     let readme = read("README.md");
-    let run_at = readme.find("cargo run").unwrap();
+    let run_at = readme.find("cargo run --release -- check").unwrap();
     assert!(
-        readme[..run_at].contains(&format!("replace `{PLACEHOLDER}` with your")),
-        "the README does not say to replace {PLACEHOLDER} before the run command"
+        readme[..run_at].contains(&format!("`{APPID_VAR}`")),
+        "the README does not say, before the run commands, to set {APPID_VAR} to your appid"
     );
-    let config = shipped_config();
-    let placeholder = format!("\"{PLACEHOLDER}\"");
-    assert_eq!(config.matches(&placeholder).count(), 1, "{config}");
 
-    let output = readme_check(&config.replace(&placeholder, &format!("\"{MP_APPID}\"")));
+    let output = readme_check(Some(MP_APPID));
 
     let (out, err) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
-    assert!(output.status.success(), "{err}");
-    assert!(out.contains("OK (1 app: mp)"), "{out}");
+    assert!(
+        output.status.success(),
+        "check should accept the committed config.toml with {APPID_VAR}={MP_APPID} and the README's secret variable, but said: {err}"
+    );
+    assert!(
+        out.contains("OK (1 app: mp)"),
+        "check should report the one app, mp: {out}"
+    );
 }
 
 #[test]
-fn check_refuses_the_shipped_config_unedited_and_says_what_to_change() {
-    let output = readme_check(&shipped_config());
+fn check_refuses_the_readmes_run_commands_as_written_and_says_what_to_set() {
+    let output = readme_check(None);
 
     let err = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "check should refuse the README's placeholder appid (exit 2): {err}"
+    );
     for part in [
         "config.toml",
-        "apps.mp.appid",
-        PLACEHOLDER,
+        "apps.mp.appid_env",
+        APPID_VAR,
         "wx and 16 hex digits",
     ] {
-        assert!(err.contains(part), "{part:?} missing in: {err}");
+        assert!(
+            err.contains(part),
+            "the refusal should name {part:?}: {err}"
+        );
     }
 }
 
@@ -410,4 +465,245 @@ globalThis.wx = {{ config: (c) => console.log(JSON.stringify(c)) }};
         !stdout.contains(&tickets[0]),
         "the page never sees the ticket"
     );
+}
+
+/// The README's demo command's arguments, and its commands to try.
+fn demo_commands() -> (Vec<String>, Vec<String>) {
+    let (env, commands) = run_commands(&cargo_run_block(" demo"));
+    assert!(env.is_empty(), "the demo needs no variable");
+    assert_eq!(commands.len(), 1, "one demo command expected");
+    let tries: Vec<Snippet> = snippets()
+        .into_iter()
+        .filter(|s| s.section == DEMO_SECTION && s.code.contains(README_ADDR))
+        .collect();
+    assert_eq!(
+        tries.len(),
+        1,
+        "one block of commands to try on the demo expected"
+    );
+    let lines = tries[0]
+        .code
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    (commands[0].clone(), lines)
+}
+
+/// An HTTP answer as `curl -i` prints it: the status line and the body.
+fn curl_answer(printed: &str) -> (Option<String>, serde_json::Value) {
+    let (status, body) = match printed.split_once("\r\n\r\n") {
+        Some((head, body)) if printed.starts_with("HTTP/") => {
+            (head.lines().next().map(str::to_owned), body)
+        }
+        _ => (None, printed),
+    };
+    let body = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("not a JSON answer ({e}):\n{printed}"));
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_demo_answers_the_quick_start_commands_as_the_readme_says() {
+    let (mut args, tries) = demo_commands();
+    assert_eq!(
+        args,
+        ["demo"],
+        "the README starts the demo with its defaults"
+    );
+    // The README's ports may be taken on a shared machine: the demo's own
+    // flags move it, and the README's addresses are replaced by the real ones.
+    args.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut demo = common::Proxy::spawn(&args, &[], "info");
+    let (proxy, admin) = (demo.addr.to_string(), demo.admin.to_string());
+    common::wait_until(
+        "the demo to print what to try",
+        Duration::from_secs(5),
+        || demo.stdout().iter().any(|l| l.contains("in a browser")),
+    )
+    .await;
+    let printed = demo.stdout().join("\n");
+
+    let mut answers = Vec::new();
+    for line in &tries {
+        let line = line
+            .replace(README_ADDR, &proxy)
+            .replace(README_ADMIN_ADDR, &admin);
+        assert!(
+            printed.contains(&line),
+            "the demo does not print the README's command {line:?}; it printed:\n{printed}"
+        );
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(&line);
+        let output = tokio::task::spawn_blocking(move || run(command))
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{line} failed");
+        answers.push((line, String::from_utf8_lossy(&output.stdout).into_owned()));
+    }
+
+    let paths: Vec<&str> = answers
+        .iter()
+        .map(|(line, _)| {
+            [
+                "/cgi-bin/user/info",
+                "/cgi-bin/token",
+                "/simulated-wechat/revoke-token",
+                "/apps",
+            ]
+            .into_iter()
+            .find(|p| line.contains(p))
+            .unwrap_or_else(|| panic!("a demo command this test does not know: {line}"))
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/cgi-bin/user/info",
+            "/cgi-bin/token",
+            "/simulated-wechat/revoke-token",
+            "/cgi-bin/user/info",
+            "/apps"
+        ],
+        "the README's demo commands: a call, a token request, a revocation, the call again, the status"
+    );
+    for i in [0, 3] {
+        let (status, user) = curl_answer(&answers[i].1);
+        assert_eq!(
+            status.as_deref().map(|s| s.split_whitespace().nth(1)),
+            Some(Some("200")),
+            "{} should answer 200 ({}):\n{}",
+            answers[i].0,
+            if i == 0 {
+                "the token swapped in"
+            } else {
+                "the revocation healed"
+            },
+            answers[i].1
+        );
+        assert_eq!(user["openid"], "OPENID", "{}", answers[i].1);
+        assert!(user["errcode"].is_null(), "{}", answers[i].1);
+        assert!(
+            user["simulated"]
+                .as_str()
+                .is_some_and(|s| s.contains("simulated WeChat")),
+            "the answer should say its WeChat is simulated: {}",
+            answers[i].1
+        );
+        assert!(
+            answers[i].1.to_lowercase().contains("x-simulated-wechat:"),
+            "the answer should carry the simulated WeChat's header: {}",
+            answers[i].1
+        );
+    }
+    let (_, token) = curl_answer(&answers[1].1);
+    assert_eq!(token["access_token"], PLACEHOLDER_TOKEN, "{}", answers[1].1);
+    let (_, revoked) = curl_answer(&answers[2].1);
+    assert_eq!(revoked["errcode"], 0, "{}", answers[2].1);
+    assert!(revoked["revoked"].is_string(), "{}", answers[2].1);
+    let (_, apps) = curl_answer(&answers[4].1);
+    let mp = &apps[0];
+    assert_eq!(mp["token"]["state"], "valid", "{}", answers[4].1);
+    assert_eq!(
+        mp["refreshes"], 2,
+        "one fetch at start and one after the revocation: {}",
+        answers[4].1
+    );
+    assert_eq!(
+        mp["fights"], 1,
+        "a token revoked with most of its life left is a fight: {}",
+        answers[4].1
+    );
+
+    demo.wait_for_log("errcode=40001").await;
+    demo.signal("INT");
+    let status = demo.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "Ctrl-C stops the demo cleanly"
+    );
+    let logs = demo.logs();
+    let unmarked: Vec<&String> = logs
+        .iter()
+        .filter(|l| !l.contains("simulated WeChat"))
+        .collect();
+    assert!(
+        unmarked.is_empty(),
+        "every log line of the demo should say its WeChat is simulated: {unmarked:#?}"
+    );
+    let all = format!("{}\n{}", logs.join("\n"), demo.stdout().join("\n"));
+    for answer in &answers {
+        assert!(
+            !answer.1.contains("SIMULATED_"),
+            "an answer shows a token: {}",
+            answer.1
+        );
+    }
+    assert!(
+        !all.contains("SIMULATED_"),
+        "the demo's output shows a token"
+    );
+}
+
+#[test]
+fn the_demo_refuses_addresses_other_hosts_reach() {
+    for (flag, addr) in [("--listen", "0.0.0.0:0"), ("--admin-listen", "[::]:0")] {
+        let (status, _, err) = common::run_binary(&["demo", flag, addr], &[]);
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "demo {flag} {addr} should be refused (exit 2): {err}"
+        );
+        assert!(
+            err.contains(flag) && err.contains("loopback"),
+            "the refusal should name {flag} and say loopback: {err}"
+        );
+    }
+}
+
+/// The endpoints of the README's admin table, as `METHOD /path`.
+fn readme_admin_endpoints() -> Vec<String> {
+    let readme = read("README.md");
+    let table = &readme[readme
+        .find("## Admin endpoints")
+        .expect("an Admin endpoints section")..];
+    let endpoints: Vec<String> = table
+        .lines()
+        .take_while(|l| !l.starts_with("Metrics:"))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(endpoints.len() >= 8, "the admin table lists {endpoints:?}");
+    endpoints
+}
+
+#[test]
+fn help_and_the_config_comments_list_every_admin_endpoint_the_readme_does() {
+    let (status, help, _) = common::run_binary(&["--help"], &[]);
+    assert!(status.success());
+    let help: String = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let config = common::committed("config.toml");
+    let admin_comment: String = config
+        .lines()
+        .skip_while(|l| !l.starts_with("admin_listen"))
+        .take_while(|l| l.starts_with("admin_listen") || l.trim_start().starts_with('#'))
+        .collect();
+    for endpoint in readme_admin_endpoints() {
+        assert!(
+            help.contains(&endpoint),
+            "--help does not list {endpoint}, which the README's admin table has"
+        );
+        let path = endpoint.split_whitespace().last().unwrap();
+        let shown = match path.rsplit('/').next().unwrap() {
+            "" => "/,",
+            last => last,
+        };
+        assert!(
+            admin_comment.contains(shown),
+            "config.toml's admin_listen comment does not mention {endpoint}"
+        );
+    }
 }

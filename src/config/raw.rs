@@ -104,8 +104,12 @@ pub(super) struct RawApp {
     pub kind: AppKind,
     /// mp appid (or WeCom corpid, tolerated).
     pub appid: Option<String>,
+    /// Variable holding the appid.
+    pub appid_env: Option<String>,
     /// WeCom corpid.
     pub corpid: Option<String>,
+    /// Variable holding the WeCom corpid.
+    pub corpid_env: Option<String>,
     /// Accepted only to refuse it with a helpful message.
     pub secret: Option<toml::Value>,
     /// Variable holding the AppSecret.
@@ -136,6 +140,8 @@ pub(super) struct RawApp {
 pub(super) struct RawPlatform {
     /// The platform's component_appid.
     pub component_appid: Option<String>,
+    /// Variable holding the component_appid.
+    pub component_appid_env: Option<String>,
     /// Accepted only to refuse it with a helpful message.
     pub secret: Option<toml::Value>,
     /// Variable holding the component_appsecret.

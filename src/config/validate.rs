@@ -368,28 +368,7 @@ impl Validator<'_> {
             ));
         }
 
-        let appid = match (raw.kind, raw.appid, raw.corpid) {
-            (AppKind::Mp, Some(id), None) => id,
-            (AppKind::Mp, _, Some(_)) => {
-                return Err(self.err(
-                    key("corpid"),
-                    "corpid is for kind = \"wecom\"; an mp app has an appid",
-                ))
-            }
-            (AppKind::Mp, None, None) => {
-                return Err(self.err(key("appid"), "missing: the app's appid (wx…) is required"))
-            }
-            (AppKind::Wecom, None, Some(id)) | (AppKind::Wecom, Some(id), None) => id,
-            (AppKind::Wecom, Some(_), Some(_)) => {
-                return Err(self.err(key("appid"), "give corpid or appid, not both"))
-            }
-            (AppKind::Wecom, None, None) => {
-                return Err(self.err(key("corpid"), "missing: the WeCom corpid (ww…) is required"))
-            }
-        };
-        if let Some(problem) = appid_problem(raw.kind, &appid) {
-            return Err(self.err(key("appid"), format!("'{appid}' {problem}")));
-        }
+        let appid = self.appid(&name, &raw)?;
 
         if raw.secret.is_some() {
             return Err(self.err(
@@ -415,7 +394,16 @@ impl Validator<'_> {
         };
         let secret = secret_source
             .read(self.env)
-            .map_err(|problem| self.err(secret_key, problem.to_string()))?;
+            .map_err(|problem| self.err(&secret_key, problem.to_string()))?;
+        // WeChat's secrets are letters and digits: spaces mean a placeholder
+        // was left in (a Secret applied from an example), which WeChat would
+        // refuse at every fetch.
+        if secret.expose().contains(char::is_whitespace) {
+            return Err(self.err(
+                secret_key,
+                "the secret holds spaces, so it is a placeholder, not an AppSecret: put the real one in",
+            ));
+        }
 
         let token_api = match (raw.kind, raw.token_api) {
             (AppKind::Mp, api) => api.unwrap_or(TokenApi::Stable),
@@ -497,6 +485,74 @@ impl Validator<'_> {
     }
 }
 
+/// An app's id: written in the file or read from the environment.
+impl Validator<'_> {
+    /// The appid (mp) or corpid (WeCom) from whichever one of `appid`,
+    /// `appid_env`, `corpid`, `corpid_env` is set, checked for its shape.
+    /// Errors name the key that holds it, and the variable it came from.
+    fn appid(&self, name: &str, raw: &RawApp) -> Result<String, ConfigError> {
+        let key = |field: &str| format!("apps.{name}.{field}");
+        let given = [
+            ("appid", raw.appid.as_ref(), false),
+            ("appid_env", raw.appid_env.as_ref(), true),
+            ("corpid", raw.corpid.as_ref(), false),
+            ("corpid_env", raw.corpid_env.as_ref(), true),
+        ];
+        let set: Vec<(&str, &String, bool)> = given
+            .iter()
+            .filter_map(|&(field, value, from_env)| value.map(|v| (field, v, from_env)))
+            .collect();
+        let corpid = set.iter().find(|(field, ..)| field.starts_with("corpid"));
+        let (field, value, from_env) = match (raw.kind, set.as_slice()) {
+            (AppKind::Mp, _) if corpid.is_some() => {
+                return Err(self.err(
+                    key(corpid.map_or("corpid", |c| c.0)),
+                    "corpid is for kind = \"wecom\"; an mp app has an appid (or appid_env)",
+                ))
+            }
+            (_, [(first, ..), (second, ..), ..]) => {
+                return Err(self.err(
+                    key(second),
+                    format!("give one of {first} and {second}, not both"),
+                ))
+            }
+            (AppKind::Mp, []) => {
+                return Err(self.err(
+                    key("appid"),
+                    "missing: the app's appid (wx…) is required, or appid_env = \"VARIABLE\" to read it from the environment",
+                ))
+            }
+            (AppKind::Wecom, []) => {
+                return Err(self.err(
+                    key("corpid"),
+                    "missing: the WeCom corpid (ww…) is required, or corpid_env = \"VARIABLE\" to read it from the environment",
+                ))
+            }
+            (_, [one]) => *one,
+        };
+        let (id, shown) = if from_env {
+            let id = self
+                .env
+                .var(value)
+                .map(|v| v.trim().to_owned())
+                .ok_or_else(|| {
+                    self.err(
+                        key(field),
+                        format!("environment variable {value} is not set: export {value}=<the app's id>"),
+                    )
+                })?;
+            let shown = format!("'{id}' (from {value})");
+            (id, shown)
+        } else {
+            (value.to_owned(), format!("'{value}'"))
+        };
+        if let Some(problem) = appid_problem(raw.kind, &id) {
+            return Err(self.err(key(field), format!("{shown} {problem}")));
+        }
+        Ok(id)
+    }
+}
+
 /// Third-party platforms: validated by the app rules (name, appid, secret,
 /// base URL, timings, path rules, egress), plus the push keys.
 impl Validator<'_> {
@@ -514,16 +570,18 @@ impl Validator<'_> {
                 "an app has this name too; both route by the first path segment: rename one",
             ));
         }
-        let Some(component_appid) = raw.component_appid else {
+        if raw.component_appid.is_none() && raw.component_appid_env.is_none() {
             return Err(self.err(
                 key("component_appid"),
-                "missing: the platform's component_appid (wx…) is required",
+                "missing: the platform's component_appid (wx…) is required, or component_appid_env = \"VARIABLE\" to read it from the environment",
             ));
-        };
+        }
         let as_app = RawApp {
             kind: AppKind::Mp,
-            appid: Some(component_appid),
+            appid: raw.component_appid,
+            appid_env: raw.component_appid_env,
             corpid: None,
+            corpid_env: None,
             secret: raw.secret,
             secret_env: raw.secret_env,
             secret_file: raw.secret_file,
@@ -782,7 +840,7 @@ mod tests {
         assert!(overlap(addr("0.0.0.0:8080"), addr("127.0.0.1:8080")));
         assert!(overlap(addr("127.0.0.1:8080"), addr("[::]:8080")));
         assert!(!overlap(addr("127.0.0.1:8080"), addr("127.0.0.2:8080")));
-        assert!(!overlap(addr("127.0.0.1:8080"), addr("127.0.0.1:9090")));
+        assert!(!overlap(addr("127.0.0.1:8080"), addr("127.0.0.1:8079")));
         assert!(!overlap(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
     }
 }

@@ -96,3 +96,20 @@ pub async fn concurrently(http: &Http, url: &str, n: usize) -> Vec<Resp> {
     }
     answers
 }
+
+/// A file of the repository as committed (`git show HEAD:PATH`), not as the
+/// working copy holds it: the README's steps may edit config.toml, and the
+/// tests must still check what ships.
+pub fn committed(path: &str) -> String {
+    let out = std::process::Command::new("git")
+        .args(["show", &format!("HEAD:{path}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git show HEAD:{path} failed (the tests read the committed file): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|_| panic!("{path} is not UTF-8"))
+}

@@ -33,6 +33,7 @@ pub struct Proxy {
     /// `http://127.0.0.1:PORT` of the admin listener.
     pub admin_url: String,
     /// The config file the proxy was started with; tests rewrite it before a `HUP`.
+    /// Empty for a run without one (`demo`).
     pub config_path: PathBuf,
     /// The process.
     child: Child,
@@ -55,10 +56,20 @@ impl Proxy {
     /// addresses. Panics with the captured log if that takes over 10 s or the process exits.
     pub fn start_with_log(config_toml: &str, env: &[(&str, &str)], rust_log: &str) -> Proxy {
         let config_path = write_temp("proxy.toml", config_toml);
+        let config = config_path.to_str().expect("a UTF-8 temp path").to_owned();
+        let mut proxy = Proxy::spawn(&["--config", &config], env, rust_log);
+        proxy.config_path = config_path;
+        proxy
+    }
+
+    /// Runs `wechat-token-proxy ARGS` (a subcommand such as `demo`, or
+    /// `--config FILE`) with `env` added, and waits until the log names both
+    /// listeners' addresses, as [`Proxy::start_with_log`].
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], rust_log: &str) -> Proxy {
+        let config_path = PathBuf::new();
         let mut command = Command::new(BINARY);
         command
-            .arg("--config")
-            .arg(&config_path)
+            .args(args)
             .env("RUST_LOG", rust_log)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -220,7 +231,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config_path);
+        if !self.config_path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.config_path);
+        }
     }
 }
 
