@@ -12,6 +12,8 @@
 //! - [`single_flight`]: under one gate per credential, its rules (a pure
 //!   `decide` per kind) say whether to serve the held one, answer the last
 //!   error, wait, or fetch; N callers that want a new one cause one fetch.
+//! - [`renew`]: the background task that renews ahead of expiry and
+//!   retries after a failure, on the schedule the credential's state names.
 //! - [`detached`]: a fetch runs in a task of its own, so it outlives a
 //!   caller that disconnects or gives up; the caller waits at most
 //!   `token_timeout_ms` for it.
@@ -21,7 +23,9 @@ pub(crate) mod fleet;
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
+
 use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
 
 use crate::config::UpstreamSettings;
 use crate::wechat::FetchError;
@@ -141,6 +145,50 @@ pub(crate) async fn single_flight<T, E>(
                 drop(gate);
                 return outcome;
             }
+        }
+    }
+}
+
+/// What a credential's renewal task does next.
+pub(crate) enum Next<R> {
+    /// Nothing to renew (the credential is not in use): the task ends.
+    Stop,
+    /// Nothing scheduled yet (the first fetch is under way): wait to be woken.
+    Idle,
+    /// Renew at this time, for this reason.
+    At(Instant, R),
+}
+
+/// Renews ahead of expiry and retries after failures: asks `next` for the
+/// schedule, sleeps until then and runs `renew`; looks again whenever `wake`
+/// is notified (a fetch changed the schedule); ends on `Next::Stop` or when
+/// `shutdown` flips. Failures are `renew`'s to log and schedule.
+pub(crate) async fn renew<R, F: Future<Output = ()>>(
+    wake: &Notify,
+    mut shutdown: watch::Receiver<bool>,
+    next: impl Fn() -> Next<R>,
+    renew: impl Fn(R) -> F,
+) {
+    loop {
+        let (at, reason) = match next() {
+            Next::Stop => return,
+            Next::Idle => (None, None),
+            Next::At(at, reason) => (Some(at), Some(reason)),
+        };
+        let sleep = async {
+            match at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                if let Some(reason) = reason {
+                    renew(reason).await;
+                }
+            }
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

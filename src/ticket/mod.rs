@@ -515,31 +515,27 @@ impl Holder {
     /// in use; ends when it is not (the next demand starts it again) or at
     /// shutdown.
     async fn renew(self: Arc<Self>) {
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            let at = {
+        engine::renew(
+            &self.wake,
+            self.shutdown.clone(),
+            || {
                 let mut st = self.lock_state();
                 if !st.asked {
                     st.renewing = false;
-                    return;
+                    return engine::Next::Stop;
                 }
-                st.failures.retry_at().or(st.renew_at)
-            };
-            let sleep = async {
-                match at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                match st.failures.retry_at().or(st.renew_at) {
+                    Some(at) => engine::Next::At(at, Want::Ahead),
                     // Nothing scheduled yet: the first fetch is under way.
-                    None => std::future::pending().await,
+                    None => engine::Next::Idle,
                 }
-            };
-            tokio::select! {
-                _ = sleep => {
-                    // Failures are logged and scheduled inside.
-                    let _ = self.refresh(Want::Ahead).await;
-                }
-                _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+            },
+            // Failures are logged and scheduled inside.
+            |want| {
+                let this = &self;
+                async move { drop(this.refresh(want).await) }
+            },
+        )
+        .await
     }
 }

@@ -808,18 +808,21 @@ impl TokenManager {
 
     /// Fetches at start, renews ahead of expiry, retries after failures;
     /// returns when `shutdown` flips.
-    pub async fn run_refresher(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let (at, reason) = self.next_background_fetch();
-            tokio::select! {
-                _ = tokio::time::sleep_until(at.into()) => {
-                    // Failures are logged and scheduled inside.
-                    let _ = self.refresh(reason, None, None).await;
-                }
-                _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    pub async fn run_refresher(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        engine::renew(
+            &self.wake,
+            shutdown,
+            || {
+                let (at, reason) = self.next_background_fetch();
+                engine::Next::At(at, reason)
+            },
+            // Failures are logged and scheduled inside.
+            |reason| {
+                let this = &self;
+                async move { drop(this.refresh(reason, None, None).await) }
+            },
+        )
+        .await
     }
 
     /// For a scheduler that renews many tokens without a task each: whether
