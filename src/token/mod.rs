@@ -342,6 +342,10 @@ pub struct TokenManager {
     state: Mutex<State>,
     /// Tells the refresher its schedule changed.
     wake: Notify,
+    /// The generation of every token a fetch brought, once it is in the slot
+    /// and saved: callers waiting for a new token take it then, without
+    /// queueing for the gate behind every other caller.
+    installed: watch::Sender<u64>,
     /// Upstream connection pool shared with the proxy.
     client: HttpClient,
     /// Limits for one fetch and the backoff between failed ones.
@@ -377,6 +381,7 @@ impl TokenManager {
                 ..State::default()
             }),
             wake: Notify::new(),
+            installed: watch::Sender::new(0),
             client,
             limits: Limits::of(upstream),
             observer,
@@ -595,16 +600,37 @@ impl TokenManager {
         rejected: Option<Arc<Token>>,
         path: Option<&str>,
     ) -> Result<Arc<Token>, RefreshError> {
+        let replaced = rejected.as_ref().map(|t| t.generation);
+        let mut installed = self.installed.subscribe();
         let this = self.clone();
         let path: Option<Box<str>> = path.map(Into::into);
         let work = async move {
             this.refresh(reason, rejected.as_deref(), path.as_deref())
                 .await
         };
-        match engine::detached("token", self.limits.timeout, work).await {
-            Ok(result) => result.map(|(token, _)| token),
-            Err(Unanswered::StillRunning(wait)) => Err(RefreshError::StillFetching(wait)),
-            Err(Unanswered::Stopped(e)) => Err(RefreshError::Failed(e)),
+        let answer = engine::detached("token", self.limits.timeout, work);
+        // Whoever's fetch brings a new token (this caller's, another's, the
+        // refresher's), the caller takes it then rather than queue for the
+        // gate behind every other caller.
+        let arrived = async {
+            loop {
+                if installed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if let Some(token) = self.current() {
+                    if Some(token.generation) != replaced && !token.is_rejected() {
+                        return token;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            answer = answer => match answer {
+                Ok(result) => result.map(|(token, _)| token),
+                Err(Unanswered::StillRunning(wait)) => Err(RefreshError::StillFetching(wait)),
+                Err(Unanswered::Stopped(e)) => Err(RefreshError::Failed(e)),
+            },
+            token = arrived => Ok(token),
         }
     }
 
@@ -632,9 +658,15 @@ impl TokenManager {
             async |now| {
                 self.before_fetch(reason, rejected, path, now);
                 let outcome = self.obtain(reason, rejected).await;
-                let mut st = self.lock_state();
-                st.trigger = None;
-                st.fight_candidate = None;
+                {
+                    let mut st = self.lock_state();
+                    st.trigger = None;
+                    st.fight_candidate = None;
+                }
+                // Told once the token is also saved for the fleet.
+                if let Ok((token, _)) = &outcome {
+                    self.installed.send_replace(token.generation);
+                }
                 outcome
             },
         )
