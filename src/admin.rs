@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -40,15 +40,20 @@ pub struct Admin {
     quotas: Vec<Option<Arc<Quota>>>,
     /// The third-party platforms, in config order.
     platforms: Vec<Arc<Platform>>,
+    /// A request body must arrive whole within this, as on the application
+    /// listener: a stalled one must not hold its connection for good.
+    body_timeout: Duration,
 }
 
 impl Admin {
     /// An admin service over `apps`; `draining` is flipped by the shutdown
-    /// path.
+    /// path; request bodies not in within `body_timeout` (the listeners'
+    /// `idle_timeout_ms`) get a 408.
     pub fn new(
         apps: Vec<Arc<TokenManager>>,
         draining: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
+        body_timeout: Duration,
     ) -> Admin {
         Admin {
             apps,
@@ -58,6 +63,7 @@ impl Admin {
             tickets: Vec::new(),
             quotas: Vec::new(),
             platforms: Vec::new(),
+            body_timeout,
         }
     }
 
@@ -147,7 +153,15 @@ impl Admin {
     /// The platform endpoints, which read a body (a push, a refresh token).
     async fn platform(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
-        let body = match buffer_up_to(body, MAX_ADMIN_BODY).await {
+        let Ok(buffered) =
+            tokio::time::timeout(self.body_timeout, buffer_up_to(body, MAX_ADMIN_BODY)).await
+        else {
+            return LocalError::ClientTimeout {
+                ms: self.body_timeout.as_millis(),
+            }
+            .into_response();
+        };
+        let body = match buffered {
             Ok(Buffered::Complete(bytes)) => bytes,
             Ok(Buffered::Partial(_)) => {
                 return json_response(
@@ -381,6 +395,8 @@ fn app_status(tokens: &TokenManager) -> Value {
         "appid": app.appid,
         "token_api": app.token_api.as_str(),
         "base_url": app.base_url.to_string(),
+        "fallback_base_urls": app.fallback_base_urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "upstream": tokens.client().upstream().unwrap_or(&app.base_url).to_string(),
         "token": {
             "state": status.state(),
             "expires_in_s": status.expires_in.map(|d| d.as_secs()),

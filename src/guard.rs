@@ -6,9 +6,10 @@
 //!   would bypass the token entirely; the proxy is a base URL, not a
 //!   forward proxy.
 //! - An absolute-form target (`GET http://host/path`) naming a host other
-//!   than the app's WeChat host: the token must not go to, or be used for,
+//!   than the app's WeChat hosts: the token must not go to, or be used for,
 //!   another service. Old HTTP clients behind `HTTPS_PROXY` send the app's
-//!   own host this way, and that is served.
+//!   own host this way, and that is served wherever `base_url` points (an
+//!   egress relay, a stand-in) and whichever fallback host serves now.
 //! - Anything carrying an AppSecret: a token request of the other app kind,
 //!   the third-party platform's component token, or a `secret`-like query
 //!   parameter on any path. The proxy holds the secret; callers never need
@@ -32,21 +33,21 @@ pub fn method(parts: &Parts) -> Result<(), LocalError> {
     Ok(())
 }
 
-/// Refuses an absolute-form target whose host is not `app`'s WeChat host.
+/// Refuses an absolute-form target whose host is none of `app`'s WeChat
+/// hosts (its kind's own, `base_url`'s, a fallback's).
 /// Port and scheme may differ: such clients say `http://` and mean the
 /// HTTPS base URL.
 pub fn target(app: &AppConfig, parts: &Parts) -> Result<(), LocalError> {
     let Some(host) = parts.uri.host() else {
         return Ok(());
     };
-    let own = app.base_url.authority.host();
-    if host.eq_ignore_ascii_case(own) {
+    if app.is_own_host(host) {
         return Ok(());
     }
     Err(LocalError::OtherHost {
         app: app.name.clone(),
         host: host.to_owned(),
-        own: own.to_owned(),
+        own: app.kind.wechat_host().to_owned(),
     })
 }
 

@@ -6,7 +6,9 @@
 //! - [`proxy`] picks the app by the first path segment, answers SDKs' own
 //!   token requests with a placeholder, reads the app's current token from
 //!   its [`token`] slot (lock-free), rewrites the query ([`query`]) and
-//!   forwards through the pooled [`upstream`] client.
+//!   forwards through the pooled [`upstream`] client, which moves calls
+//!   and token fetches alike to a fallback host ([`failover`]) while the
+//!   app's WeChat host cannot be reached.
 //! - The answer's `errcode` is read by [`inspect`] when the body is small
 //!   JSON; a token error makes [`token`] fetch a new token once
 //!   (single-flight, through [`wechat`]) and the request is retried once with
@@ -57,6 +59,7 @@ pub mod config;
 pub mod demo;
 mod engine;
 mod error;
+mod failover;
 mod guard;
 pub mod inspect;
 mod jssdk;
@@ -171,11 +174,7 @@ pub async fn run(
     let mut quotas = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
         // A pool per app: the connection cap is per app.
-        let client = upstream::client(
-            &config.upstream,
-            app.egress.as_ref(),
-            config.upstream.max_connections_per_app,
-        )?;
+        let client = upstream::client(&config.upstream, app, metrics.failovers(&app.name))?;
         let app = Arc::new(app.clone());
         // The quota watch hears of fetches first (for 45009), then tells the
         // metrics; it needs the token manager, which needs the observer.
@@ -216,8 +215,8 @@ pub async fn run(
         // name (all of a platform's authorizers share it).
         let client = upstream::client(
             &config.upstream,
-            platform.app.egress.as_ref(),
-            config.upstream.max_connections_per_app,
+            &platform.app,
+            metrics.failovers(&platform.app.name),
         )?;
         let platform = Arc::new(platform::Platform::new(
             platform,
@@ -243,10 +242,16 @@ pub async fn run(
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(
-        Admin::new(managers.clone(), draining.clone(), metrics.clone())
-            .with_key(config.proxy.admin_key.clone())
-            .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas)
-            .with_platforms(platforms.clone()),
+        Admin::new(
+            managers.clone(),
+            draining.clone(),
+            metrics.clone(),
+            // The same bound as the application listener's request bodies.
+            config.proxy.limits.idle_timeout,
+        )
+        .with_key(config.proxy.admin_key.clone())
+        .with_js_sdk(apps.iter().map(|a| a.tickets.clone()).collect(), quotas)
+        .with_platforms(platforms.clone()),
     );
     let proxy = Arc::new(Proxy::new(&config, apps, metrics));
     let grace = config.proxy.shutdown_grace;
@@ -318,6 +323,7 @@ fn log_config(config: &Config) {
             appid = %app.appid,
             token_api = app.token_api.as_str(),
             base_url = %app.base_url,
+            fallback_base_urls = %app.fallback_base_urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             max_upstream_connections = config.upstream.max_connections_per_app,
             "app"
         );

@@ -76,6 +76,9 @@ pub struct Metrics {
     /// `wechat_proxy_token_quota_remaining{app}`: WeChat's `remain`, mp
     /// apps only, from the last quota reading.
     quota_remaining: Family<AppLabel, Gauge>,
+    /// `wechat_proxy_upstream_failovers_total{app}`: switches of the WeChat
+    /// host an app's calls go to.
+    failovers: Family<AppLabel, Counter>,
 }
 
 /// One app's hot-path handles (clones share the counters in [`Metrics`]).
@@ -113,6 +116,7 @@ impl Metrics {
         let expires_in = Family::default();
         let upstream = Family::new_with_constructor(upstream_histogram as fn() -> Histogram);
         let quota_remaining = Family::default();
+        let failovers = Family::default();
         registry.register(
             "wechat_proxy_requests",
             "Requests answered, by app and HTTP status",
@@ -158,8 +162,14 @@ impl Metrics {
             "Token API calls left today as WeChat reports them (openapi/quota/get; mp apps only)",
             quota_remaining.clone(),
         );
+        registry.register(
+            "wechat_proxy_upstream_failovers",
+            "Switches of the WeChat host an app's calls go to: to a fallback when the one in use fails, back when the primary answers again",
+            failovers.clone(),
+        );
         Arc::new(Metrics {
             quota_remaining,
+            failovers,
             registry,
             requests,
             errcodes,
@@ -190,6 +200,14 @@ impl Metrics {
             upstream: self.upstream.get_or_create_owned(&label),
             metrics: self.clone(),
         }
+    }
+
+    /// The counter of `app`'s WeChat host switches, exported from the start
+    /// (as 0) so an alert on its increase sees the first one.
+    pub fn failovers(&self, app: &str) -> Counter {
+        self.failovers.get_or_create_owned(&AppLabel {
+            app: app.to_owned(),
+        })
     }
 
     /// Counts a request that named no known app.

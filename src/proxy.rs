@@ -577,8 +577,8 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     cause::<std::io::Error>(error).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
-/// Whether the connection ended before any answer came: closed, reset or
-/// broken while the request went out. Not a connect error (nothing was
+/// Whether the connection ended before any answer came: closed, reset,
+/// broken or given up by hyper (canceled) while the request went out. Not a connect error (nothing was
 /// sent) and not a failure of the proxy's own request body.
 fn closed_unanswered(error: &ClientError) -> bool {
     if error.is_connect()
@@ -587,7 +587,7 @@ fn closed_unanswered(error: &ClientError) -> bool {
     {
         return false;
     }
-    if cause::<hyper::Error>(error).is_some_and(hyper::Error::is_incomplete_message) {
+    if cause::<hyper::Error>(error).is_some_and(|e| e.is_incomplete_message() || e.is_canceled()) {
         return true;
     }
     cause::<std::io::Error>(error).is_some_and(|io| {

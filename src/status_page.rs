@@ -105,13 +105,14 @@ pub fn render(apps: &[Value], now: SystemTime) -> String {
 const HEAD_FIELDS: [&str; 4] = ["name", "kind", "appid", "token"];
 
 /// The fields listed first, in this order; the rest follow by name.
-const FIRST_FIELDS: [&str; 6] = [
+const FIRST_FIELDS: [&str; 7] = [
     "last_refresh_unix",
     "last_error",
     "refreshes",
     "consecutive_failures",
     "token_api",
     "base_url",
+    "upstream",
 ];
 
 fn render_app(html: &mut String, app: &Value, now_s: u64) {

@@ -12,10 +12,16 @@
 //! back, or a permit freed by one that closed. Idle connections close after
 //! an idle timeout, on a timer, not only when the next request comes.
 //!
-//! A pooled connection can be closed by the server just as a request goes
-//! out on it (its keep-alive timeout fired). The request never reached the
-//! application, so the proxy sends it again on a connection of its own;
-//! [`Error::reused`] tells it the connection had served a request before.
+//! A pooled connection can be found dead just as a request goes out on it
+//! (the server's keep-alive timeout fired: closed, reset, or hyper gave up
+//! on it before writing). A request hyper hands back unwritten goes again at
+//! once on a fresh connection, whatever its method or body; one that was
+//! written on a connection that then closed unanswered is the proxy's to
+//! send again ([`Error::reused`] tells it the connection had served a
+//! request before).
+//!
+//! With fallback hosts, [`failover::Hosts`] picks the host of each request
+//! and a request whose connection could not be made tries the next one.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -33,6 +39,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
@@ -40,13 +47,16 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::body::ProxyBody;
-use crate::config::{EgressProxy, UpstreamSettings};
+use crate::config::{AppConfig, BaseUrl, UpstreamSettings};
+use crate::failover::{self, Hosts};
 
 /// The client every upstream request of one app goes through.
 #[derive(Clone)]
 pub struct HttpClient {
     /// The connections, idle and open, and who waits for one.
     pool: Arc<Pool>,
+    /// The app's WeChat hosts, when it has fallbacks.
+    hosts: Option<Arc<Hosts>>,
 }
 
 /// Why an upstream request failed.
@@ -87,7 +97,7 @@ impl HttpClient {
     /// Sends `request` on a pooled connection, or a new one while fewer than
     /// the cap are open; else waits for one. The URI must be absolute.
     pub async fn request(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, Error> {
-        self.pool.send(request, false).await
+        self.send(request, false).await
     }
 
     /// Sends `request` on a new connection that is closed afterwards (still
@@ -96,7 +106,135 @@ impl HttpClient {
         &self,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, Error> {
-        self.pool.send(request, true).await
+        self.send(request, true).await
+    }
+
+    /// The base URL calls go to now: `base_url`, or the fallback serving
+    /// while it cannot be reached.
+    pub fn upstream(&self) -> Option<&BaseUrl> {
+        self.hosts.as_deref().map(Hosts::active)
+    }
+
+    async fn send(
+        &self,
+        mut request: Request<ProxyBody>,
+        fresh: bool,
+    ) -> Result<Response<Incoming>, Error> {
+        let Some(hosts) = self
+            .hosts
+            .as_ref()
+            .filter(|h| h.aims_at_primary(request.uri()))
+        else {
+            return self.pool.send(request, fresh).await.into_result();
+        };
+        let mut order = hosts.order();
+        let first = order.next().expect("at least the primary");
+        // The request was built on the primary.
+        let mut aimed = 0;
+        let mut at = first;
+        loop {
+            hosts.aim(&mut request, aimed, at);
+            aimed = at;
+            // A streamed upload keeps the host quiet while it goes out: its
+            // wait says nothing about the host.
+            let watched = matches!(request.body(), ProxyBody::Full(_));
+            let flight = watched.then(|| hosts.sent(at));
+            let unsent = match self.pool.send(request, fresh).await {
+                Attempt::Answered(response) => {
+                    match flight {
+                        Some(flight) => flight.answered(),
+                        None => hosts.spoke(at),
+                    }
+                    if at != first {
+                        hosts.switch(first, at, "it cannot be connected to");
+                    }
+                    self.probe_if_needed(hosts);
+                    return Ok(response);
+                }
+                Attempt::Failed(e) => return Err(e),
+                Attempt::NotSent(e, back) => {
+                    if let Some(flight) = flight {
+                        flight.not_sent();
+                    }
+                    (e, back)
+                }
+            };
+            let (error, back) = unsent;
+            match order.next() {
+                Some(next) => {
+                    tracing::debug!(
+                        from = %hosts.active(),
+                        error = %crate::error::with_causes(&error),
+                        "no connection to a WeChat host; trying the next"
+                    );
+                    request = back;
+                    at = next;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+
+    /// Starts probing the primary once a fallback serves.
+    fn probe_if_needed(&self, hosts: &Arc<Hosts>) {
+        if hosts.start_probing() {
+            tokio::spawn(probe(Arc::downgrade(&self.pool), hosts.clone()));
+        }
+    }
+}
+
+/// Tries the primary every [`failover::PROBE_EVERY`] while a fallback
+/// serves, with a request that carries nothing of the app's, on a connection
+/// of its own; any HTTP answer within the bound brings traffic back.
+async fn probe(pool: Weak<Pool>, hosts: Arc<Hosts>) {
+    loop {
+        tokio::time::sleep(failover::PROBE_EVERY).await;
+        if !hosts.keep_probing() {
+            return;
+        }
+        let Some(pool) = pool.upgrade() else { return };
+        let primary = hosts.primary();
+        let request = crate::wechat::request()
+            .uri(format!("{primary}/"))
+            .body(ProxyBody::empty());
+        let Ok(request) = request else { return };
+        // Twice the bound: one for the connection, one for the answer.
+        let answer =
+            tokio::time::timeout(hosts.probe_timeout() * 2, pool.send(request, true)).await;
+        match answer {
+            Ok(Attempt::Answered(_)) => {
+                hosts.healed();
+                if !hosts.keep_probing() {
+                    return;
+                }
+            }
+            Ok(Attempt::NotSent(e, _) | Attempt::Failed(e)) => {
+                tracing::debug!(primary = %primary, error = %crate::error::with_causes(&e), "the primary WeChat host still fails");
+            }
+            Err(_) => {
+                tracing::debug!(primary = %primary, "the primary WeChat host still does not answer")
+            }
+        }
+    }
+}
+
+/// What became of one request on the pool.
+enum Attempt {
+    /// A response head came.
+    Answered(Response<Incoming>),
+    /// It was never written (no connection, or one that died first): the
+    /// request as given, free to go elsewhere.
+    NotSent(Error, Request<ProxyBody>),
+    /// It failed after (maybe) being written.
+    Failed(Error),
+}
+
+impl Attempt {
+    fn into_result(self) -> Result<Response<Incoming>, Error> {
+        match self {
+            Attempt::Answered(response) => Ok(response),
+            Attempt::NotSent(e, _) | Attempt::Failed(e) => Err(e),
+        }
     }
 }
 
@@ -117,6 +255,9 @@ struct Pool {
     open: Arc<Semaphore>,
     /// Idle connections older than this are closed.
     idle_timeout: Duration,
+    /// A connection not ready within this (TCP, tunnel, TLS, handshake)
+    /// fails.
+    connect_timeout: Duration,
     /// Idle connections and waiting requests.
     state: Mutex<State>,
     /// Whether the task that closes idle connections runs.
@@ -155,21 +296,32 @@ struct Idle {
 }
 
 impl Pool {
-    async fn send(
-        self: &Arc<Self>,
-        mut request: Request<ProxyBody>,
-        fresh: bool,
-    ) -> Result<Response<Incoming>, Error> {
+    /// Sends `request`; hands it back unwritten when no connection could be
+    /// made or the one used died before writing it. A pooled connection
+    /// that died so is replaced, once, by a fresh one.
+    async fn send(self: &Arc<Self>, request: Request<ProxyBody>, fresh: bool) -> Attempt {
+        match self.send_once(request, fresh).await {
+            Attempt::NotSent(e, request) if e.reused() => {
+                tracing::debug!(error = %crate::error::with_causes(&e), "a pooled connection died before the request was written; sending it on a new one");
+                Box::pin(self.send_once(request, true)).await
+            }
+            attempt => attempt,
+        }
+    }
+
+    async fn send_once(self: &Arc<Self>, mut request: Request<ProxyBody>, fresh: bool) -> Attempt {
         let uri = request.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(Error::NoHost);
+            return Attempt::Failed(Error::NoHost);
         };
         let key = Key {
             scheme: scheme.clone(),
             authority: authority.clone(),
         };
         if !request.headers().contains_key(header::HOST) {
-            let host = HeaderValue::from_str(key.authority.as_str()).map_err(|_| Error::NoHost)?;
+            let Ok(host) = HeaderValue::from_str(key.authority.as_str()) else {
+                return Attempt::Failed(Error::NoHost);
+            };
             request.headers_mut().insert(header::HOST, host);
         }
         // HTTP/1.1 to an origin server: the request line holds the path only.
@@ -182,9 +334,11 @@ impl Pool {
         // The common case, an idle connection, needs no await; the others
         // are boxed so that every request's future (and so every busy
         // client connection) does not carry the size of a connect.
-        let (mut sender, reused) = match self.reserve(&key, fresh) {
-            Reserved::Idle(sender) => (sender, true),
-            Reserved::Permit(permit) => (Box::pin(self.connect(dst, permit)).await?, false),
+        let connected = match self.reserve(&key, fresh) {
+            Reserved::Idle(sender) => Ok((sender, true)),
+            Reserved::Permit(permit) => Box::pin(self.connect(dst.clone(), permit))
+                .await
+                .map(|s| (s, false)),
             Reserved::Fresh => {
                 let connect = async {
                     let permit = self
@@ -193,25 +347,46 @@ impl Pool {
                         .acquire_owned()
                         .await
                         .expect("never closed");
-                    self.connect(dst, permit).await
+                    self.connect(dst.clone(), permit).await
                 };
-                (Box::pin(connect).await?, false)
+                Box::pin(connect).await.map(|s| (s, false))
             }
-            Reserved::Wait(waiting) => Box::pin(self.wait(&key, dst, waiting)).await?,
+            Reserved::Wait(waiting) => Box::pin(self.wait(&key, dst.clone(), waiting)).await,
         };
-        let answer = sender.send_request(request).await;
-        if answer.is_ok() && !fresh {
-            // Back to the pool once the answer's body has been read; a
-            // connection the server closes (or whose body is abandoned)
-            // never comes back.
-            let pool = self.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.put(key, sender);
+        let (mut sender, reused) = match connected {
+            Ok(connected) => connected,
+            Err(e) => {
+                *request.uri_mut() = dst;
+                return Attempt::NotSent(e, request);
+            }
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                if !fresh {
+                    // Back to the pool once the answer's body has been read;
+                    // a connection the server closes (or whose body is
+                    // abandoned) never comes back.
+                    let pool = self.clone();
+                    tokio::spawn(async move {
+                        if sender.ready().await.is_ok() {
+                            pool.put(key, sender);
+                        }
+                    });
                 }
-            });
+                Attempt::Answered(response)
+            }
+            Err(mut e) => match e.take_message() {
+                Some(mut request) => {
+                    *request.uri_mut() = dst;
+                    let source = e.into_error();
+                    Attempt::NotSent(Error::Send { source, reused }, request)
+                }
+                None => Attempt::Failed(Error::Send {
+                    source: e.into_error(),
+                    reused,
+                }),
+            },
         }
-        answer.map_err(|source| Error::Send { source, reused })
     }
 
     /// An idle connection to `key`, else a permit to open one while under
@@ -269,20 +444,29 @@ impl Pool {
     }
 
     /// Opens a connection under `permit`, which it holds until it closes.
+    /// The whole of it (TCP, the egress tunnel, TLS) must be done within
+    /// `connect_timeout`: a host that accepts TCP and then stalls is as
+    /// unreachable as one that does not answer at all.
     async fn connect(
         self: &Arc<Self>,
         dst: Uri,
         permit: OwnedSemaphorePermit,
     ) -> Result<SendRequest<ProxyBody>, Error> {
         tracing::debug!(host = ?dst.authority().map(Authority::as_str), "opening an upstream connection");
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
+        let limit = self.connect_timeout;
+        let connecting = async {
+            let mut connector = self.connector.clone();
+            std::future::poll_fn(|cx| connector.poll_ready(cx))
+                .await
+                .map_err(Error::Connect)?;
+            let io = connector.call(dst).await.map_err(Error::Connect)?;
+            http1::handshake(io)
+                .await
+                .map_err(|e| Error::Connect(e.into()))
+        };
+        let (mut sender, connection) = tokio::time::timeout(limit, connecting)
             .await
-            .map_err(Error::Connect)?;
-        let io = connector.call(dst).await.map_err(Error::Connect)?;
-        let (mut sender, connection) = http1::handshake(io)
-            .await
-            .map_err(|e| Error::Connect(e.into()))?;
+            .map_err(|_| Error::Connect(Box::new(ConnectTimeout(limit).into_io())))??;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %crate::error::with_causes(&e), "upstream connection ended with an error");
@@ -388,6 +572,18 @@ pub enum Egress {
     },
 }
 
+/// No connection within `connect_timeout_ms`, counting the TLS handshake.
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out after {0:?}")]
+pub struct ConnectTimeout(Duration);
+
+impl ConnectTimeout {
+    /// As an I/O timeout, so callers that look for one find it.
+    fn into_io(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, self)
+    }
+}
+
 /// A failure to open a tunnel, naming the egress proxy.
 #[derive(Debug, thiserror::Error)]
 #[error("through egress proxy {proxy}: {source}")]
@@ -443,13 +639,17 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds a client: WebPKI roots plus `ca_file`, HTTP/1.1, keep-alive, at
-/// most `cap` connections open at once, through `egress` when given.
+/// Builds `app`'s client: WebPKI roots plus `ca_file`, HTTP/1.1,
+/// keep-alive, at most `max_connections_per_app` connections open at once,
+/// through the app's egress proxy when it has one, failing over to its
+/// fallback hosts (each switch counted in `failovers`).
 pub fn client(
     settings: &UpstreamSettings,
-    egress: Option<&EgressProxy>,
-    cap: usize,
+    app: &AppConfig,
+    failovers: Counter,
 ) -> Result<HttpClient, UpstreamError> {
+    let egress = app.egress.as_ref();
+    let cap = settings.max_connections_per_app;
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &settings.ca_file {
@@ -507,8 +707,16 @@ pub fn client(
             connector: https,
             open: Arc::new(Semaphore::new(cap)),
             idle_timeout: settings.idle_timeout,
+            connect_timeout: settings.connect_timeout,
             state: Mutex::new(State::default()),
             reaping: AtomicBool::new(false),
         }),
+        hosts: Hosts::new(
+            &app.name,
+            &app.base_url,
+            &app.fallback_base_urls,
+            settings.connect_timeout,
+            failovers,
+        ),
     })
 }

@@ -177,6 +177,23 @@ fn a_bad_egress_proxy_is_named_without_its_password() {
 }
 
 #[test]
+fn a_bad_fallback_base_url_is_named() {
+    let (err, _) = refused(
+        &format!("{GOOD_APP}fallback_base_urls = [\"https://api2.weixin.qq.com\", \"api3\"]\n"),
+        ENV,
+    );
+    assert_says(&err, &["apps.mp.fallback_base_urls", "'api3'", "http(s)"]);
+    let (err, _) = refused(
+        &format!("{GOOD_APP}fallback_base_urls = [\"https://api.weixin.qq.com\"]\n"),
+        ENV,
+    );
+    assert_says(
+        &err,
+        &["apps.mp.fallback_base_urls", "api.weixin.qq.com", "twice"],
+    );
+}
+
+#[test]
 fn a_base_url_with_credentials_is_named_without_its_password() {
     for url in [
         "https://user:hunter2@api.weixin.qq.com",

@@ -90,6 +90,46 @@ async fn absolute_form_targets_naming_the_apps_host_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_targets_naming_wechats_own_hosts_are_served_behind_a_relay() {
+    // base_url points elsewhere (here the fake, `localhost`), as behind an egress relay;
+    // a client behind HTTPS_PROXY still names WeChat's own host, or a fallback's.
+    let fake = Harness::fake_with(Default::default()).await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("stable")
+        .app_line(r#"fallback_base_urls = ["https://sh.api.weixin.qq.com"]"#);
+    let h = Harness::start(fake, config).await;
+
+    for host in [
+        "api.weixin.qq.com",
+        "API.weixin.qq.com",
+        "sh.api.weixin.qq.com",
+    ] {
+        let r = raw(
+            &h,
+            &format!(
+                "GET http://{host}/cgi-bin/user/info?openid=o1 HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+    }
+    let seen = h.fake.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|r| r.path == "/cgi-bin/user/info" && r.token_ok));
+
+    // WeCom's host is not an mp app's.
+    let r = raw(
+        &h,
+        "GET http://qyapi.weixin.qq.com/cgi-bin/user/get HTTP/1.1\r\nHost: qyapi.weixin.qq.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 421, "{r:?}");
+    assert_eq!(h.fake.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_app_secret_is_never_forwarded() {
     let fake = Harness::fake_with(Default::default()).await;
     fake.add_app(AppKind::WeCom, CORP_ID, SECRET);

@@ -130,3 +130,62 @@ async fn a_pooled_connection_closed_unanswered_is_retried_on_a_fresh_one() {
     // Each request reached the application once.
     assert_eq!(h.fake.requests().len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_requests_racing_the_upstreams_idle_close_all_succeed() {
+    // The proxy keeps pooled connections longer than the upstream does, so each
+    // request spaced about the upstream's idle timeout after the last may find
+    // its connection closing under it.
+    const IDLE_MS: u64 = 10;
+    const CLIENTS: usize = 8;
+    const EACH: usize = 400;
+    let h = with_lines(&["idle_timeout_ms = 60000"], &[]).await;
+    h.fake.set_idle_close(Some(Duration::from_millis(IDLE_MS)));
+
+    let started = std::time::Instant::now();
+    let mut loops = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let http = h.http.clone();
+        let get = h.url("/cgi-bin/user/info");
+        let post = h.url("/cgi-bin/message/custom/send");
+        loops.spawn(async move {
+            let mut failed = Vec::new();
+            for i in 0..EACH {
+                // Spaced across the close: a little before, at and after it.
+                let gap = IDLE_MS * 1000 - 1000 + fastrand::u64(0..2000);
+                tokio::time::sleep(Duration::from_micros(gap)).await;
+                let r = if (client + i) % 2 == 0 {
+                    http.post(&post, "application/json", r#"{"touser":"o1"}"#)
+                        .await
+                } else {
+                    http.get(&get).await
+                };
+                if r.status != 200 {
+                    failed.push(format!("{} {:?}", r.status, r.body));
+                }
+            }
+            failed
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(done) = loops.join_next().await {
+        failed.extend(done.unwrap());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        CLIENTS * EACH,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        h.fake.connections() > CLIENTS * 10,
+        "the upstream closed idle connections ({} opened)",
+        h.fake.connections()
+    );
+}

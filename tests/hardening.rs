@@ -216,3 +216,48 @@ async fn an_upstream_that_accepts_no_connection_is_a_504_after_the_connect_timeo
     relay.set(Mode::Forward).await;
     still_serves(&h).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_admin_bodies_are_timed_out_and_never_keep_healthz_from_answering() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("stable")
+        .proxy_line("idle_timeout_ms = 1000");
+    let h = Harness::start(fake, config).await;
+
+    // Bodies announced and never sent, on the endpoints that read one.
+    let mut stalled = Vec::new();
+    for i in 0..60 {
+        let mut conn = RawConn::connect(h.proxy.admin).await;
+        let path = if i % 2 == 0 {
+            "/platforms/saas/ticket"
+        } else {
+            "/platforms/saas/authorizers"
+        };
+        conn.send(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{").as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(conn);
+    }
+
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        Http::new().get(&h.admin("/healthz")),
+    )
+    .await
+    .expect("/healthz answers while admin bodies stall");
+    assert_eq!(r.status, 200);
+    println!("/healthz answered in {:?}", started.elapsed());
+
+    // Each stalled body is cut off as on the application listener: 408, then closed.
+    for (i, conn) in stalled.iter_mut().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(10), conn.read_response())
+            .await
+            .unwrap_or_else(|_| panic!("stalled body {i} was never timed out"));
+        assert_eq!(r.status, 408, "{r:?}");
+        assert_eq!(r.json()["errcode"], -1, "{r:?}");
+    }
+}

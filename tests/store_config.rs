@@ -118,3 +118,33 @@ fn a_bad_redis_url_is_shown_without_its_password() {
         ],
     );
 }
+
+#[test]
+fn sentinel_urls_are_checked_and_their_passwords_never_shown() {
+    let (ok, text) = check(
+        &format!(
+            "kind = \"redis\"\nurl = \"redis-sentinel://:{PASSWORD}@10.0.0.5:26379,10.0.0.6/0#mymaster\"\nsentinel_password_env = \"TEST_SENTINEL_PASSWORD\""
+        ),
+        &[("TEST_SENTINEL_PASSWORD", PASSWORD)],
+    );
+    assert!(ok, "refused: {text}");
+    refused(
+        &format!("kind = \"redis\"\nurl = \"redis-sentinel://:{PASSWORD}@10.0.0.5:26379/0\""),
+        &[],
+        &[
+            "store.url",
+            "redis-sentinel://:***@10.0.0.5:26379/0",
+            "#MASTER",
+        ],
+    );
+    refused(
+        "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nsentinel_password_env = \"X\"",
+        &[],
+        &["store.sentinel_password_env", "redis-sentinel://"],
+    );
+    refused(
+        "kind = \"redis\"\nurl = \"redis-sentinel://10.0.0.5#m\"\nsentinel_password_env = \"TEST_UNSET_VARIABLE\"",
+        &[],
+        &["store.sentinel_password_env", "TEST_UNSET_VARIABLE"],
+    );
+}

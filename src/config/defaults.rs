@@ -56,6 +56,11 @@ pub const TOKEN_RETRY_MAX_MS: u64 = 300_000;
 
 /// `[apps.NAME] base_url` for `kind = "mp"`.
 pub const MP_BASE_URL: &str = "https://api.weixin.qq.com";
+/// `[apps.NAME] fallback_base_urls` for `kind = "mp"` (and platforms) that
+/// leave `base_url` at its default: WeChat's remote disaster-recovery entry.
+/// A `base_url` set elsewhere (an egress relay, a stand-in) gets none, since
+/// going round it to WeChat would skip whatever it is there for.
+pub const MP_FALLBACK_BASE_URLS: &[&str] = &["https://api2.weixin.qq.com"];
 /// `[apps.NAME] base_url` for `kind = "wecom"`.
 pub const WECOM_BASE_URL: &str = "https://qyapi.weixin.qq.com";
 /// `[apps.NAME] refresh_before_expiry_s`: tokens live 7200 s; five minutes
@@ -183,6 +188,18 @@ mod tests {
                 TOKEN_RETRY_MAX_MS.to_string(),
             ),
             ("apps.mp", "base_url", quoted(MP_BASE_URL)),
+            (
+                "apps.mp",
+                "fallback_base_urls",
+                format!(
+                    "[{}]",
+                    MP_FALLBACK_BASE_URLS
+                        .iter()
+                        .map(|u| quoted(u))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
             (
                 "apps.mp",
                 "refresh_before_expiry_s",

@@ -25,7 +25,7 @@ use crate::policy::PathPolicy;
 // Secrets have their own module; these paths stay for the code that
 // imported them from here.
 pub use crate::secret::{Environment, ProcessEnv, Secret, SecretSource};
-pub use url::{BaseUrl, EgressProxy, RedisUrl};
+pub use url::{BaseUrl, EgressProxy, RedisTarget, RedisUrl};
 
 /// Why a configuration was refused. Always names the file, and the key when
 /// one is at fault.
@@ -178,6 +178,15 @@ pub enum AppKind {
 }
 
 impl AppKind {
+    /// The host WeChat serves this kind from, whatever `base_url` says.
+    pub fn wechat_host(self) -> &'static str {
+        let base = match self {
+            AppKind::Mp => defaults::MP_BASE_URL,
+            AppKind::Wecom => defaults::WECOM_BASE_URL,
+        };
+        base.trim_start_matches("https://")
+    }
+
     /// The name used in config, logs and the status page.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -229,6 +238,8 @@ pub struct AppConfig {
     pub token_api: TokenApi,
     /// Where API calls and token fetches go.
     pub base_url: BaseUrl,
+    /// Where they go, in this order, while `base_url` cannot be reached.
+    pub fallback_base_urls: Vec<BaseUrl>,
     /// Renew the token this long before it expires.
     pub refresh_before_expiry: Duration,
     /// Token errors trigger at most one fetch per this interval, so a flood
@@ -241,6 +252,18 @@ pub struct AppConfig {
     pub policy: PathPolicy,
     /// WeCom only: the app's agentid, to sign `wx.agentConfig`.
     pub agentid: Option<u64>,
+}
+
+impl AppConfig {
+    /// Whether `host` is one of this app's WeChat hosts: its kind's own,
+    /// `base_url`'s, or a fallback's. An absolute-form request naming one
+    /// is the app's own call, whichever host serves it now.
+    pub fn is_own_host(&self, host: &str) -> bool {
+        host.eq_ignore_ascii_case(self.kind.wechat_host())
+            || std::iter::once(&self.base_url)
+                .chain(&self.fallback_base_urls)
+                .any(|base| host.eq_ignore_ascii_case(base.authority.host()))
+    }
 }
 
 /// `[log]`.
@@ -282,6 +305,9 @@ pub enum StoreSettings {
 pub struct RedisSettings {
     /// Where Redis is; may carry a password.
     pub url: RedisUrl,
+    /// The sentinels' own password, when a `redis-sentinel://` URL's
+    /// sentinels require one (the URL's password is the data nodes').
+    pub sentinel_password: Option<Secret>,
     /// Put in front of every key, so several deployments can share a Redis.
     pub key_prefix: String,
 }

@@ -120,6 +120,8 @@ pub(super) struct RawApp {
     pub token_api: Option<TokenApi>,
     /// Where calls go instead of WeChat.
     pub base_url: Option<String>,
+    /// Hosts tried in turn when `base_url` cannot be reached.
+    pub fallback_base_urls: Option<Vec<String>>,
     /// Renew this long before expiry.
     pub refresh_before_expiry_s: Option<u64>,
     /// At most one token-error fetch per this interval.
@@ -154,6 +156,8 @@ pub(super) struct RawPlatform {
     pub encoding_aes_key_env: Option<String>,
     /// Where calls go instead of WeChat.
     pub base_url: Option<String>,
+    /// Hosts tried in turn when `base_url` cannot be reached.
+    pub fallback_base_urls: Option<Vec<String>>,
     /// Renew this long before expiry.
     pub refresh_before_expiry_s: Option<u64>,
     /// At most one token-error fetch per this interval.
@@ -190,6 +194,8 @@ pub(super) struct RawStore {
     pub url_env: Option<String>,
     /// Prefix of every Redis key.
     pub key_prefix: Option<String>,
+    /// Variable holding the sentinels' password (`redis-sentinel://` only).
+    pub sentinel_password_env: Option<String>,
 }
 
 /// `[store] kind`.

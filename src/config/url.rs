@@ -192,8 +192,8 @@ fn basic_auth(userinfo: &str) -> Result<http::HeaderValue, EgressError> {
     Ok(value)
 }
 
-/// A `redis://` or `rediss://` URL. It may hold a password, so `Debug` and
-/// `Display` show it through [`redact`].
+/// A `redis://`, `rediss://` or `redis-sentinel://` URL. It may hold a
+/// password, so `Debug` and `Display` show it through [`redact`].
 #[derive(Clone)]
 pub struct RedisUrl {
     /// The URL as configured, for the one place that connects.
@@ -202,14 +202,47 @@ pub struct RedisUrl {
     shown: String,
     /// The password as written in the URL, to scrub from error messages.
     password: Option<String>,
+    /// Where the server is: named, or found through Sentinel.
+    pub target: RedisTarget,
 }
+
+/// How the store finds its Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server, the URL's (redis-rs reads the URL itself).
+    Server,
+    /// `redis-sentinel://[:password@]host:port[,host:port…][/db]#MASTER`:
+    /// the sentinels are asked which server is the primary of `master`,
+    /// again after every failover.
+    Sentinel {
+        /// The sentinels' addresses, asked in turn.
+        sentinels: Vec<(String, u16)>,
+        /// The name the sentinels monitor the primary under.
+        master: String,
+        /// The database on the data nodes.
+        db: i64,
+        /// The data nodes' password (percent-decoded), not the sentinels'.
+        password: Option<String>,
+    },
+}
+
+/// The port sentinels listen on when a `redis-sentinel://` host names none.
+const SENTINEL_PORT: u16 = 26379;
 
 /// Why a Redis URL is not acceptable. Shows the URL only redacted.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisUrlError {
     /// Another scheme.
-    #[error("must start with redis:// (or rediss:// for TLS)")]
+    #[error("must start with redis:// (rediss:// for TLS, redis-sentinel:// for Sentinel)")]
     Scheme,
+    /// A `redis-sentinel://` URL that does not follow the form.
+    #[error("'{shown}': {problem}: write redis-sentinel://[:password@]host:port[,host:port…][/db]#MASTER")]
+    Sentinel {
+        /// The URL, redacted.
+        shown: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// Not a URL at all.
     #[error("is not a URL: write redis://[user:password@]host[:port][/db]")]
     NotAUrl,
@@ -233,6 +266,9 @@ impl RedisUrl {
     /// Checks `value` and prepares its redacted form. The error never repeats
     /// `value`'s password.
     pub fn parse(value: &str) -> Result<RedisUrl, RedisUrlError> {
+        if let Some(rest) = value.strip_prefix("redis-sentinel://") {
+            return RedisUrl::sentinel(value, rest);
+        }
         if !(value.starts_with("redis://") || value.starts_with("rediss://")) {
             return Err(RedisUrlError::Scheme);
         }
@@ -248,6 +284,7 @@ impl RedisUrl {
             url: value.to_owned(),
             shown,
             password: url.password().map(str::to_owned),
+            target: RedisTarget::Server,
         };
         if let Err(e) = redis::Client::open(value) {
             return Err(RedisUrlError::Unusable {
@@ -256,6 +293,79 @@ impl RedisUrl {
             });
         }
         Ok(redis_url)
+    }
+
+    /// `redis-sentinel://[[user]:password@]host[:port][,host[:port]…][/db]#MASTER`,
+    /// `rest` being what follows the scheme (the Lettuce and Spring form).
+    fn sentinel(value: &str, rest: &str) -> Result<RedisUrl, RedisUrlError> {
+        let shown = redact(value);
+        let bad = |problem| RedisUrlError::Sentinel {
+            shown: shown.clone(),
+            problem,
+        };
+        let (rest, master) = rest
+            .split_once('#')
+            .ok_or_else(|| bad("no #MASTER (the name the sentinels monitor)"))?;
+        if master.is_empty() || master.contains(char::is_whitespace) {
+            return Err(bad("the #MASTER name is empty or has spaces"));
+        }
+        if rest.contains('?') {
+            return Err(bad("a query is not supported"));
+        }
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
+        };
+        let password = match userinfo.map(|u| u.split_once(':').map_or(u, |(_, p)| p)) {
+            Some(p) if !p.is_empty() => Some(
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8()
+                    .map_err(|_| bad("the password is not UTF-8 once unescaped"))?
+                    .into_owned(),
+            ),
+            _ => None,
+        };
+        let (hosts, db) = match rest.split_once('/') {
+            Some((hosts, "")) => (hosts, 0),
+            Some((hosts, db)) => (
+                hosts,
+                db.parse::<i64>()
+                    .ok()
+                    .filter(|db| *db >= 0)
+                    .ok_or_else(|| bad("the /db is not a database number"))?,
+            ),
+            None => (rest, 0),
+        };
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',') {
+            let (name, port) = match host.rsplit_once(':') {
+                Some((name, port)) => (
+                    name,
+                    port.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| bad("a sentinel's port is not a port number"))?,
+                ),
+                None => (host, SENTINEL_PORT),
+            };
+            if name.is_empty() || name.contains(['/', '[', ']']) {
+                return Err(bad("a sentinel's host is empty or not a host name"));
+            }
+            sentinels.push((name.to_owned(), port));
+        }
+        Ok(RedisUrl {
+            url: value.to_owned(),
+            shown,
+            password: userinfo
+                .and_then(|u| u.split_once(':').map(|(_, p)| p.to_owned()))
+                .filter(|p| !p.is_empty()),
+            target: RedisTarget::Sentinel {
+                sentinels,
+                master: master.to_owned(),
+                db,
+                password,
+            },
+        })
     }
 
     /// The URL with its password, for the one place that connects.
@@ -307,6 +417,46 @@ mod tests {
             ("https://api.weixin.qq.com/x", "https://api.weixin.qq.com/x"),
         ] {
             assert_eq!(redact(url), shown);
+        }
+    }
+
+    #[test]
+    fn sentinel_urls_name_sentinels_db_master_and_the_data_nodes_password() {
+        let url = RedisUrl::parse("redis-sentinel://:p%40ss@10.0.0.1:26380,sentinel-2/3#mymaster")
+            .unwrap();
+        assert_eq!(
+            url.target,
+            RedisTarget::Sentinel {
+                sentinels: vec![("10.0.0.1".into(), 26380), ("sentinel-2".into(), 26379)],
+                master: "mymaster".into(),
+                db: 3,
+                password: Some("p@ss".into()),
+            }
+        );
+        assert_eq!(
+            url.to_string(),
+            "redis-sentinel://:***@10.0.0.1:26380,sentinel-2/3#mymaster"
+        );
+        assert_eq!(url.scrub("auth p%40ss failed".into()), "auth *** failed");
+        let plain = RedisUrl::parse("redis-sentinel://a:1#m").unwrap();
+        assert!(matches!(
+            plain.target,
+            RedisTarget::Sentinel {
+                db: 0,
+                password: None,
+                ..
+            }
+        ));
+        for bad in [
+            "redis-sentinel://a:1",
+            "redis-sentinel://a:1#",
+            "redis-sentinel://a:x#m",
+            "redis-sentinel://a:1/x#m",
+            "redis-sentinel://,a:1#m",
+            "redis-sentinel://a:1?x=1#m",
+        ] {
+            let err = RedisUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("#MASTER"), "{bad}: {err}");
         }
     }
 

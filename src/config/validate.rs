@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::defaults;
 use super::raw::{RawApp, RawConfig, RawPlatform, RawProxy, RawStore, RawUpstream, StoreKind};
-use super::url::{redact, BaseUrl, EgressProxy, RedisUrl};
+use super::url::{redact, BaseUrl, EgressProxy, RedisTarget, RedisUrl};
 use super::{
     AesKey, AppConfig, AppKind, Config, ConfigError, LogSettings, PlatformConfig, ProxySettings,
     RedisSettings, StoreSettings, TokenApi, UpstreamSettings,
@@ -268,6 +268,11 @@ impl Validator<'_> {
             ("url", raw.url.is_some(), StoreKind::Redis),
             ("url_env", raw.url_env.is_some(), StoreKind::Redis),
             ("key_prefix", raw.key_prefix.is_some(), StoreKind::Redis),
+            (
+                "sentinel_password_env",
+                raw.sentinel_password_env.is_some(),
+                StoreKind::Redis,
+            ),
         ];
         if let Some((key, _, owner)) = foreign
             .iter()
@@ -339,7 +344,25 @@ impl Validator<'_> {
                 if key_prefix.chars().any(char::is_whitespace) {
                     return Err(self.err("store.key_prefix", "must not contain spaces"));
                 }
-                Ok(StoreSettings::Redis(RedisSettings { url, key_prefix }))
+                let sentinel_password = match (&url.target, raw.sentinel_password_env) {
+                    (_, None) => None,
+                    (RedisTarget::Server, Some(_)) => {
+                        return Err(self.err(
+                            "store.sentinel_password_env",
+                            "only for a redis-sentinel:// url",
+                        ))
+                    }
+                    (RedisTarget::Sentinel { .. }, Some(var)) => {
+                        Some(SecretSource::Env(var).read(self.env).map_err(|problem| {
+                            self.err("store.sentinel_password_env", problem.to_string())
+                        })?)
+                    }
+                };
+                Ok(StoreSettings::Redis(RedisSettings {
+                    url,
+                    key_prefix,
+                    sentinel_password,
+                }))
             }
         }
     }
@@ -427,6 +450,13 @@ impl Validator<'_> {
         let base_url = BaseUrl::parse(base_url).map_err(|problem| {
             self.err(key("base_url"), format!("'{}' {problem}", redact(base_url)))
         })?;
+        let fallback_base_urls = self.fallbacks(
+            &key("fallback_base_urls"),
+            raw.kind,
+            raw.base_url.is_none(),
+            raw.fallback_base_urls.as_deref(),
+            &base_url,
+        )?;
         let policy = PathPolicy::new(
             self.path_rules(&key("allow_paths"), raw.allow_paths)?,
             self.path_rules(&key("deny_paths"), raw.deny_paths)?,
@@ -462,6 +492,7 @@ impl Validator<'_> {
             secret,
             token_api,
             base_url,
+            fallback_base_urls,
             // 0 would renew only once the token is dead, leaving requests
             // without one while the fetch runs; a token lives 7200 s.
             refresh_before_expiry: Duration::from_secs(self.within(
@@ -482,6 +513,50 @@ impl Validator<'_> {
             agentid,
             name,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `fallback_base_urls`: each an http(s) URL like `base_url`, none of
+    /// them `base_url` itself. Left out, an mp app on WeChat's own host
+    /// falls back to WeChat's disaster-recovery host.
+    fn fallbacks(
+        &self,
+        key: &str,
+        kind: AppKind,
+        default_base: bool,
+        given: Option<&[String]>,
+        base_url: &BaseUrl,
+    ) -> Result<Vec<BaseUrl>, ConfigError> {
+        let default: Vec<String> = match (kind, default_base) {
+            (AppKind::Mp, true) => defaults::MP_FALLBACK_BASE_URLS
+                .iter()
+                .map(|u| (*u).to_owned())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let urls = given.unwrap_or(&default);
+        let mut parsed: Vec<BaseUrl> = Vec::with_capacity(urls.len());
+        for url in urls {
+            let fallback = BaseUrl::parse(url)
+                .map_err(|problem| self.err(key, format!("'{}' {problem}", redact(url))))?;
+            let same = |a: &BaseUrl| {
+                a.scheme == fallback.scheme
+                    && a.authority == fallback.authority
+                    && a.path == fallback.path
+            };
+            if same(base_url) || parsed.iter().any(same) {
+                return Err(self.err(
+                    key,
+                    format!(
+                        "'{}' is listed twice (base_url counts): list each other host once",
+                        redact(url)
+                    ),
+                ));
+            }
+            parsed.push(fallback);
+        }
+        Ok(parsed)
     }
 }
 
@@ -588,6 +663,7 @@ impl Validator<'_> {
             // Component tokens, like classic ones: each fetch issues a new one.
             token_api: Some(TokenApi::Classic),
             base_url: raw.base_url,
+            fallback_base_urls: raw.fallback_base_urls,
             refresh_before_expiry_s: raw.refresh_before_expiry_s,
             min_refresh_interval_ms: raw.min_refresh_interval_ms,
             proxy: raw.proxy,

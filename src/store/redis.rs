@@ -19,15 +19,20 @@
 //! The secret is in no key and no value. Every operation has a deadline of
 //! [`OP_TIMEOUT`], so a slow or unreachable Redis delays a token fetch by at
 //! most that much and never a request that already has a token. The
-//! connection is redis-rs's `ConnectionManager`, which reconnects by itself.
+//! connection to one server is redis-rs's `ConnectionManager`, which
+//! reconnects by itself. Behind Sentinel it is redis-rs's `SentinelClient`:
+//! the primary is asked of the sentinels, and asked again whenever the
+//! connection fails or the server says it is a read-only replica now (a
+//! failover happened), so the fleet lock follows the promoted primary.
 
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue, RedisError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, RedisError};
 
 use super::{Key, Lock, Registered, Saved, StoreError};
-use crate::config::{RedisSettings, RedisUrl};
+use crate::config::{RedisSettings, RedisTarget, RedisUrl};
 
 /// The longest any one Redis operation may take, retry included.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -42,13 +47,70 @@ const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redi
 
 /// A Redis server shared by the replicas.
 pub struct RedisStore {
-    /// Multiplexed and self-reconnecting; cheap to clone per operation.
-    conn: ConnectionManager,
+    /// How commands reach the server.
+    conn: Connection,
     /// Put in front of every key.
     prefix: String,
     /// The URL, redacted in messages, and used to scrub the password from
     /// redis-rs's errors.
     url: RedisUrl,
+}
+
+/// How commands reach Redis.
+enum Connection {
+    /// One server: multiplexed and self-reconnecting; cheap to clone per
+    /// operation.
+    Server(ConnectionManager),
+    /// The primary the sentinels name (boxed: it is large, and one store
+    /// is built per process).
+    Sentinel(Box<Primary>),
+}
+
+/// The primary behind Sentinel, and the connection to it while it works.
+struct Primary {
+    /// Asks the sentinels; one question at a time.
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    /// The connection to the primary last named; dropped when it fails, so
+    /// the next operation asks again.
+    current: std::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Connect and answer deadlines of a connection to the primary.
+    config: AsyncConnectionConfig,
+}
+
+impl Primary {
+    /// The connection to the primary, asking the sentinels for it first if
+    /// there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(conn) = self.current.lock().expect("primary lock").clone() {
+            return Ok(conn);
+        }
+        let mut sentinels = self.sentinels.lock().await;
+        // Another operation may have connected while this one waited.
+        if let Some(conn) = self.current.lock().expect("primary lock").clone() {
+            return Ok(conn);
+        }
+        // Boxed: redis-rs's sentinel future nests deep enough to overflow
+        // the compiler's layout limit in every future awaiting a store call.
+        let conn = Box::pin(sentinels.get_async_connection_with_config(&self.config)).await?;
+        tracing::debug!("connected to the Redis primary the sentinels name");
+        *self.current.lock().expect("primary lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The connection failed or reached a replica: ask the sentinels again.
+    fn forget(&self) {
+        self.current.lock().expect("primary lock").take();
+    }
+}
+
+/// Whether `e` means the server is gone or no longer the primary.
+fn lost_primary(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_unrecoverable_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.code() == Some("READONLY")
 }
 
 /// The fleet lock, as held by this process.
@@ -69,16 +131,49 @@ impl RedisStore {
             url: url.to_string(),
             problem: url.scrub(e.to_string()),
         };
-        let client = redis::Client::open(url.expose()).map_err(fail)?;
-        // Connection attempts fail fast and are retried on the next
-        // operation, rather than in a long backoff that operations would wait
-        // behind.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(fail)?;
+        let conn = match &url.target {
+            RedisTarget::Server => {
+                let client = redis::Client::open(url.expose()).map_err(fail)?;
+                // Connection attempts fail fast and are retried on the next
+                // operation, rather than in a long backoff that operations
+                // would wait behind.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(OP_TIMEOUT))
+                    .set_response_timeout(Some(OP_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(100));
+                Connection::Server(
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(fail)?,
+                )
+            }
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                db,
+                password,
+            } => {
+                let addrs = sentinels
+                    .iter()
+                    .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+                let mut builder =
+                    SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+                        .map_err(fail)?
+                        .set_client_to_redis_db(*db);
+                if let Some(password) = password {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(password) = &settings.sentinel_password {
+                    builder = builder.set_client_to_sentinel_password(password.expose());
+                }
+                Connection::Sentinel(Box::new(Primary {
+                    sentinels: tokio::sync::Mutex::new(builder.build().map_err(fail)?),
+                    current: std::sync::Mutex::new(None),
+                    config: AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(OP_TIMEOUT))
+                        .set_response_timeout(Some(OP_TIMEOUT)),
+                }))
+            }
+        };
         Ok(RedisStore {
             conn,
             prefix: settings.key_prefix.clone(),
@@ -229,15 +324,35 @@ impl RedisStore {
 
     /// Runs `cmd` within [`OP_TIMEOUT`]. The first command after Redis came
     /// back fails on the dead connection and makes the manager reconnect, so
-    /// a connection error is retried once.
+    /// a connection error is retried once; behind Sentinel, once on the
+    /// primary the sentinels name now.
     async fn run<T: FromRedisValue>(&self, cmd: &mut Cmd) -> Result<T, StoreError> {
         let attempt = async {
-            let mut conn = self.conn.clone();
-            match cmd.query_async::<T>(&mut conn).await {
-                Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
-                    cmd.query_async::<T>(&mut conn).await
+            match &self.conn {
+                Connection::Server(conn) => {
+                    let mut conn = conn.clone();
+                    match cmd.query_async::<T>(&mut conn).await {
+                        Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
+                            cmd.query_async::<T>(&mut conn).await
+                        }
+                        result => result,
+                    }
                 }
-                result => result,
+                Connection::Sentinel(primary) => {
+                    let mut conn = primary.connection().await?;
+                    match cmd.query_async::<T>(&mut conn).await {
+                        Err(e) if lost_primary(&e) => {
+                            primary.forget();
+                            let mut conn = primary.connection().await?;
+                            let again = cmd.query_async::<T>(&mut conn).await;
+                            if again.as_ref().is_err_and(lost_primary) {
+                                primary.forget();
+                            }
+                            again
+                        }
+                        result => result,
+                    }
+                }
             }
         };
         match tokio::time::timeout(OP_TIMEOUT, attempt).await {
@@ -246,10 +361,17 @@ impl RedisStore {
                 url: self.url.to_string(),
                 problem: self.url.scrub(e.to_string()),
             }),
-            Err(_) => Err(StoreError::Timeout {
-                url: self.url.to_string(),
-                after: OP_TIMEOUT,
-            }),
+            Err(_) => {
+                // A primary that stopped answering may be gone for good: the
+                // next operation asks the sentinels.
+                if let Connection::Sentinel(primary) = &self.conn {
+                    primary.forget();
+                }
+                Err(StoreError::Timeout {
+                    url: self.url.to_string(),
+                    after: OP_TIMEOUT,
+                })
+            }
         }
     }
 }

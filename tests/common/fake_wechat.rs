@@ -167,6 +167,9 @@ struct State {
     close_reused: bool,
     /// Requests dropped that way.
     dropped_reused: usize,
+    /// Connections accepted from now on close after this long without a
+    /// request, as servers' keep-alive timeouts do.
+    idle_close: Option<Duration>,
 }
 
 /// Locks the state; a panicking test thread must not make every later call panic too.
@@ -230,6 +233,7 @@ impl FakeWeChat {
             token_delay: Duration::ZERO,
             close_reused: false,
             dropped_reused: 0,
+            idle_close: None,
         }));
 
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -506,6 +510,13 @@ impl FakeWeChat {
     /// as a pooled connection is reused.
     pub fn set_close_reused(&self, on: bool) {
         lock(&self.state).close_reused = on;
+    }
+
+    /// From now on, new connections close after `idle` without a request: a
+    /// server's keep-alive timeout, which a pooled connection reused just then
+    /// races.
+    pub fn set_idle_close(&self, idle: Option<Duration>) {
+        lock(&self.state).idle_close = idle;
     }
 
     /// Requests closed unanswered by [`FakeWeChat::set_close_reused`].

@@ -27,6 +27,8 @@ pub struct RedisServer {
     tls: bool,
     /// Its working directory (nothing is written there, but it must exist).
     dir: PathBuf,
+    /// More `redis-server` arguments (`--replicaof …`).
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -46,7 +48,41 @@ impl RedisServer {
         RedisServer::start_with(None, true)
     }
 
+    /// Starts a replica of `primary`, and waits until it has synced.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = RedisServer::start_with_args(
+            None,
+            false,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+        );
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !replica
+            .info("replication")
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
+    /// `INFO section`.
+    pub fn info(&self, section: &str) -> String {
+        redis::cmd("INFO")
+            .arg(section)
+            .query(&mut self.connection())
+            .expect("INFO")
+    }
+
     fn start_with(password: Option<String>, tls: bool) -> RedisServer {
+        RedisServer::start_with_args(password, tls, Vec::new())
+    }
+
+    fn start_with_args(password: Option<String>, tls: bool, args: Vec<String>) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("wtp-redis-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("create the Redis working directory");
@@ -61,6 +97,7 @@ impl RedisServer {
                 child: None,
                 tls,
                 dir: dir.clone(),
+                args: args.clone(),
             };
             if server.try_start() {
                 return server;
@@ -190,6 +227,7 @@ impl RedisServer {
         if let Some(p) = &self.password {
             command.args(["--requirepass", p]);
         }
+        command.args(&self.args);
         let child = match command.spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
@@ -269,4 +307,97 @@ fn free_port() -> u16 {
     super::port_outside_ephemeral_range(26_000..32_000, |port| {
         TcpListener::bind(("127.0.0.1", port)).ok().map(|_| port)
     })
+}
+
+/// A real Redis Sentinel (`redis-server sentinel.conf --sentinel`) monitoring one primary
+/// as `mymaster`, quick to act: down after 500 ms, a quorum of one. Dropping it kills it.
+pub struct Sentinel {
+    /// Its loopback port.
+    pub port: u16,
+    /// The process.
+    child: Child,
+    /// Its directory, with the config file it rewrites.
+    dir: PathBuf,
+}
+
+impl Sentinel {
+    /// The name it monitors the primary under.
+    pub const MASTER: &'static str = "mymaster";
+
+    /// Starts a sentinel for `primary` and waits until it answers and knows `replicas`
+    /// replicas of it.
+    pub fn start(primary: &RedisServer, replicas: usize) -> Sentinel {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("wtp-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the sentinel's directory");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {m} 127.0.0.1 {p} 1\n\
+                 sentinel down-after-milliseconds {m} 500\n\
+                 sentinel failover-timeout {m} 5000\n\
+                 sentinel parallel-syncs {m} 1\n",
+                dir = dir.display(),
+                m = Sentinel::MASTER,
+                p = primary.port,
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-server --sentinel");
+        let sentinel = Sentinel { port, child, dir };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let known = sentinel
+                .query(redis::cmd("SENTINEL").arg("replicas").arg(Sentinel::MASTER))
+                .map(|r: Vec<redis::Value>| r.len());
+            if known.is_ok_and(|n| n >= replicas) {
+                return sentinel;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel on port {port} did not come up knowing {replicas} replicas"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port of the server it names as the primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let addr: Option<(String, String)> = self
+            .query(
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(Sentinel::MASTER),
+            )
+            .ok()?;
+        addr.and_then(|(_, port)| port.parse().ok())
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
+        cmd.query(&mut conn)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port where nothing listens, for an unreachable sentinel in a URL.
+pub fn dead_port() -> u16 {
+    free_port()
 }

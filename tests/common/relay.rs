@@ -1,13 +1,14 @@
 //! A TCP relay in front of the fake WeChat server whose port can be made to refuse
-//! connections or to accept none at all, then serve again: upstream connection failures
-//! the fake itself cannot stage, since it must keep answering token fetches.
+//! connections, accept none at all, reset every one or go silent, then serve again:
+//! upstream connection failures the fake itself cannot stage, since it must keep
+//! answering token fetches.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle as TaskHandle;
 
 /// What the relay's port does.
@@ -20,9 +21,14 @@ pub enum Mode {
     /// A listener whose backlog is full and which never accepts: connection attempts
     /// get no answer until they time out.
     Blackhole,
+    /// Accepts every connection and resets it (RST) at once.
+    Reset,
+    /// A host that hangs: the connections piped so far stop carrying bytes but stay
+    /// open, and new ones are accepted and get nothing. Only from `Forward`.
+    Stall,
 }
 
-/// A running relay; every mode change first cuts all piped connections.
+/// A running relay; every mode change but `Stall` first cuts all piped connections.
 pub struct Relay {
     /// Where it listens (127.0.0.1).
     pub addr: SocketAddr,
@@ -48,8 +54,17 @@ impl Relay {
                 let mut state = forward(first, target);
                 let _ = ready_tx.send(addr);
                 while let Some((mode, done)) = commands.recv().await {
-                    leave(state).await;
-                    state = enter(mode, addr, target).await;
+                    state = match (state, mode) {
+                        (State::Forward(accept_loop, stall), Mode::Stall) => {
+                            let _ = stall.send(true);
+                            State::Forward(accept_loop, stall)
+                        }
+                        (_, Mode::Stall) => panic!("Stall only from Forward"),
+                        (state, mode) => {
+                            leave(state).await;
+                            enter(mode, addr, target).await
+                        }
+                    };
                     let _ = done.send(());
                 }
             });
@@ -85,16 +100,19 @@ impl Drop for Relay {
 
 /// What keeps a mode going; [`leave`] ends it and cuts its connections.
 enum State {
-    /// The accept loop, which owns the listener and the pipes.
-    Forward(TaskHandle<()>),
+    /// The accept loop, which owns the listener and the pipes, and the switch that
+    /// silences them.
+    Forward(TaskHandle<()>, watch::Sender<bool>),
     Refuse,
+    /// The loop accepting and resetting connections.
+    Reset(TaskHandle<()>),
     /// The listener that never accepts, and the connections that fill its backlog.
     Blackhole(#[allow(dead_code)] tokio::net::TcpListener, Vec<TcpStream>),
 }
 
 /// Ends a mode; once this returns its listener is closed, so the port can be bound again.
 async fn leave(state: State) {
-    if let State::Forward(accept_loop) = state {
+    if let State::Forward(accept_loop, _) | State::Reset(accept_loop) = state {
         accept_loop.abort();
         let _ = accept_loop.await;
     }
@@ -104,6 +122,17 @@ async fn enter(mode: Mode, addr: SocketAddr, target: SocketAddr) -> State {
     match mode {
         Mode::Forward => forward(bind(addr, 1024).await, target),
         Mode::Refuse => State::Refuse,
+        Mode::Reset => {
+            let listener = bind(addr, 1024).await;
+            State::Reset(tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    // Linger 0: close() sends RST.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                }
+            }))
+        }
+        Mode::Stall => unreachable!("handled by the caller"),
         Mode::Blackhole => {
             let listener = bind(addr, 0).await;
             let mut fillers = Vec::new();
@@ -122,18 +151,35 @@ async fn enter(mode: Mode, addr: SocketAddr, target: SocketAddr) -> State {
 }
 
 /// A listener on `addr` with `backlog`, rebinding a port the relay used before.
-/// Relays every connection accepted on `listener` to `target`.
+/// Relays every connection accepted on `listener` to `target`, until the
+/// state's switch silences them.
 fn forward(listener: tokio::net::TcpListener, target: SocketAddr) -> State {
-    State::Forward(tokio::spawn(async move {
-        let mut pipes = tokio::task::JoinSet::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            pipes.spawn(async move {
-                if let Ok(mut server) = TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    }))
+    let (stall, stalled) = watch::channel(false);
+    State::Forward(
+        tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut stalled = stalled.clone();
+                pipes.spawn(async move {
+                    let silent = *stalled.borrow();
+                    if silent {
+                        // Held open, silent, until the mode changes.
+                        return std::future::pending::<()>().await;
+                    }
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = async { stalled.wait_for(|s| *s).await.is_ok() } => {
+                                // Both sides stay open and carry nothing more.
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                });
+            }
+        }),
+        stall,
+    )
 }
 
 /// A listener on a loopback port the relay can unbind and bind again as it

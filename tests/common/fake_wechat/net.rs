@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -83,25 +83,58 @@ async fn serve_http<I>(io: I, state: Arc<Mutex<State>>, reset: Arc<AtomicBool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle_close = lock(&state).idle_close;
     // Requests served on this connection so far, for `close_reused`.
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // For `idle_close`: requests being handled, and when the last one ended.
+    let activity = Arc::new(Mutex::new((0usize, None::<Instant>)));
+    let seen = activity.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
         let reset = reset.clone();
         let earlier = served.fetch_add(1, Ordering::Relaxed);
+        let activity = seen.clone();
+        activity.lock().unwrap().0 += 1;
         async move {
-            if earlier > 0 && lock(&state).close_reused {
+            let answer = if earlier > 0 && lock(&state).close_reused {
                 // A keep-alive timeout that fired as the request arrived: closed unanswered.
                 lock(&state).dropped_reused += 1;
-                return Err(handler::DropConnection);
-            }
-            handler::handle(state, reset, req).await
+                Err(handler::DropConnection)
+            } else {
+                handler::handle(state, reset, req).await
+            };
+            let mut activity = activity.lock().unwrap();
+            activity.0 -= 1;
+            activity.1 = Some(Instant::now());
+            answer
         }
     });
     // Errors here are the peer going away or a deliberate break: nothing to report.
-    let _ = http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await;
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let Some(idle) = idle_close else {
+        let _ = connection.await;
+        return;
+    };
+    // A server's keep-alive timeout: once a request was answered and none came for
+    // `idle`, the connection is closed, whatever may be arriving on it just then.
+    loop {
+        let due = match *activity.lock().unwrap() {
+            (0, Some(last)) => last + idle,
+            _ => Instant::now() + Duration::from_millis(1),
+        };
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = tokio::time::sleep_until(due.into()) => {
+                let idle_now = matches!(*activity.lock().unwrap(), (0, Some(last)) if last.elapsed() >= idle);
+                if idle_now {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// A TCP stream that, once `reset` is set, refuses to write and closes with an RST
