@@ -93,6 +93,13 @@ impl Error {
     }
 }
 
+/// Marks a request (by its extensions) that waits at the head of the queue
+/// at the connection cap, not at its end: a token or ticket fetch, which
+/// every queued call that met a dead token is waiting for. Behind them it
+/// would outlast `token_timeout_ms` under load.
+#[derive(Clone, Copy, Debug)]
+pub struct FirstInLine;
+
 impl HttpClient {
     /// Sends `request` on a pooled connection, or a new one while fewer than
     /// the cap are open; else waits for one. The URI must be absolute.
@@ -334,7 +341,8 @@ impl Pool {
         // The common case, an idle connection, needs no await; the others
         // are boxed so that every request's future (and so every busy
         // client connection) does not carry the size of a connect.
-        let connected = match self.reserve(&key, fresh) {
+        let first = request.extensions().get::<FirstInLine>().is_some();
+        let connected = match self.reserve(&key, fresh, first) {
             Reserved::Idle(sender) => Ok((sender, true)),
             Reserved::Permit(permit) => Box::pin(self.connect(dst.clone(), permit))
                 .await
@@ -391,7 +399,7 @@ impl Pool {
 
     /// An idle connection to `key`, else a permit to open one while under
     /// the cap, else a place in the queue for one coming back.
-    fn reserve(&self, key: &Key, fresh: bool) -> Reserved {
+    fn reserve(&self, key: &Key, fresh: bool, first: bool) -> Reserved {
         if fresh {
             return Reserved::Fresh;
         }
@@ -405,7 +413,11 @@ impl Pool {
             Err(_) => {
                 tracing::debug!(host = %key.authority, "upstream connection cap reached; the request waits for one");
                 let (tx, rx) = oneshot::channel();
-                state.waiters.push_back((key.clone(), tx));
+                if first {
+                    state.waiters.push_front((key.clone(), tx));
+                } else {
+                    state.waiters.push_back((key.clone(), tx));
+                }
                 Reserved::Wait(rx)
             }
         }

@@ -202,8 +202,11 @@ pub fn lifetime(secs: u64) -> Result<Duration, FetchError> {
 /// hold a secret or a token.
 pub async fn exchange(
     client: &HttpClient,
-    request: Request<ProxyBody>,
+    mut request: Request<ProxyBody>,
 ) -> Result<serde_json::Value, FetchError> {
+    request
+        .extensions_mut()
+        .insert(crate::upstream::FirstInLine);
     let response = client
         .request(request)
         .await

@@ -46,6 +46,30 @@ async fn upstream_connections_stay_under_the_cap_and_requests_beyond_it_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_token_fetch_takes_the_next_free_connection_ahead_of_queued_calls() {
+    // Two connections, 24 calls of 400 ms each: the last in line waits about
+    // 4.8 s. The token is revoked, so the first answers are 40001 and the
+    // token fetch needs a connection while 22 calls queue for one; behind
+    // them it would pass token_timeout_ms (2 s) and every waiting call
+    // would get 503.
+    let h = with_upstream(&["max_connections_per_app = 2", "token_timeout_ms = 2000"]).await;
+    h.fake.revoke(common::setup::MP_APPID);
+    h.fake.set_api_delay(Duration::from_millis(400));
+
+    let calls = (0..24).map(|i| {
+        let http = h.http.clone();
+        let url = h.url(&format!("/cgi-bin/user/info?openid=o{i}"));
+        tokio::spawn(async move { http.get(&url).await })
+    });
+    for call in futures_join(calls).await {
+        let r = call.expect("the request task");
+        assert_eq!(r.status, 200, "a token fetch queued behind calls: {r:?}");
+        assert_eq!(r.json()["errcode"], 0, "{r:?}");
+    }
+    assert_eq!(h.fake.token_fetches(), 2, "startup plus one refresh");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn idle_upstream_connections_close_without_a_next_request() {
     let h = with_upstream(&["idle_timeout_ms = 300"]).await;
     h.http.get(&h.url("/cgi-bin/user/info")).await.assert_ok();
