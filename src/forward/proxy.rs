@@ -272,20 +272,21 @@ impl Proxy {
             return Ok(response);
         };
         if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
-            token.accepted();
+            tokens.accepted(&token, path);
             return Ok(response);
         }
 
         let Some(replay) = replay else {
             // The body is gone: hand the token error back, but renew the
             // token so the client's next call works.
-            let tokens = tokens.clone();
-            tokio::spawn(async move { tokens.replace(&token).await });
+            let (tokens, path) = (tokens.clone(), path.to_owned());
+            tokio::spawn(async move { tokens.replace(&token, &path).await });
             return Ok(response);
         };
-        let fresh = match tokens.replace(&token).await {
+        let fresh = match tokens.replace(&token, path).await {
             Ok(fresh) => fresh,
-            Err(RefreshError::NotRenewed) => return Ok(response),
+            // WeChat's own answer, at once: the client sees its errcode.
+            Err(RefreshError::NotRenewed | RefreshError::RejectedByOneApi) => return Ok(response),
             Err(e) => return Err(token_unavailable(tokens, e)),
         };
         outcome.retried = true;
@@ -308,6 +309,9 @@ impl Proxy {
             .inspect(app, scrub, retry, &[fresh.value(), token.value()])
             .await?;
         outcome.errcode = errcode;
+        if !errcode.is_some_and(|code| is_token_error(app.config.kind, code)) {
+            tokens.accepted(&fresh, path);
+        }
         Ok(retry)
     }
 

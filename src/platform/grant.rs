@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -21,6 +21,9 @@ use crate::store::{Key, Registered, Store, StoreError};
 use crate::token::{Grantor, TokenManager};
 use crate::wechat::is_token_error;
 use crate::wechat::{self, FetchError, Grant};
+
+/// WeChat's path that renews an authorizer's token with the component token.
+const AUTHORIZER_TOKEN: &str = "/cgi-bin/component/api_authorizer_token";
 
 /// Errcodes that mean the refresh token will never work again.
 pub const REVOKED: [i64; 2] = [61003, 61023];
@@ -75,9 +78,9 @@ fn grant_from(answer: &Value, field: &str) -> Result<Grant, FetchError> {
     let token = answer.get(field).and_then(Value::as_str);
     let secs = answer.get("expires_in").and_then(Value::as_u64);
     match (token, secs) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+        (Some(token), Some(secs)) if !token.is_empty() => Ok(Grant {
             token: token.to_owned(),
-            expires_in: Duration::from_secs(secs),
+            expires_in: wechat::lifetime(secs)?,
         }),
         _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
     }
@@ -270,21 +273,28 @@ impl AuthorizerGrant {
             let answer = call(
                 client,
                 &self.base_url,
-                "/cgi-bin/component/api_authorizer_token",
+                AUTHORIZER_TOKEN,
                 Some(component.value()),
                 body.clone(),
             )
             .await;
+            if answer.is_ok() {
+                self.component.accepted(&component, AUTHORIZER_TOKEN);
+            }
             match answer {
                 Err(FetchError::Refused { errcode, .. })
                     if !retried && is_token_error(crate::config::AppKind::Mp, errcode) =>
                 {
                     retried = true;
-                    component = self.component.replace(&component).await.map_err(|e| {
-                        FetchError::NotReady(format!(
-                            "no component_access_token to fetch with: {e}"
-                        ))
-                    })?;
+                    component = self
+                        .component
+                        .replace(&component, AUTHORIZER_TOKEN)
+                        .await
+                        .map_err(|e| {
+                            FetchError::NotReady(format!(
+                                "no component_access_token to fetch with: {e}"
+                            ))
+                        })?;
                 }
                 answer => break answer.map_err(|e| scrub(e, refresh.expose())),
             }
