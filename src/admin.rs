@@ -350,11 +350,41 @@ impl Admin {
                 "refreshed": false,
                 "expires_in": expires_in(tokens),
                 "reason": format!(
-                    "a token was fetched {} s ago; the admin refresh fetches at most once per 10 s: try again in {} s",
+                    "a token was fetched {} s ago; the admin refresh fetches at most once per min_refresh_interval_ms ({} ms): try again in {} s",
                     since.as_secs(),
+                    tokens.app().min_refresh_interval.as_millis(),
                     retry_in.as_secs().max(1)
                 ),
+                "retry_in_s": retry_in.as_secs().max(1),
             })),
+            Ok(AdminRefresh::Declined {
+                retry_in,
+                last_error,
+            }) => {
+                let retry_in_s = retry_in.as_secs().max(1);
+                let failed = last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("; the last fetch failed: {e}"));
+                let why = format!(
+                    "the admin refresh makes at most one fetch per min_refresh_interval_ms ({} ms) and goes through a fetch backoff once{failed}",
+                    tokens.app().min_refresh_interval.as_millis()
+                );
+                let mut response = json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "error",
+                    &json!({
+                        "refreshed": false,
+                        "errcode": last_error.as_ref().map_or(-1, |e| e.errcode()),
+                        "errmsg": format!("{name}: no refresh made: {why}: the next may be made in {retry_in_s} s"),
+                        "retry_in_s": retry_in_s,
+                    }),
+                );
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from(retry_in_s),
+                );
+                response
+            }
             Err(e) => {
                 let errcode = e.errcode();
                 json_response(
@@ -409,6 +439,7 @@ fn app_status(tokens: &TokenManager) -> Value {
         "last_fight_unix": status.last_fight.map(unix),
         "last_refresh_unix": status.last_refresh.map(unix),
         "refreshes": status.fetches,
+        "fetches_today": status.fetches_today,
         "consecutive_failures": status.failures,
         "last_error": status.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
     })

@@ -47,6 +47,12 @@
 //!   and provider tokens, and each corp's token from its permanent code, all
 //!   grants on the same token engine; the route table sends `/NAME/cgi-bin/…`
 //!   out with the suite token and `/NAME/CORPID/…` with the corp's.
+//! - Every credential held (app tokens, a platform's component and
+//!   authorizer tokens, tickets) runs on the credential [`engine`]: a fetch
+//!   in a task of its own that a caller waits for at most
+//!   `token_timeout_ms`, backoff after failures, and the store-and-lease
+//!   protocol that makes a fleet fetch once. What differs per kind is how
+//!   it is fetched and when ([`token`]'s and [`ticket`]'s admission rules).
 //! - [`admin`] serves health, readiness, status (JSON, and HTML for a
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an
@@ -73,6 +79,7 @@
 mod admin;
 pub mod config;
 pub mod demo;
+mod engine;
 mod error;
 mod forward;
 mod inbound;
@@ -205,11 +212,7 @@ pub async fn run(
         let tickets = ticket::Tickets::new(
             tokens.clone(),
             store.clone(),
-            ticket::Limits {
-                timeout: config.upstream.token_timeout,
-                retry_min: config.upstream.token_retry_min,
-                retry_max: config.upstream.token_retry_max,
-            },
+            engine::Limits::of(&config.upstream),
             stop_rx.clone(),
         );
         apps.push(App {

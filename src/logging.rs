@@ -8,6 +8,11 @@
 //! parameter (`access_token=`, `secret=`, `corpsecret=`, …). Upstream URIs
 //! carry their credentials only there, so a line can still name a host or a
 //! path but never a token. The cost is one substring search per line.
+//!
+//! Nor can a value break a line: WeChat's `errmsg` is logged as sent, and a
+//! newline in it would start what looks like a line of the proxy's own in
+//! the text format. Every line break before a line's end is written as `\n`
+//! (or `\r`), whoever wrote the field.
 
 use std::io::{self, Write};
 
@@ -40,9 +45,11 @@ pub struct RedactingWriter;
 
 impl Write for RedactingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match redact(buf) {
-            Some(clean) => io::stderr().write_all(&clean)?,
-            None => io::stderr().write_all(buf)?,
+        let redacted = redact(buf);
+        let line = redacted.as_deref().unwrap_or(buf);
+        match one_line(line) {
+            Some(joined) => io::stderr().write_all(&joined)?,
+            None => io::stderr().write_all(line)?,
         }
         Ok(buf.len())
     }
@@ -50,6 +57,23 @@ impl Write for RedactingWriter {
     fn flush(&mut self) -> io::Result<()> {
         io::stderr().flush()
     }
+}
+
+/// `line` with every line break before its final newline escaped (`\n`,
+/// `\r`); `None` when it has none (the usual case, with no copy).
+pub fn one_line(line: &[u8]) -> Option<Vec<u8>> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    memchr::memchr2(b'\n', b'\r', body)?;
+    let mut out = Vec::with_capacity(line.len() + 8);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
+    out.extend_from_slice(&line[body.len()..]);
+    Some(out)
 }
 
 /// A writer that puts `prefix` before each line (the fmt layer writes one
@@ -162,6 +186,14 @@ mod tests {
             clean("x component_access_token=A y secret=B"),
             "x component_access_token=[REDACTED] y secret=[REDACTED]"
         );
+    }
+
+    #[test]
+    fn a_line_break_inside_a_line_is_escaped_and_the_end_kept() {
+        let joined = one_line(b"WARN error=40164 invalid ip\nINFO forged\r\n").unwrap();
+        assert_eq!(joined, b"WARN error=40164 invalid ip\\nINFO forged\\r\n");
+        assert!(one_line(b"INFO plain line\n").is_none());
+        assert!(one_line(b"INFO no end").is_none());
     }
 
     #[test]

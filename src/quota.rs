@@ -5,8 +5,10 @@
 //! request with `clear_quota/v2`, which takes the secret instead of a token
 //! and so works when the token quota is used up. WeCom has no such API.
 //!
-//! WeChat allows 10 resets a month: this process counts its own, and refuses
-//! a second within [`RESET_INTERVAL`] (a double click, a retrying script).
+//! WeChat allows 10 resets a month: this process counts its own, refuses a
+//! second within [`RESET_INTERVAL`] (a double click, a retrying script), and
+//! refuses any while the quota is not spent (no 45009 seen since the last
+//! reset, and `quota/get` shows calls left).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -50,6 +52,8 @@ struct State {
     resets: u32,
     /// When the last one succeeded.
     last_reset: Option<Instant>,
+    /// A token fetch was refused with 45009 since the last reset.
+    spent_seen: bool,
 }
 
 /// One mp app's quota.
@@ -89,8 +93,7 @@ impl Quota {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        // Plain values: a panic elsewhere cannot leave them half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::engine::lock(&self.state)
     }
 
     /// `/apps` fields: `quota` (WeChat's numbers, or null before the first
@@ -179,6 +182,24 @@ impl Quota {
         true
     }
 
+    /// `None` when the quota is spent: a 45009 was seen since the last reset,
+    /// or a reading taken now shows nothing left. Otherwise what is known of
+    /// what is left, in words.
+    async fn not_spent(&self) -> Option<String> {
+        if self.lock_state().spent_seen {
+            return None;
+        }
+        self.read().await;
+        match self.lock_state().reading {
+            Some(r) if r.remain == 0 => None,
+            Some(r) => Some(format!(
+                "{} of {} calls left today",
+                r.remain, r.daily_limit
+            )),
+            None => Some("no 45009 seen, and quota/get could not be read".to_owned()),
+        }
+    }
+
     /// Resets the token API's quota with `clear_quota/v2` and, on success,
     /// lets the token engine fetch at once.
     pub async fn reset(&self) -> ResetAnswer {
@@ -191,6 +212,16 @@ impl Quota {
                 body: json!({"errcode": -1, "errmsg": format!(
                     "{}: the quota was reset {} s ago; WeChat allows 10 resets a month, so a second within {} s is refused: try again in {} s",
                     app.name, since.as_secs(), RESET_INTERVAL.as_secs(), (RESET_INTERVAL - since).as_secs().max(1)
+                )}),
+            };
+        }
+        if let Some(left) = self.not_spent().await {
+            return ResetAnswer {
+                status: http::StatusCode::CONFLICT,
+                body: json!({"errcode": -1, "errmsg": format!(
+                    "{}: the token quota is not used up ({left}); a reset would spend one of the month's 10 for nothing: \
+                     it is only made after WeChat refused a token fetch with 45009 or when quota/get shows nothing left",
+                    app.name
                 )}),
             };
         }
@@ -222,6 +253,9 @@ impl Quota {
                     let mut st = self.lock_state();
                     st.resets += 1;
                     st.last_reset = Some(Instant::now());
+                    st.spent_seen = false;
+                    // Read again before it counts: the poller is woken below.
+                    st.reading = None;
                     st.resets
                 };
                 let backoff_ended = self.tokens.end_backoff();
@@ -291,7 +325,11 @@ impl Quota {
         if error.errcode() != 45009 {
             return;
         }
-        let resets = self.lock_state().resets;
+        let resets = {
+            let mut st = self.lock_state();
+            st.spent_seen = true;
+            st.resets
+        };
         tracing::warn!(
             app,
             resets_by_this_process = resets,

@@ -35,12 +35,13 @@ pub struct Grant {
     pub expires_in: Duration,
 }
 
-/// Why a token fetch failed. Messages name what happened and what to do;
-/// none holds the secret or a token.
+/// Why a credential fetch failed. Messages name what happened and what to
+/// do; none holds the secret or a token. Its `Display` speaks of a token;
+/// [`FetchError::describe`] of any credential.
 #[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.describe("token"))]
 pub enum FetchError {
     /// WeChat answered with an errcode.
-    #[error("WeChat refused the token: {errcode} {errmsg}{}", hint(*.errcode))]
     Refused {
         /// WeChat's errcode.
         errcode: i64,
@@ -48,21 +49,16 @@ pub enum FetchError {
         errmsg: String,
     },
     /// An HTTP status other than 200.
-    #[error("the token endpoint answered HTTP {0}")]
     Status(u16),
-    /// 200, but not a token answer.
-    #[error("the token endpoint answered something that is not a token ({0})")]
+    /// 200, but not the credential's answer.
     BadAnswer(String),
     /// Connecting or talking to WeChat failed.
-    #[error("cannot reach the token endpoint: {0}")]
     Transport(String),
     /// The whole fetch took longer than `token_timeout_ms`.
-    #[error("the token fetch timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
     /// Something the fetch needs is not there yet (a platform's
     /// component_verify_ticket, its component_access_token), or the
     /// credential is gone (a revoked authorizer).
-    #[error("{0}")]
     NotReady(String),
 }
 
@@ -83,6 +79,28 @@ fn hint(errcode: i64) -> &'static str {
 }
 
 impl FetchError {
+    /// What happened, in words about the credential `noun` names (`token`,
+    /// `ticket`): one wording for every kind of credential.
+    pub fn describe(&self, noun: &str) -> String {
+        match self {
+            FetchError::Refused { errcode, errmsg } => {
+                format!(
+                    "WeChat refused the {noun}: {errcode} {errmsg}{}",
+                    hint(*errcode)
+                )
+            }
+            FetchError::Status(status) => format!("the {noun} endpoint answered HTTP {status}"),
+            FetchError::BadAnswer(what) => {
+                format!("the {noun} endpoint answered something that is not a {noun} ({what})")
+            }
+            FetchError::Transport(what) => format!("cannot reach the {noun} endpoint: {what}"),
+            FetchError::Timeout(after) => {
+                format!("the {noun} fetch timed out after {} ms", after.as_millis())
+            }
+            FetchError::NotReady(what) => what.clone(),
+        }
+    }
+
     /// The errcode to show clients: WeChat's, or -1 when WeChat gave none.
     pub fn errcode(&self) -> i64 {
         match self {
@@ -163,9 +181,9 @@ pub async fn fetch(
     let answer: Answer = serde_json::from_value(exchange(client, request).await?)
         .map_err(|_| FetchError::BadAnswer("not a token answer".into()))?;
     match (answer.access_token, answer.expires_in) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+        (Some(token), Some(secs)) if !token.is_empty() => Ok(Grant {
             token,
-            expires_in: Duration::from_secs(secs),
+            expires_in: lifetime(secs)?,
         }),
         _ => Err(FetchError::BadAnswer(
             "no access_token or expires_in".into(),
@@ -176,6 +194,25 @@ pub async fn fetch(
 /// The largest answer read from a token endpoint: a token answer is under
 /// 1 KiB.
 pub const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
+
+/// The longest `expires_in` taken as WeChat's word: a week. Tokens and
+/// tickets live 7200 s; WeChat says that may change, not by orders of
+/// magnitude. Anything beyond is a broken answer, and an instant that far
+/// ahead would overflow the clock.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A credential's lifetime from the `expires_in` WeChat stated: from 1 s to
+/// [`MAX_LIFETIME`], else a clear error.
+pub fn lifetime(secs: u64) -> Result<Duration, FetchError> {
+    let lifetime = Duration::from_secs(secs);
+    if secs == 0 || lifetime > MAX_LIFETIME {
+        return Err(FetchError::BadAnswer(format!(
+            "expires_in {secs} is out of range (1 to {} s)",
+            MAX_LIFETIME.as_secs()
+        )));
+    }
+    Ok(lifetime)
+}
 
 /// Sends a call WeChat answers with small JSON (a token, a ticket, a quota)
 /// and reads the answer: not HTTP 200, not JSON, or a non-zero `errcode`
@@ -269,9 +306,9 @@ pub fn grant_from(answer: &serde_json::Value, field: &str) -> Result<Grant, Fetc
     let token = answer.get(field).and_then(serde_json::Value::as_str);
     let secs = answer.get("expires_in").and_then(serde_json::Value::as_u64);
     match (token, secs) {
-        (Some(token), Some(secs)) if !token.is_empty() && secs > 0 => Ok(Grant {
+        (Some(token), Some(secs)) if !token.is_empty() => Ok(Grant {
             token: token.to_owned(),
-            expires_in: Duration::from_secs(secs),
+            expires_in: lifetime(secs)?,
         }),
         _ => Err(FetchError::BadAnswer(format!("no {field} or expires_in"))),
     }

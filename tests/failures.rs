@@ -187,3 +187,33 @@ async fn a_reset_in_the_middle_of_a_body_breaks_that_answer_only() {
 fn get(url: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     http::Request::get(url).body(Default::default()).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_out_of_range_expires_in_is_a_clear_fetch_error_never_a_panic() {
+    let h = refused_from_the_start(FetchFailure::Body(
+        r#"{"access_token":"T-forever","expires_in":18446744073709551615}"#.into(),
+    ))
+    .await;
+    answers_503_then_recovers(&h, -1, "expires_in 18446744073709551615").await;
+    for line in h.proxy.logs() {
+        assert!(!line.contains("panicked"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newline_in_wechats_errmsg_cannot_forge_a_log_line() {
+    let forged = "2026-01-01T00:00:00.000000Z  INFO wechat_token_proxy::token: token refreshed app=\"mp\" result=\"ok\"";
+    let h = refused_from_the_start(FetchFailure::Errcode(
+        40164,
+        format!("{WHITELIST_MSG}\n{forged}\r\n{forged}"),
+    ))
+    .await;
+    let failed = h.proxy.wait_for_log("token refresh failed").await;
+    assert!(failed.contains(r"\n2026-01-01T00:00:00"), "{failed}");
+    for line in h.proxy.logs() {
+        assert!(
+            !line.contains("2026-01-01T00:00:00") || line.contains("token refresh failed"),
+            "a forged line: {line}"
+        );
+    }
+}

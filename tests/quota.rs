@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake_wechat::FetchFailure;
-use common::setup::{Harness, MP_APPID, SECRET};
+use common::fake_wechat::{FakeOptions, FetchFailure};
+use common::setup::{ConfigBuilder, Harness, MP_APPID, SECRET};
 use common::wait_until_async;
 
 const USER_INFO: &str = "/cgi-bin/user/info?openid=o1";
@@ -77,4 +77,50 @@ async fn clear_quota_ends_a_45009_backoff_and_a_second_reset_within_60_s_is_refu
     );
     let app = &h.http.get(&h.admin("/apps")).await.json()[0];
     assert_eq!(app["quota_resets"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clear_quota_is_refused_with_409_while_the_quota_is_not_spent() {
+    let h = Harness::mp("classic").await;
+    let r = h
+        .http
+        .post(&h.admin("/apps/mp/clear-quota"), "text/plain", "")
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["errcode"], -1);
+    let errmsg = body["errmsg"].as_str().unwrap();
+    assert!(errmsg.contains("not used up"), "{errmsg}");
+    assert!(
+        errmsg.contains("1999 of 2000"),
+        "read from quota/get: {errmsg}"
+    );
+    assert_eq!(h.fake.clear_quota_calls(), 0, "a reset reached WeChat");
+    assert_eq!(
+        h.http.get(&h.admin("/apps")).await.json()[0]["quota_resets"],
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_shows_the_token_fetches_spent_today() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    // No retry of the refused fetch while the test reads.
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .upstream_line("token_retry_min_ms = 60000")
+        .upstream_line("token_retry_max_ms = 120000");
+    let h = Harness::start(fake, config).await;
+    let app = &h.http.get(&h.admin("/apps")).await.json()[0];
+    assert_eq!(app["fetches_today"], 1, "{app}");
+    // A refused fetch is spent too.
+    h.fake.set_fetch_failure(Some(FetchFailure::Errcode(
+        40164,
+        "invalid ip 1.2.3.4 ipv6 ::ffff:1.2.3.4, not in whitelist".into(),
+    )));
+    h.fake.revoke(MP_APPID);
+    assert_eq!(h.http.get(&h.url(USER_INFO)).await.status, 503);
+    let app = &h.http.get(&h.admin("/apps")).await.json()[0];
+    assert_eq!(h.fake.token_fetches(), 2);
+    assert_eq!(app["fetches_today"], 2, "{app}");
 }

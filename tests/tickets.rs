@@ -184,7 +184,13 @@ async fn a_ticket_is_renewed_ahead_while_used_never_lengthened_by_a_repeated_exp
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ticket_fetch_meeting_a_token_error_gets_a_new_token_and_retries_once() {
-    let h = Harness::mp("classic").await;
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    // The second token error comes soon after the first: the next fetch is
+    // allowed within the 2 s a request waits.
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .app_line("min_refresh_interval_ms = 500");
+    let h = Harness::start(fake, config).await;
     h.fake.revoke(MP_APPID);
     let r = h.http.get(&h.url(GET_JSAPI)).await;
     ticket_of(&r);
@@ -344,4 +350,42 @@ async fn wecom_configs_are_signed_with_the_corp_and_the_agent_ticket() {
     assert_eq!(ticket_of(&agent_call), *agent);
     assert_eq!(h.fake.ticket_fetches("corp"), 1);
     assert_eq!(h.fake.ticket_fetches("agent"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_wechat_renews_only_in_its_last_seconds_is_never_handed_out_then() {
+    // WeChat hands back the old ticket until it has 5 s of its 10 left.
+    let fake = Harness::fake_with(FakeOptions {
+        ticket_lifetime: Duration::from_secs(10),
+        ticket_renew_within: Duration::from_secs(5),
+        ..FakeOptions::default()
+    })
+    .await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("stable")
+        .app_line("refresh_before_expiry_s = 8");
+    let h = Harness::start(fake, config).await;
+
+    // A page asks every 200 ms through the first ticket's whole life.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen: Vec<String> = Vec::new();
+    while std::time::Instant::now() < until {
+        let r = h.http.get(&h.url(GET_JSAPI)).await;
+        let ticket = ticket_of(&r);
+        let truth = h.fake.ticket_life_left(&ticket);
+        let said = r.json()["expires_in"].as_u64().unwrap();
+        assert!(
+            truth >= Duration::from_secs(2),
+            "{ticket} handed out with {truth:?} to live"
+        );
+        assert!(
+            said <= truth.as_secs() + 1,
+            "{ticket}: said {said} s, {truth:?} true"
+        );
+        if !seen.contains(&ticket) {
+            seen.push(ticket);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen.len() >= 2, "never renewed: {seen:?}");
 }

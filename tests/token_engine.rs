@@ -169,6 +169,64 @@ async fn a_request_waits_no_longer_than_the_token_timeout_while_another_replica_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_request_waiting_for_a_token_on_every_replica_answers_within_the_token_timeout() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let redis = RedisServer::start();
+    let http = Http::new();
+    // min_refresh_interval_ms stays at its default, 5 s: longer than the wait.
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .upstream_line("token_timeout_ms = 2000");
+    let a = replica(&config, &redis, &http).await;
+    let b = replica(&config, &redis, &http).await;
+    fake.revoke(MP_APPID);
+    // The token endpoint hangs: whoever holds the lease holds it until its
+    // fetch times out.
+    fake.set_token_delay(Duration::from_secs(60));
+
+    // A first request on each replica starts a fetch (or waits for the
+    // holder's); a second arrives while the first still waits.
+    let first: Vec<_> = [&a, &b]
+        .iter()
+        .map(|p| {
+            let (http, url) = (http.clone(), format!("{}{USER_INFO}", p.url));
+            tokio::spawn(async move { http.get(&url).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second: Vec<_> = [&a, &b]
+        .iter()
+        .map(|p| {
+            let (http, url) = (http.clone(), format!("{}{USER_INFO}", p.url));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = http.get(&url).await;
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    for (replica, (r, waited)) in ["a", "b"].into_iter().zip(futures(second).await) {
+        assert_unavailable(&r);
+        assert!(
+            waited < Duration::from_millis(3000),
+            "a second request on {replica} waited {waited:?}, beyond its token_timeout_ms of 2 s"
+        );
+    }
+    for r in futures(first).await {
+        assert_unavailable(&r);
+    }
+}
+
+/// The results of `tasks`, in order.
+async fn futures<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.expect("request task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn token_errors_inside_the_flood_window_wait_for_the_next_fetch_and_succeed() {
     let fake = Harness::fake_with(FakeOptions::default()).await;
     let config = ConfigBuilder::new(&fake)
@@ -194,28 +252,39 @@ async fn token_errors_inside_the_flood_window_wait_for_the_next_fetch_and_succee
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn token_errors_a_new_token_cannot_fix_cause_at_most_one_fetch_per_interval() {
+async fn an_api_that_rejects_every_token_costs_at_most_two_fetches_and_no_fight() {
     let fake = Harness::fake_with(FakeOptions::default()).await;
     let config = ConfigBuilder::new(&fake)
         .mp("classic")
-        .app_line("min_refresh_interval_ms = 400");
+        .app_line("min_refresh_interval_ms = 100");
     let h = Harness::start(fake, config).await;
-    let started = Instant::now();
+    let at_start = h.fake.token_fetches();
 
-    // /test/errcode answers 42001 whatever the token.
-    for _ in 0..6 {
-        let r = h.http.get(&h.url("/test/errcode?code=42001")).await;
-        assert_eq!(r.json()["errcode"], 42001, "{}", r.text());
+    // A client loops on an API that answers 40001 whatever the token, while
+    // other calls accept the token.
+    for i in 0..40 {
+        let r = h.http.get(&h.url("/test/errcode?code=40001")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["errcode"], 40001, "WeChat's errcode: {}", r.text());
+        if i % 4 == 0 {
+            h.http.get(&h.url(USER_INFO)).await.assert_ok();
+        }
     }
 
-    let windows = (started.elapsed().as_millis() / 400) as usize + 1;
-    let fetches = h.fake.token_fetches() - 1;
+    let fetches = h.fake.token_fetches() - at_start;
     assert!(
-        fetches <= windows,
-        "{fetches} token-error fetches in {:?}: more than one per 400 ms",
-        started.elapsed()
+        fetches <= 2,
+        "{fetches} token fetches for one API that rejects every token"
     );
-    assert_eq!(h.fake.requests().len(), 12, "each call retried once");
+    let apps = h.http.get(&h.admin("/apps")).await.json();
+    assert_eq!(apps[0]["fights"], 0, "{}", apps[0]);
+    assert_eq!(apps[0]["token"]["state"], "valid", "{}", apps[0]);
+    assert_eq!(
+        metric(&h, "wechat_proxy_token_fights_total{app=\"mp\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(h.http.get(&h.admin("/readyz")).await.status, 200);
+    assert!(!h.proxy.has_log("another system"), "{:?}", h.proxy.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,43 +319,79 @@ async fn a_rejected_token_that_cannot_be_replaced_shows_as_rejected_and_fails_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_admin_refresh_right_after_a_failed_one_fetches_and_says_so() {
-    let h = Harness::mp("classic").await;
+async fn an_operator_cuts_a_backoff_short_once_and_sixty_refreshes_never_make_sixty_fetches() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .app_line("min_refresh_interval_ms = 300")
+        .upstream_line("token_retry_min_ms = 60000")
+        .upstream_line("token_retry_max_ms = 120000");
+    let h = Harness::start(fake, config).await;
+    let refresh = || async {
+        h.http
+            .post(&h.admin("/apps/mp/refresh"), "application/json", "")
+            .await
+    };
     h.fake.set_fetch_failure(Some(FetchFailure::Errcode(
-        45009,
-        "reach max api daily quota limit".into(),
+        40164,
+        "invalid ip 1.2.3.4 ipv6 ::ffff:1.2.3.4, not in whitelist".into(),
     )));
-    // WeChat rejects the token and the quota is used up: no replacement.
+    // WeChat rejects the token and refuses a new one: a minute's backoff.
     h.fake.revoke(MP_APPID);
     let r = h.http.get(&h.url(USER_INFO)).await;
-    assert_eq!(r.json()["errcode"], 45009, "{}", r.text());
-    let failed = h
-        .http
-        .post(&h.admin("/apps/mp/refresh"), "application/json", "")
-        .await;
-    assert_eq!(failed.status, 503, "{}", failed.text());
-    assert_eq!(failed.json()["errcode"], 45009);
+    assert_eq!(r.json()["errcode"], 40164, "{}", r.text());
+    assert_eq!(h.fake.token_fetches(), 2);
 
-    // The operator cleared the quota and asks again at once.
-    h.fake.set_fetch_failure(None);
-    let fixed = h
-        .http
-        .post(&h.admin("/apps/mp/refresh"), "application/json", "")
-        .await;
-    assert_eq!(fixed.status, 200, "{}", fixed.text());
-    assert_eq!(fixed.json()["refreshed"], true);
-    assert_eq!(h.fake.token_fetches(), 4);
-    h.http.get(&h.url(USER_INFO)).await.assert_ok();
+    // The operator believes the whitelist fixed: one refresh goes through.
+    let cut = refresh().await;
+    assert_eq!(cut.status, 503, "{}", cut.text());
+    assert_eq!(cut.json()["errcode"], 40164);
+    assert_eq!(h.fake.token_fetches(), 3);
 
-    let again = h
-        .http
-        .post(&h.admin("/apps/mp/refresh"), "application/json", "")
-        .await;
-    let body = again.json();
-    assert_eq!(body["refreshed"], false);
-    assert!(body["reason"].as_str().unwrap().contains("10 s"), "{body}");
-    assert!(body["expires_in"].as_u64().unwrap() > 7000);
-    assert_eq!(h.fake.token_fetches(), 4);
+    // It was not: sixty more, spread past the interval, make no fetch and
+    // say when the next may be.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..60 {
+        let r = refresh().await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        let body = r.json();
+        assert_eq!(body["refreshed"], false);
+        assert_eq!(body["errcode"], 40164, "{body}");
+        assert!(
+            body["errmsg"].as_str().unwrap().contains("no refresh made"),
+            "{body}"
+        );
+        let retry_in = body["retry_in_s"].as_u64().unwrap();
+        assert!((1..=150).contains(&retry_in), "{body}");
+        assert_eq!(r.header("retry-after"), Some(retry_in.to_string().as_str()));
+    }
+    assert_eq!(h.fake.token_fetches(), 3, "a declined refresh fetched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_refreshes_make_one_fetch_per_interval_while_fetches_fail() {
+    let fake = Harness::fake_with(FakeOptions::default()).await;
+    let config = ConfigBuilder::new(&fake)
+        .mp("classic")
+        .app_line("min_refresh_interval_ms = 2000");
+    let h = Harness::start(fake, config).await;
+    h.fake.set_fetch_failure(Some(FetchFailure::Http500));
+    // WeChat rejects the token and fetches fail: no token to stand on.
+    h.fake.revoke(MP_APPID);
+    assert_eq!(h.http.get(&h.url(USER_INFO)).await.status, 503);
+    let posts: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (h.http.clone(), h.admin("/apps/mp/refresh"));
+            tokio::spawn(async move { http.post(&url, "application/json", "").await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for post in posts {
+        statuses.push(post.await.expect("post").status);
+    }
+    let failed = statuses.iter().filter(|&&s| s == 503).count();
+    let declined = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((failed, declined), (1, 19), "{statuses:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -313,20 +313,21 @@ impl Proxy {
             _ => is_token_error(app.config.kind, errcode),
         };
         if !errcode.is_some_and(dead) {
-            token.accepted();
+            tokens.accepted(&token, path);
             return Ok(response);
         }
 
         let Some(replay) = replay else {
             // The body is gone: hand the token error back, but renew the
             // token so the client's next call works.
-            let tokens = tokens.clone();
-            tokio::spawn(async move { tokens.replace(&token).await });
+            let (tokens, path) = (tokens.clone(), path.to_owned());
+            tokio::spawn(async move { tokens.replace(&token, &path).await });
             return Ok(response);
         };
-        let fresh = match tokens.replace(&token).await {
+        let fresh = match tokens.replace(&token, path).await {
             Ok(fresh) => fresh,
-            Err(RefreshError::NotRenewed) => return Ok(response),
+            // WeChat's own answer, at once: the client sees its errcode.
+            Err(RefreshError::NotRenewed | RefreshError::RejectedByOneApi) => return Ok(response),
             Err(e) => return Err(token_unavailable(tokens, e)),
         };
         outcome.retried = true;
@@ -349,6 +350,9 @@ impl Proxy {
             .inspect(app, scrub, retry, &[fresh.value(), token.value(), code])
             .await?;
         outcome.errcode = errcode;
+        if !errcode.is_some_and(dead) {
+            tokens.accepted(&fresh, path);
+        }
         Ok(retry)
     }
 

@@ -19,6 +19,9 @@ use crate::token::{Grantor, TokenManager};
 use crate::wechat::is_token_error;
 use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
+/// WeChat's path that renews an authorizer's token with the component token.
+const AUTHORIZER_TOKEN: &str = "/cgi-bin/component/api_authorizer_token";
+
 /// Errcodes that mean the refresh token will never work again.
 pub const REVOKED: [i64; 2] = [61003, 61023];
 
@@ -232,21 +235,28 @@ impl AuthorizerGrant {
             let answer = call(
                 client,
                 &self.base_url,
-                "/cgi-bin/component/api_authorizer_token",
+                AUTHORIZER_TOKEN,
                 Some(component.value()),
                 body.clone(),
             )
             .await;
+            if answer.is_ok() {
+                self.component.accepted(&component, AUTHORIZER_TOKEN);
+            }
             match answer {
                 Err(FetchError::Refused { errcode, .. })
                     if !retried && is_token_error(crate::config::AppKind::Mp, errcode) =>
                 {
                     retried = true;
-                    component = self.component.replace(&component).await.map_err(|e| {
-                        FetchError::NotReady(format!(
-                            "no component_access_token to fetch with: {e}"
-                        ))
-                    })?;
+                    component = self
+                        .component
+                        .replace(&component, AUTHORIZER_TOKEN)
+                        .await
+                        .map_err(|e| {
+                            FetchError::NotReady(format!(
+                                "no component_access_token to fetch with: {e}"
+                            ))
+                        })?;
                 }
                 answer => break answer.map_err(|e| redact(e, &[refresh.expose()])),
             }

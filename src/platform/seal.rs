@@ -306,11 +306,15 @@ impl Platform {
                     if !retried && is_token_error(AppKind::Mp, errcode) =>
                 {
                     retried = true;
-                    token = self.component.replace(&token).await.map_err(no_token)?;
+                    token = self
+                        .component
+                        .replace(&token, path)
+                        .await
+                        .map_err(no_token)?;
                 }
                 answer => {
                     if answer.is_ok() {
-                        token.accepted();
+                        self.component.accepted(&token, path);
                     }
                     return answer;
                 }

@@ -28,8 +28,9 @@ pub fn is_suite_token_error(errcode: i64) -> bool {
 }
 
 /// POSTs `body` to `path` with the suite token; on 40082/42009 the token
-/// is replaced and the call made once more. A suite token that cannot be
-/// had is [`FetchError::NotReady`].
+/// is replaced and the call made once more. The engine is told which API
+/// refused or accepted the token (`path`), as the Open Platform's calls do.
+/// A suite token that cannot be had is [`FetchError::NotReady`].
 pub async fn with_suite_token(
     client: &HttpClient,
     base: &BaseUrl,
@@ -47,9 +48,14 @@ pub async fn with_suite_token(
                 if !retried && is_suite_token_error(errcode) =>
             {
                 retried = true;
-                token = suite.replace(&token).await.map_err(not_ready)?;
+                token = suite.replace(&token, path).await.map_err(not_ready)?;
             }
-            answer => return answer,
+            answer => {
+                if answer.is_ok() {
+                    suite.accepted(&token, path);
+                }
+                return answer;
+            }
         }
     }
 }

@@ -37,7 +37,7 @@ use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
 use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
-use crate::ticket::{self, Tickets};
+use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
 use crate::wechat::PLACEHOLDER_TOKEN;
 
@@ -280,11 +280,7 @@ impl Suite {
                 Arc::new(Tickets::new(
                     tokens.clone(),
                     self.store.clone(),
-                    ticket::Limits {
-                        timeout: self.upstream.token_timeout,
-                        retry_min: self.upstream.token_retry_min,
-                        retry_max: self.upstream.token_retry_max,
-                    },
+                    crate::engine::Limits::of(&self.upstream),
                     self.shutdown.clone(),
                 ))
             })

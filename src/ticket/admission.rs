@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+pub use crate::engine::Decision;
+
 /// Why a ticket is wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -41,17 +43,6 @@ pub struct Facts {
     pub renew_at: Option<Instant>,
 }
 
-/// What to do about a wanted ticket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The held ticket serves: no fetch.
-    UseHeld,
-    /// The last fetch failed and its backoff has not passed.
-    FailWithLastError,
-    /// Go ahead and fetch.
-    Fetch,
-}
-
 /// The rules, in order.
 pub fn decide(want: Want, facts: &Facts, now: Instant) -> Decision {
     if want == Want::Demand && facts.valid {
@@ -77,7 +68,9 @@ pub fn expiry(fetched: Instant, seen_before: impl IntoIterator<Item = Instant>) 
 
 /// When to try to renew a ticket that ends at `expires_at`. A new value is
 /// renewed `lead` ahead (as tokens are). A value WeChat handed back again is
-/// not renewed before it ends: asking sooner only brings it back once more.
+/// asked for again every [`retry_step`] until it ends: WeChat may hand out
+/// the old ticket until its last moments, and its successor must be had as
+/// soon as WeChat gives it, not when the old one is down to its last second.
 /// Once it has ended by our count (WeChat's clock may lag ours), ask again
 /// after a second.
 pub fn renew_at(now: Instant, expires_at: Instant, lead: Duration, repeated: bool) -> Instant {
@@ -86,9 +79,17 @@ pub fn renew_at(now: Instant, expires_at: Instant, lead: Duration, repeated: boo
         return now + Duration::from_secs(1);
     }
     if repeated {
-        return expires_at;
+        return (now + retry_step(lead)).min(expires_at);
     }
-    now + crate::token::backoff::renew_after(left, lead)
+    now + crate::engine::backoff::renew_after(left, lead)
+}
+
+/// How often a ticket WeChat keeps handing back is asked for inside its
+/// renewal window: ten times in the window (every 30 s with the default
+/// five minutes), never more than once a second. WeCom allows 400 ticket
+/// fetches an hour per corp; this is about 20 per lifetime at most.
+pub fn retry_step(lead: Duration) -> Duration {
+    (lead / 10).max(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -168,9 +169,11 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_ticket_is_asked_for_again_when_it_ends() {
+    fn a_repeated_ticket_is_asked_for_again_within_its_window_until_it_ends() {
         let t = Instant::now();
-        assert_eq!(renew_at(t, t + s(200), s(300), true), t + s(200));
+        assert_eq!(renew_at(t, t + s(200), s(300), true), t + s(30));
+        assert_eq!(renew_at(t, t + s(20), s(300), true), t + s(20));
+        assert_eq!(renew_at(t, t + s(5), s(4), true), t + s(1));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use http::Method;
 
 use crate::forward::body::ProxyBody;
 use crate::forward::query::encode;
-use crate::token::{Token, TokenManager};
+use crate::token::{RefreshError, Token, TokenManager};
 use crate::wechat::is_token_error;
 use crate::wechat::{self, FetchError};
 
@@ -30,9 +30,19 @@ pub async fn fetch(
     timeout: Duration,
 ) -> Result<Issued, TicketError> {
     let token = tokens.token().await.map_err(TicketError::Token)?;
+    let path = kind.endpoint().0;
     match fetch_with(tokens, &token, kind, timeout).await {
-        Err(FetchError::Refused { errcode, .. }) if is_token_error(tokens.app().kind, errcode) => {
-            let fresh = tokens.replace(&token).await.map_err(TicketError::Token)?;
+        Err(refused @ FetchError::Refused { errcode, .. })
+            if is_token_error(tokens.app().kind, errcode) =>
+        {
+            let fresh = match tokens.replace(&token, path).await {
+                Ok(fresh) => fresh,
+                // The ticket endpoint refuses every token: WeChat's answer.
+                Err(RefreshError::RejectedByOneApi | RefreshError::NotRenewed) => {
+                    return Err(TicketError::Failed(refused))
+                }
+                Err(e) => return Err(TicketError::Token(e)),
+            };
             fetch_with(tokens, &fresh, kind, timeout)
                 .await
                 .map_err(TicketError::Failed)
@@ -67,12 +77,12 @@ async fn fetch_with(
     let ticket = answer.get("ticket").and_then(serde_json::Value::as_str);
     let expires_in = answer.get("expires_in").and_then(serde_json::Value::as_u64);
     match (ticket, expires_in) {
-        (Some(ticket), Some(secs)) if !ticket.is_empty() && secs > 0 => {
+        (Some(ticket), Some(secs)) if !ticket.is_empty() => {
             // A token WeChat accepted is good, whatever the status page said.
-            token.accepted();
+            tokens.accepted(token, path);
             Ok(Issued {
                 value: ticket.to_owned(),
-                expires_in: Duration::from_secs(secs),
+                expires_in: wechat::lifetime(secs)?,
             })
         }
         _ => Err(FetchError::BadAnswer("no ticket or expires_in".into())),

@@ -2,17 +2,17 @@
 //! like the access_token so a fleet makes one fetch per ticket lifetime.
 //!
 //! Each app has one [`Holder`] per ticket kind its product offers, with the
-//! token engine's guarantees:
+//! [credential engine](crate::engine)'s guarantees:
 //! - `slot` (an `ArcSwapOption`) holds the ticket; requests read it without
 //!   a lock.
 //! - `gate` (an async mutex) is held while deciding whether to fetch and for
 //!   the whole fetch: N requests that find no ticket cause one fetch.
 //! - The fetch runs in a task of its own; a request waits at most
 //!   `token_timeout_ms` for it, and a client that leaves does not stop it.
-//! - Failures back off by the token engine's rules ([`backoff`]); during a
+//! - Failures back off by the engine's rules ([`backoff`]); during a
 //!   backoff requests get the last error at once.
 //! - The fetch goes through the token store and its fleet lease
-//!   ([`fleet::Shared`]), under the key (appid, `ticket_<kind>`).
+//!   ([`Shared`]), under the key (appid, `ticket_<kind>`).
 //!
 //! What differs ([`admission`]): no fetch at start, only on first demand;
 //! renewal ahead of expiry only while the ticket is asked for; and a ticket's
@@ -31,13 +31,14 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
 use crate::config::AppKind;
+use crate::engine::backoff;
+use crate::engine::fleet::{Obtained, Shared, LEASE, MIN_ADOPT_LIFE};
+use crate::engine::{self, Limits, Unanswered};
 use crate::store::{unix_ms, Key, Saved, Store, StoreError};
-use crate::token::backoff;
-use crate::token::fleet::{Obtained, Shared, LEASE, MIN_ADOPT_LIFE};
 use crate::token::{RefreshError, TokenManager};
 use crate::wechat::FetchError;
 
-use self::admission::{Decision, Facts, Want};
+use self::admission::{Facts, Want};
 
 /// The JS-SDK tickets WeChat issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +128,7 @@ pub enum TicketError {
     #[error("no access_token to fetch the ticket with: {0}")]
     Token(RefreshError),
     /// The fetch failed (now or recently, and the backoff has not passed).
-    #[error("{}", describe(.0))]
+    #[error("{}", .0.describe("ticket"))]
     Failed(FetchError),
     /// The fetch did not finish while the request could wait; it goes on.
     #[error("no ticket within {} ms; the fetch goes on", .0.as_millis())]
@@ -142,25 +143,6 @@ impl TicketError {
             TicketError::Failed(e) => e.errcode(),
             TicketError::StillFetching(_) => -1,
         }
-    }
-}
-
-/// A failed ticket fetch in words about tickets ([`FetchError`]'s own speak
-/// of tokens).
-fn describe(e: &FetchError) -> String {
-    match e {
-        FetchError::Refused { errcode, errmsg } => {
-            format!("WeChat refused the ticket: {errcode} {errmsg}")
-        }
-        FetchError::Status(status) => format!("the ticket endpoint answered HTTP {status}"),
-        FetchError::BadAnswer(what) => {
-            format!("the ticket endpoint answered something that is not a ticket ({what})")
-        }
-        FetchError::Transport(what) => format!("cannot reach the ticket endpoint: {what}"),
-        FetchError::Timeout(after) => {
-            format!("the ticket fetch timed out after {} ms", after.as_millis())
-        }
-        FetchError::NotReady(what) => what.clone(),
     }
 }
 
@@ -219,17 +201,6 @@ pub struct Holder {
     limits: Limits,
     /// Flips at shutdown; the renewal task ends then.
     shutdown: watch::Receiver<bool>,
-}
-
-/// The `[upstream]` values a ticket fetch needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// One fetch, and how long a request waits for a ticket.
-    pub timeout: Duration,
-    /// The first backoff after a failure.
-    pub retry_min: Duration,
-    /// The longest backoff.
-    pub retry_max: Duration,
 }
 
 /// Every ticket of one app.
@@ -317,8 +288,7 @@ impl Holder {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        // Plain values: a panic elsewhere cannot leave them half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::engine::lock(&self.state)
     }
 
     /// Records the demand and starts the renewal task if it is not running.
@@ -336,41 +306,42 @@ impl Holder {
     /// `token_timeout`: the fetch outlives a caller that gives up.
     async fn refresh_detached(self: &Arc<Self>) -> Result<Arc<Ticket>, TicketError> {
         let this = self.clone();
-        let flight = tokio::spawn(async move { this.refresh(Want::Demand).await });
-        match tokio::time::timeout(self.limits.timeout, flight).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(TicketError::Failed(FetchError::Transport(
-                "the ticket fetch stopped unexpectedly".into(),
-            ))),
-            Err(_) => Err(TicketError::StillFetching(self.limits.timeout)),
+        let work = async move { this.refresh(Want::Demand).await };
+        match engine::detached("ticket", self.limits.timeout, work).await {
+            Ok(result) => result,
+            Err(Unanswered::StillRunning(wait)) => Err(TicketError::StillFetching(wait)),
+            Err(Unanswered::Stopped(e)) => Err(TicketError::Failed(e)),
         }
     }
 
     /// The single-flight refresh: see the module docs.
     async fn refresh(&self, want: Want) -> Result<Arc<Ticket>, TicketError> {
-        loop {
-            let _gate = self.gate.lock().await;
-            let now = Instant::now();
-            let facts = {
-                let st = self.lock_state();
-                Facts {
-                    valid: self.current().is_some(),
-                    retry_at: st.failures.retry_at(),
-                    renew_at: st.renew_at,
-                }
-            };
-            match admission::decide(want, &facts, now) {
-                Decision::UseHeld => match self.current() {
-                    Some(ticket) => return Ok(ticket),
-                    None => continue,
-                },
-                Decision::FailWithLastError => match self.lock_state().failures.last().cloned() {
-                    Some(e) => return Err(TicketError::Failed(e)),
-                    None => continue,
-                },
-                Decision::Fetch => return self.obtain(want).await,
-            }
-        }
+        engine::single_flight(
+            &self.gate,
+            |now| {
+                let facts = {
+                    let st = self.lock_state();
+                    Facts {
+                        valid: self.current().is_some(),
+                        retry_at: st.failures.retry_at(),
+                        renew_at: st.renew_at,
+                    }
+                };
+                admission::decide(want, &facts, now)
+            },
+            || self.current(),
+            || {
+                self.lock_state()
+                    .failures
+                    .last()
+                    .cloned()
+                    .map(TicketError::Failed)
+            },
+            // The ticket rules never decline: only an operator's refresh is.
+            TicketError::StillFetching,
+            async |_| self.obtain(want).await,
+        )
+        .await
     }
 
     /// A ticket from the store if it holds a usable one, else fetched and
@@ -530,31 +501,27 @@ impl Holder {
     /// in use; ends when it is not (the next demand starts it again) or at
     /// shutdown.
     async fn renew(self: Arc<Self>) {
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            let at = {
+        engine::renew(
+            &self.wake,
+            self.shutdown.clone(),
+            || {
                 let mut st = self.lock_state();
                 if !st.asked {
                     st.renewing = false;
-                    return;
+                    return engine::Next::Stop;
                 }
-                st.failures.retry_at().or(st.renew_at)
-            };
-            let sleep = async {
-                match at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                match st.failures.retry_at().or(st.renew_at) {
+                    Some(at) => engine::Next::At(at, Want::Ahead),
                     // Nothing scheduled yet: the first fetch is under way.
-                    None => std::future::pending().await,
+                    None => engine::Next::Idle,
                 }
-            };
-            tokio::select! {
-                _ = sleep => {
-                    // Failures are logged and scheduled inside.
-                    let _ = self.refresh(Want::Ahead).await;
-                }
-                _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+            },
+            // Failures are logged and scheduled inside.
+            |want| {
+                let this = &self;
+                async move { drop(this.refresh(want).await) }
+            },
+        )
+        .await
     }
 }

@@ -4,12 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::Reason;
+pub use crate::engine::Decision;
 
-/// The admin refresh endpoint causes at most one successful fetch per this
-/// interval; failed attempts do not count, so an operator who fixed the
-/// cause can try again at once.
-pub const ADMIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+use super::Reason;
 
 /// A token rejected with at least this much life left was not rejected for
 /// its age: somebody else replaced it.
@@ -40,22 +37,13 @@ pub struct Facts {
     pub last_token_error_fetch: Option<Instant>,
     /// The last fetch that brought a token.
     pub last_success: Option<Instant>,
-    /// At most one token-error fetch per this interval.
+    /// The last fetch an operator's refresh made, successful or not.
+    pub last_admin_fetch: Option<Instant>,
+    /// An operator's refresh already went through the current backoff.
+    pub backoff_cut_by_operator: bool,
+    /// At most one token-error fetch, and one admin fetch, per this
+    /// interval.
     pub min_refresh_interval: Duration,
-}
-
-/// What to do about a refresh request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The held token serves: no fetch.
-    UseHeld,
-    /// The last fetch failed and its backoff has not passed: answer its error.
-    FailWithLastError,
-    /// Token errors came too fast: wait until then, look again, and fetch
-    /// if nobody did meanwhile. Delays callers instead of failing them.
-    WaitUntil(Instant),
-    /// Go ahead and fetch.
-    Fetch,
 }
 
 /// The rules, in order. `rejected` is the generation of the token the caller
@@ -72,9 +60,11 @@ pub fn decide(reason: Reason, rejected: Option<u64>, facts: &Facts, now: Instant
     }
     // Held, and WeChat has not rejected it.
     let good = valid.filter(|h| !h.rejected);
-    // During a backoff everyone gets the last error at once; only an
-    // operator's explicit refresh goes through.
-    if facts.retry_at.is_some_and(|at| now < at) && reason != Reason::Admin {
+    if reason == Reason::Admin {
+        return decide_admin(good.is_some(), facts, now);
+    }
+    // During a backoff everyone gets the last error at once.
+    if facts.retry_at.is_some_and(|at| now < at) {
         return Decision::FailWithLastError;
     }
     if matches!(reason, Reason::Startup | Reason::Ahead)
@@ -93,15 +83,27 @@ pub fn decide(reason: Reason, rejected: Option<u64>, facts: &Facts, now: Instant
             }
         }
     }
-    if reason == Reason::Admin
-        && good.is_some()
-        && facts
-            .last_success
-            .is_some_and(|t| now.duration_since(t) < ADMIN_REFRESH_INTERVAL)
-    {
+    Decision::Fetch
+}
+
+/// An operator's refresh: at most one fetch per `min_refresh_interval`,
+/// healthy or failing (a good token fetched within it stands); through a
+/// fetch backoff once, for the operator who just fixed its cause, and after
+/// that the backoff stands until a fetch works.
+fn decide_admin(good: bool, facts: &Facts, now: Instant) -> Decision {
+    let interval = facts.min_refresh_interval;
+    if good && facts.last_success.is_some_and(|t| now < t + interval) {
         return Decision::UseHeld;
     }
-    Decision::Fetch
+    if let Some(next) = facts.last_admin_fetch.map(|t| t + interval) {
+        if now < next {
+            return Decision::Decline(next);
+        }
+    }
+    match facts.retry_at {
+        Some(at) if now < at && facts.backoff_cut_by_operator => Decision::Decline(at),
+        _ => Decision::Fetch,
+    }
 }
 
 /// Whether a rejection means another system is fetching tokens for the same
@@ -371,6 +373,43 @@ mod tests {
             ..rejected(now)
         };
         assert_eq!(decide(Reason::Admin, None, &facts, now), Decision::Fetch);
+    }
+
+    #[test]
+    fn an_operator_cuts_a_backoff_short_only_once() {
+        let now = Instant::now();
+        let facts = Facts {
+            held: None,
+            retry_at: Some(now + s(60)),
+            backoff_cut_by_operator: true,
+            last_admin_fetch: Some(now - s(30)),
+            ..healthy(now)
+        };
+        assert_eq!(
+            decide(Reason::Admin, None, &facts, now),
+            Decision::Decline(now + s(60))
+        );
+    }
+
+    #[test]
+    fn admin_refreshes_make_one_fetch_per_interval_even_while_fetches_fail() {
+        let now = Instant::now();
+        // The operator's fetch a second ago failed; no backoff stands (a
+        // secret rotation ended it), yet the next waits out the interval.
+        let facts = Facts {
+            held: None,
+            last_admin_fetch: Some(now - s(1)),
+            last_success: Some(now - s(3600)),
+            ..healthy(now)
+        };
+        assert_eq!(
+            decide(Reason::Admin, None, &facts, now),
+            Decision::Decline(now + s(4))
+        );
+        assert_eq!(
+            decide(Reason::Admin, None, &facts, now + s(4)),
+            Decision::Fetch
+        );
     }
 
     #[test]

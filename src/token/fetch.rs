@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::TokenApi;
+use crate::engine::backoff;
 use crate::secret::SecretError;
 use crate::wechat::{self, FetchError, Grant};
 
-use super::{backoff, Reason, RefreshError, Token, TokenManager};
+use super::{Reason, RefreshError, Token, TokenManager};
 
 /// The stable API allows a `force_refresh` at most this often.
 const FORCE_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -72,6 +73,7 @@ impl TokenManager {
 
     async fn fetch_once(&self, force: bool) -> Result<Grant, FetchError> {
         let secret = self.secret.load_full();
+        self.count_fetch();
         let fetch = async {
             match &self.grantor {
                 Some(grantor) => grantor.grant(&self.client, &secret).await,
@@ -93,6 +95,7 @@ impl TokenManager {
             grant.token,
             sent_at + grant.expires_in,
             sent_at + backoff::renew_after(grant.expires_in, self.app.refresh_before_expiry),
+            true,
         );
         let mut st = self.lock_state();
         st.fetches += 1;

@@ -19,8 +19,9 @@
 //! - Fetches run in a task of their own, never in a request's future: a
 //!   client that disconnects stops waiting, but the fetch it started finishes
 //!   and its token is used by everyone after. A request waits at most
-//!   `token_timeout_ms` (plus the flood guard's delay, below) and then gets a
-//!   503; the fetch goes on.
+//!   `token_timeout_ms`, whoever holds the fleet lease and whatever the flood
+//!   guard (below) makes the fetch wait for, and then gets a 503; the fetch
+//!   goes on.
 //! - `state` (a plain mutex, never held across an await) records failures,
 //!   backoff, schedule and history, so the status page never waits behind a
 //!   fetch.
@@ -29,21 +30,28 @@
 //! error at once; token errors cause at most one fetch per
 //! `min_refresh_interval_ms`, and requests that meet one inside that window
 //! wait for the next allowed fetch rather than fail; the admin refresh makes
-//! at most one successful fetch per 10 s.
+//! at most one fetch per `min_refresh_interval_ms`, failed or not, and goes
+//! through a fetch backoff once.
+//!
+//! The quota guard: a token fetched because API P rejected the one before
+//! remembers P. If P rejects it too before ever accepting it, P refuses every
+//! token for reasons of its own: no fetch, the token is not marked rejected,
+//! and the caller gets WeChat's answer. A fight (the old token rejected with
+//! life left) is counted only once P accepts the new token.
 //!
 //! The files: [`fetch`] talks to WeChat (the stable API's `force_refresh`
 //! quirk, secret rotation); [`fleet`] shares tokens through the store and,
-//! with Redis, holds a fleet-wide lease so one replica fetches for all;
-//! [`backoff`] says when to try again.
+//! with Redis, a fleet-wide lease so one replica fetches for all (the
+//! protocol is the engine's, [`crate::engine::fleet`]);
+//! [`crate::engine::backoff`] says when to try again.
 //!
 //! The same manager holds a third-party platform's component token and each
 //! authorizer's token ([`crate::platform`]): what differs is only where the
 //! token comes from, a [`Grantor`], and its key in the store.
 
 mod admission;
-pub(crate) mod backoff;
 mod fetch;
-pub(crate) mod fleet;
+mod fleet;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -55,11 +63,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{AppConfig, AppKind, Environment, Secret, UpstreamSettings};
+use crate::engine::{self, backoff, Limits, Unanswered};
 use crate::forward::upstream::HttpClient;
 use crate::store::{Key, Store};
 use crate::wechat::{FetchError, Grant};
 
-use self::admission::{Decision, Facts, Held};
+use self::admission::{Facts, Held};
 
 /// One access_token as the proxy holds it.
 pub struct Token {
@@ -73,21 +82,23 @@ pub struct Token {
     generation: u64,
     /// WeChat rejected it: shown on the status page, fails readiness.
     rejected: AtomicBool,
+    /// The API path whose rejection of the previous token caused this
+    /// token's fetch, if one did.
+    fetched_for: Option<Box<str>>,
+    /// That API accepted this token: the one before had died (a fight, if
+    /// it died young), and a later rejection there means this one died too.
+    /// Until then, a rejection there means the API refuses every token for
+    /// its own reasons, and fetching again would only burn the quota.
+    accepted_by_trigger: AtomicBool,
+    /// The API it was fetched for was found to refuse every token, and the
+    /// log said so.
+    refusal_told: AtomicBool,
 }
 
 impl Token {
     /// The token, for the one place that writes it into an upstream URL.
     pub fn value(&self) -> &str {
         &self.value
-    }
-
-    /// WeChat answered a call made with this token without a token error:
-    /// a rejection seen on another call was about that call, not the token.
-    pub fn accepted(&self) {
-        // Load first: the common case (never rejected) stays a plain read.
-        if self.is_rejected() {
-            self.rejected.store(false, Ordering::Relaxed);
-        }
     }
 
     fn is_valid_at(&self, now: Instant) -> bool {
@@ -150,6 +161,15 @@ pub enum RefreshError {
     /// WeChat handed back the very token it had just rejected.
     #[error("WeChat returned the rejected token again")]
     NotRenewed,
+    /// The API rejected a token fetched because it rejected the one before:
+    /// it refuses every token for reasons of its own, so no fetch is made
+    /// and the token keeps serving every other call.
+    #[error("this API rejects every token; the token serves other calls")]
+    RejectedByOneApi,
+    /// An operator's refresh was not made: one was made too recently, or an
+    /// operator already cut the current backoff short.
+    #[error("no refresh made; the next may be made in {} s", .0.as_secs().max(1))]
+    Declined(Duration),
 }
 
 impl RefreshError {
@@ -174,6 +194,14 @@ pub enum AdminRefresh {
         /// Until the next admin refresh may fetch.
         retry_in: Duration,
     },
+    /// No fetch was made: an admin refresh was made too recently, or an
+    /// operator already cut the current backoff short.
+    Declined {
+        /// Until the next admin refresh may fetch.
+        retry_in: Duration,
+        /// The error of the last fetch, if it failed.
+        last_error: Option<FetchError>,
+    },
 }
 
 /// What the status page and readiness probe show of an app's token.
@@ -191,6 +219,9 @@ pub struct Status {
     pub failures: u32,
     /// Successful fetches since start.
     pub fetches: u64,
+    /// Requests sent to WeChat's token endpoint today (China Standard Time,
+    /// when WeChat's daily quota starts over), failed ones included.
+    pub fetches_today: u64,
     /// Tokens rejected well within their life: another system fetches
     /// tokens for the same appid.
     pub fights: u64,
@@ -236,6 +267,23 @@ struct State {
     /// When the held token was put in the slot: a use after this is a use
     /// within its life.
     installed_at: Option<Instant>,
+    /// Last admin refresh that fetched, successful or not.
+    last_admin_fetch: Option<Instant>,
+    /// Token endpoint requests on [`State::fetch_day`].
+    fetches_today: u64,
+    /// The day (China Standard Time) `fetches_today` counts.
+    fetch_day: u64,
+    /// During a token-error fetch: the API path that rejected the token,
+    /// given to the token that replaces it.
+    trigger: Option<Box<str>>,
+    /// During a token-error fetch: the life the rejected token had left, if
+    /// that makes its rejection look like a fight.
+    fight_candidate: Option<Duration>,
+    /// A token fetched to replace one rejected with life left: the fight is
+    /// counted once the API that rejected the old one accepts the new one
+    /// (generation, life left). An API that rejects every token never does,
+    /// and is no fight.
+    pending_fight: Option<(u64, Duration)>,
 }
 
 /// Observes every fetch's outcome (metrics hook in here).
@@ -294,10 +342,14 @@ pub struct TokenManager {
     state: Mutex<State>,
     /// Tells the refresher its schedule changed.
     wake: Notify,
+    /// The generation of every token a fetch brought, once it is in the slot
+    /// and saved: callers waiting for a new token take it then, without
+    /// queueing for the gate behind every other caller.
+    installed: watch::Sender<u64>,
     /// Upstream connection pool shared with the proxy.
     client: HttpClient,
     /// Limits for one fetch and the backoff between failed ones.
-    limits: FetchLimits,
+    limits: Limits,
     /// Told about every fetch.
     observer: Option<Arc<dyn RefreshObserver>>,
     /// Where a rotated secret is re-read from.
@@ -307,17 +359,6 @@ pub struct TokenManager {
     store: Arc<Store>,
     /// Fetches the token when it is not the app's own; `None` for apps.
     grantor: Option<Arc<dyn Grantor>>,
-}
-
-/// The `[upstream]` values the token manager needs.
-#[derive(Debug, Clone, Copy)]
-struct FetchLimits {
-    /// One fetch from WeChat, and how long a request waits for a token.
-    timeout: Duration,
-    /// The first backoff after a failure.
-    retry_min: Duration,
-    /// The longest backoff.
-    retry_max: Duration,
 }
 
 impl TokenManager {
@@ -340,12 +381,9 @@ impl TokenManager {
                 ..State::default()
             }),
             wake: Notify::new(),
+            installed: watch::Sender::new(0),
             client,
-            limits: FetchLimits {
-                timeout: upstream.token_timeout,
-                retry_min: upstream.token_retry_min,
-                retry_max: upstream.token_retry_max,
-            },
+            limits: Limits::of(upstream),
             observer,
             env,
             store: Arc::new(Store::Memory),
@@ -424,26 +462,63 @@ impl TokenManager {
     pub async fn token(self: &Arc<Self>) -> Result<Arc<Token>, RefreshError> {
         match self.current() {
             Some(token) => Ok(token),
-            None => self.refresh_detached(Reason::OnDemand, None).await,
+            None => self.refresh_detached(Reason::OnDemand, None, None).await,
         }
     }
 
-    /// Replaces `rejected` (the token WeChat just refused), single-flight.
-    /// Marks it rejected first, for the status page and readiness.
+    /// Replaces `rejected` (the token WeChat just refused on a call to
+    /// `path`), single-flight. Marks it rejected first, for the status page
+    /// and readiness; unless `path` is the API whose rejection of the token
+    /// before caused this one's fetch, and it has never accepted this one:
+    /// that API refuses every token, and a fetch would only burn the quota.
     pub async fn replace(
         self: &Arc<Self>,
         rejected: &Arc<Token>,
+        path: &str,
     ) -> Result<Arc<Token>, RefreshError> {
+        if rejected.fetched_for.as_deref() == Some(path)
+            && !rejected.accepted_by_trigger.load(Ordering::Relaxed)
+        {
+            // Once per token: a looping client would flood the log.
+            if !rejected.refusal_told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    app = %self.label(),
+                    path,
+                    "WeChat rejected a token fetched because this API rejected the one before: the API refuses \
+                     every token for reasons of its own (permissions, the account's kind); no new token is fetched for it"
+                );
+            }
+            return Err(RefreshError::RejectedByOneApi);
+        }
         rejected.rejected.store(true, Ordering::Relaxed);
-        self.refresh_detached(Reason::TokenError, Some(rejected.clone()))
+        self.refresh_detached(Reason::TokenError, Some(rejected.clone()), Some(path))
             .await
     }
 
-    /// Fetches a new token now for the admin endpoint, unless one was
-    /// fetched successfully in the last 10 s.
+    /// WeChat answered a call to `path` made with `token` without a token
+    /// error: a rejection seen on another call was about that call, not the
+    /// token. When `path` is the API whose rejection caused this token's
+    /// fetch, the token before had died there: a fight suspected then is
+    /// real.
+    pub fn accepted(&self, token: &Token, path: &str) {
+        // Loads first: the common case stays plain reads.
+        if token.is_rejected() {
+            token.rejected.store(false, Ordering::Relaxed);
+        }
+        if token.fetched_for.as_deref() == Some(path)
+            && !token.accepted_by_trigger.load(Ordering::Relaxed)
+            && !token.accepted_by_trigger.swap(true, Ordering::Relaxed)
+        {
+            self.confirm_fight(token.generation);
+        }
+    }
+
+    /// Fetches a new token now for the admin endpoint: at most once per
+    /// `min_refresh_interval`, counting any successful fetch and every admin
+    /// fetch, failed or not; through a fetch backoff only once.
     pub async fn refresh_by_admin(self: &Arc<Self>) -> Result<AdminRefresh, RefreshError> {
         let this = self.clone();
-        let flight = tokio::spawn(async move { this.refresh(Reason::Admin, None).await });
+        let flight = tokio::spawn(async move { this.refresh(Reason::Admin, None, None).await });
         match flight.await {
             Ok(Ok((_, Source::Held))) => {
                 let since = self
@@ -452,12 +527,16 @@ impl TokenManager {
                     .map_or(Duration::ZERO, |t| t.elapsed());
                 Ok(AdminRefresh::TooSoon {
                     since,
-                    retry_in: admission::ADMIN_REFRESH_INTERVAL.saturating_sub(since),
+                    retry_in: self.app.min_refresh_interval.saturating_sub(since),
                 })
             }
             Ok(Ok(_)) => Ok(AdminRefresh::Fetched),
+            Ok(Err(RefreshError::Declined(retry_in))) => Ok(AdminRefresh::Declined {
+                retry_in,
+                last_error: self.lock_state().failures.last().cloned(),
+            }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(stopped()),
+            Err(_) => Err(RefreshError::Failed(engine::stopped("token"))),
         }
     }
 
@@ -476,15 +555,18 @@ impl TokenManager {
             last_error: st.failures.last().cloned(),
             failures: st.failures.count(),
             fetches: st.fetches,
+            fetches_today: if st.fetch_day == china_day(SystemTime::now()) {
+                st.fetches_today
+            } else {
+                0
+            },
             fights: st.fights,
             last_fight: st.last_fight,
         }
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        // The state holds plain values; a panic elsewhere cannot leave it
-        // half-written in a way that matters, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        engine::lock(&self.state)
     }
 
     /// What the admission rules need, read now.
@@ -502,87 +584,141 @@ impl TokenManager {
             renew_at: st.renew_at,
             last_token_error_fetch: st.last_token_error_fetch,
             last_success: st.last_success,
+            last_admin_fetch: st.last_admin_fetch,
+            backoff_cut_by_operator: st.failures.cut_by_operator(),
             min_refresh_interval: self.app.min_refresh_interval,
         }
     }
 
     /// Runs the refresh in a task of its own and waits for it at most
-    /// `token_timeout` (after the flood guard's delay, if one applies): the
-    /// fetch outlives a caller that disconnects or gives up.
+    /// `token_timeout`, whoever fetches and whatever the flood guard makes
+    /// the task wait for: the fetch outlives a caller that disconnects or
+    /// gives up.
     async fn refresh_detached(
         self: &Arc<Self>,
         reason: Reason,
         rejected: Option<Arc<Token>>,
+        path: Option<&str>,
     ) -> Result<Arc<Token>, RefreshError> {
-        let now = Instant::now();
-        let generation = rejected.as_ref().map(|t| t.generation);
-        let delay = match admission::decide(reason, generation, &self.facts(now), now) {
-            Decision::WaitUntil(at) => at.saturating_duration_since(now),
-            _ => Duration::ZERO,
-        };
+        let replaced = rejected.as_ref().map(|t| t.generation);
+        let mut installed = self.installed.subscribe();
         let this = self.clone();
-        let flight = tokio::spawn(async move { this.refresh(reason, rejected.as_deref()).await });
-        match tokio::time::timeout(delay + self.limits.timeout, flight).await {
-            Ok(Ok(result)) => result.map(|(token, _)| token),
-            Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(RefreshError::StillFetching(self.limits.timeout)),
+        let path: Option<Box<str>> = path.map(Into::into);
+        let work = async move {
+            this.refresh(reason, rejected.as_deref(), path.as_deref())
+                .await
+        };
+        let answer = engine::detached("token", self.limits.timeout, work);
+        // Whoever's fetch brings a new token (this caller's, another's, the
+        // refresher's), the caller takes it then rather than queue for the
+        // gate behind every other caller.
+        let arrived = async {
+            loop {
+                if installed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if let Some(token) = self.current() {
+                    if Some(token.generation) != replaced && !token.is_rejected() {
+                        return token;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            answer = answer => match answer {
+                Ok(result) => result.map(|(token, _)| token),
+                Err(Unanswered::StillRunning(wait)) => Err(RefreshError::StillFetching(wait)),
+                Err(Unanswered::Stopped(e)) => Err(RefreshError::Failed(e)),
+            },
+            token = arrived => Ok(token),
         }
     }
 
     /// The single-flight refresh: see the module docs.
+    /// `path` is the API that rejected `rejected` (token errors only).
     async fn refresh(
         &self,
         reason: Reason,
         rejected: Option<&Token>,
+        path: Option<&str>,
     ) -> Result<(Arc<Token>, Source), RefreshError> {
-        loop {
-            let gate = self.gate.lock().await;
-            let now = Instant::now();
-            let facts = self.facts(now);
-            match admission::decide(reason, rejected.map(|t| t.generation), &facts, now) {
-                Decision::UseHeld => match self.current() {
-                    Some(token) => return Ok((token, Source::Held)),
-                    // Expired between the look and now: decide again.
-                    None => continue,
-                },
-                Decision::FailWithLastError => match self.lock_state().failures.last().cloned() {
-                    Some(e) => return Err(RefreshError::Failed(e)),
-                    None => continue,
-                },
-                Decision::WaitUntil(at) => {
-                    drop(gate);
-                    tokio::time::sleep_until(at.into()).await;
+        let generation = rejected.map(|t| t.generation);
+        engine::single_flight(
+            &self.gate,
+            |now| admission::decide(reason, generation, &self.facts(now), now),
+            || self.current().map(|token| (token, Source::Held)),
+            || {
+                self.lock_state()
+                    .failures
+                    .last()
+                    .cloned()
+                    .map(RefreshError::Failed)
+            },
+            RefreshError::Declined,
+            async |now| {
+                self.before_fetch(reason, rejected, path, now);
+                let outcome = self.obtain(reason, rejected).await;
+                {
+                    let mut st = self.lock_state();
+                    st.trigger = None;
+                    st.fight_candidate = None;
                 }
-                Decision::Fetch => {
-                    if reason == Reason::TokenError {
-                        self.lock_state().last_token_error_fetch = Some(now);
-                    }
-                    let outcome = self.obtain(reason, rejected).await;
-                    if reason == Reason::TokenError {
-                        if let Some(rejected) = rejected {
-                            let by_fleet = matches!(outcome, Ok((_, Source::Store)));
-                            self.notice_fight(rejected, now, by_fleet);
-                        }
-                    }
-                    return outcome;
+                // Told once the token is also saved for the fleet.
+                if let Ok((token, _)) = &outcome {
+                    self.installed.send_replace(token.generation);
                 }
+                outcome
+            },
+        )
+        .await
+    }
+
+    /// What a fetch about to be made for `reason` leaves in the state (gate
+    /// held): a token error's time, API and fight suspicion; an admin
+    /// fetch's time, and whether it went through a backoff.
+    fn before_fetch(
+        &self,
+        reason: Reason,
+        rejected: Option<&Token>,
+        path: Option<&str>,
+        now: Instant,
+    ) {
+        let mut st = self.lock_state();
+        let in_backoff = st.failures.retry_at().is_some_and(|at| now < at);
+        if reason == Reason::TokenError {
+            st.last_token_error_fetch = Some(now);
+            st.trigger = path.map(Into::into);
+            let mp = self.app.kind == AppKind::Mp;
+            st.fight_candidate = rejected
+                .map(|t| t.expires_at.saturating_duration_since(now))
+                .filter(|&life_left| admission::is_fight(mp, life_left, false));
+        }
+        if reason == Reason::Admin {
+            st.last_admin_fetch = Some(now);
+            if in_backoff {
+                st.failures.cut_by_operator_now();
             }
         }
     }
 
-    /// A token this proxy fetched was rejected well within its life: almost
-    /// always another system fetching tokens for the same appid. Say so.
-    fn notice_fight(&self, rejected: &Token, at: Instant, replaced_by_fleet: bool) {
-        let life_left = rejected.expires_at.saturating_duration_since(at);
-        let mp = self.app.kind == AppKind::Mp;
-        if !admission::is_fight(mp, life_left, replaced_by_fleet) {
-            return;
-        }
-        {
+    /// The API that rejected the token before accepted the token of
+    /// `generation`: if that was fetched to replace a token rejected well
+    /// within its life, that was almost always another system fetching
+    /// tokens for the same appid. Say so. (Counted only now: an API that
+    /// rejects every token, the new one too, is no fight.)
+    fn confirm_fight(&self, generation: u64) {
+        let life_left = {
             let mut st = self.lock_state();
-            st.fights += 1;
-            st.last_fight = Some(SystemTime::now());
-        }
+            match st.pending_fight {
+                Some((g, life_left)) if g == generation => {
+                    st.pending_fight = None;
+                    st.fights += 1;
+                    st.last_fight = Some(SystemTime::now());
+                    life_left
+                }
+                _ => return,
+            }
+        };
         // Counted before it is logged: whoever reads the line finds it counted.
         if let Some(observer) = &self.observer {
             observer.fight(&self.app.name);
@@ -609,9 +745,26 @@ impl TokenManager {
         }
     }
 
-    /// Puts a token (fetched or taken from the store) in the slot, schedules
-    /// its renewal and clears the failure record.
-    fn install(&self, value: String, expires_at: Instant, renew_at: Instant) -> Arc<Token> {
+    /// Counts a request to WeChat's token endpoint against today's quota.
+    fn count_fetch(&self) {
+        let today = china_day(SystemTime::now());
+        let mut st = self.lock_state();
+        if st.fetch_day != today {
+            st.fetch_day = today;
+            st.fetches_today = 0;
+        }
+        st.fetches_today += 1;
+    }
+
+    /// Puts a token (`fetched`, or taken from the store) in the slot,
+    /// schedules its renewal and clears the failure record.
+    fn install(
+        &self,
+        value: String,
+        expires_at: Instant,
+        renew_at: Instant,
+        fetched: bool,
+    ) -> Arc<Token> {
         let mut st = self.lock_state();
         let held = self.slot.load();
         // WeChat may hand back the token we hold (the stable API does until
@@ -623,11 +776,21 @@ impl TokenManager {
                 (st.next_generation - 1, false)
             }
         };
+        let new = held.as_ref().is_none_or(|h| h.generation != generation);
+        // A fight is suspected only against a token another system did not
+        // hand this replica (the fleet's own replacement is no fight).
+        let candidate = st.fight_candidate.take().filter(|_| fetched && new);
+        if let Some(life_left) = candidate {
+            st.pending_fight = Some((generation, life_left));
+        }
         let token = Arc::new(Token {
             value: value.into_boxed_str(),
             expires_at,
             generation,
             rejected: AtomicBool::new(rejected),
+            fetched_for: st.trigger.take(),
+            accepted_by_trigger: AtomicBool::new(false),
+            refusal_told: AtomicBool::new(false),
         });
         self.slot.store(Some(token.clone()));
         st.renew_at = Some(renew_at);
@@ -677,18 +840,21 @@ impl TokenManager {
 
     /// Fetches at start, renews ahead of expiry, retries after failures;
     /// returns when `shutdown` flips.
-    pub async fn run_refresher(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let (at, reason) = self.next_background_fetch();
-            tokio::select! {
-                _ = tokio::time::sleep_until(at.into()) => {
-                    // Failures are logged and scheduled inside.
-                    let _ = self.refresh(reason, None).await;
-                }
-                _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    pub async fn run_refresher(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        engine::renew(
+            &self.wake,
+            shutdown,
+            || {
+                let (at, reason) = self.next_background_fetch();
+                engine::Next::At(at, reason)
+            },
+            // Failures are logged and scheduled inside.
+            |reason| {
+                let this = &self;
+                async move { drop(this.refresh(reason, None, None).await) }
+            },
+        )
+        .await
     }
 
     /// For a scheduler that renews many tokens without a task each: whether
@@ -707,7 +873,7 @@ impl TokenManager {
     /// The renewal [`TokenManager::renewal_due`] called for; failures are
     /// logged and scheduled inside.
     pub(crate) async fn renew_ahead(&self) {
-        let _ = self.refresh(Reason::Ahead, None).await;
+        let _ = self.refresh(Reason::Ahead, None, None).await;
     }
 
     fn next_background_fetch(&self) -> (Instant, Reason) {
@@ -727,10 +893,11 @@ impl TokenManager {
     }
 }
 
-/// A refresh task that ended without an answer (it panicked): never
-/// expected, but a request must still get one.
-fn stopped() -> RefreshError {
-    RefreshError::Failed(FetchError::Transport(
-        "the token fetch stopped unexpectedly".into(),
-    ))
+/// The day number, counted in China Standard Time (UTC+8): WeChat's daily
+/// quotas start over at its midnight.
+fn china_day(now: SystemTime) -> u64 {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (secs + 8 * 3600) / 86_400
 }

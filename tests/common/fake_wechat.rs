@@ -69,6 +69,10 @@ pub struct FakeOptions {
     /// How long a JS-SDK ticket lives (every answer reports it in full as
     /// `expires_in`, as WeChat does).
     pub ticket_lifetime: Duration,
+    /// A ticket asked for with less than this left is replaced by a new one
+    /// (the old one works until its end): WeChat handing out the old ticket
+    /// until its last moments. Zero, the default: only once it has ended.
+    pub ticket_renew_within: Duration,
 }
 
 impl Default for FakeOptions {
@@ -81,6 +85,7 @@ impl Default for FakeOptions {
             stable_window: Duration::from_secs(2),
             force_min_interval: Duration::ZERO,
             ticket_lifetime: Duration::from_secs(7200),
+            ticket_renew_within: Duration::ZERO,
         }
     }
 }
@@ -98,6 +103,8 @@ pub enum FetchFailure {
     Hang,
     /// Resets the TCP connection (RST) without answering.
     Reset,
+    /// HTTP 200, `application/json`, this body exactly (an odd answer).
+    Body(String),
 }
 
 /// One API (non-token) request as the fake received it.
@@ -215,7 +222,7 @@ impl FakeWeChat {
             "http://127.0.0.1"
         };
         let state = Arc::new(Mutex::new(State {
-            tickets: tickets::Tickets::new(opts.ticket_lifetime),
+            tickets: tickets::Tickets::new(opts.ticket_lifetime, opts.ticket_renew_within),
             component: component::Component::default(),
             service: service::Service::default(),
             ticket_fetches: HashMap::new(),
@@ -547,6 +554,11 @@ impl FakeWeChat {
     /// Whether WeChat would accept `ticket` in a signature now.
     pub fn ticket_is_live(&self, ticket: &str) -> bool {
         lock(&self.state).tickets.is_live(ticket, Instant::now())
+    }
+
+    /// How long WeChat accepts `ticket` from now; zero once it has ended.
+    pub fn ticket_life_left(&self, ticket: &str) -> Duration {
+        lock(&self.state).tickets.life_left(ticket, Instant::now())
     }
 
     /// `clear_quota/v2` calls so far, refused ones included.

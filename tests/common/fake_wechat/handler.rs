@@ -287,6 +287,7 @@ async fn fail(failure: FetchFailure, reset: &AtomicBool) -> Answer {
             reset.store(true, Ordering::Relaxed);
             Err(DropConnection)
         }
+        FetchFailure::Body(body) => Ok(respond(StatusCode::OK, JSON_UTF8, body)),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The fake's JS-SDK tickets, by WeChat's rule: asking again while a ticket
 //! lives returns the *same* ticket, with the full `expires_in` again; a new
-//! ticket only once it has ended. Pure logic over an explicit `now`.
+//! ticket only once it has ended, or (with `renew_within`) once it has less
+//! than that left, the old one still working until its end. Pure logic over
+//! an explicit `now`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -9,18 +11,24 @@ use std::time::{Duration, Instant};
 pub(super) struct Tickets {
     /// How long a ticket lives (and the `expires_in` every answer reports).
     lifetime: Duration,
+    /// A ticket with less than this left is replaced when asked for.
+    renew_within: Duration,
     /// The live ticket of each (appid, kind) and when it ends.
     live: HashMap<(String, &'static str), (String, Instant)>,
     /// Every ticket issued, oldest first, with its kind.
     issued: Vec<(&'static str, String)>,
+    /// When each ticket issued ends.
+    ends: HashMap<String, Instant>,
 }
 
 impl Tickets {
-    pub fn new(lifetime: Duration) -> Tickets {
+    pub fn new(lifetime: Duration, renew_within: Duration) -> Tickets {
         Tickets {
             lifetime,
+            renew_within,
             live: HashMap::new(),
             issued: Vec::new(),
+            ends: HashMap::new(),
         }
     }
 
@@ -29,10 +37,13 @@ impl Tickets {
     pub fn grant(&mut self, appid: &str, kind: &'static str, now: Instant) -> (String, u64) {
         let key = (appid.to_owned(), kind);
         let ticket = match self.live.get(&key) {
-            Some((ticket, ends)) if *ends > now => ticket.clone(),
+            Some((ticket, ends)) if ends.saturating_duration_since(now) > self.renew_within => {
+                ticket.clone()
+            }
             _ => {
                 let ticket = format!("TICKET-{kind}-{appid}-{:04}", self.issued.len() + 1);
                 self.live.insert(key, (ticket.clone(), now + self.lifetime));
+                self.ends.insert(ticket.clone(), now + self.lifetime);
                 self.issued.push((kind, ticket.clone()));
                 ticket
             }
@@ -51,8 +62,13 @@ impl Tickets {
 
     /// Whether `ticket` is live now.
     pub fn is_live(&self, ticket: &str, now: Instant) -> bool {
-        self.live
-            .values()
-            .any(|(t, ends)| t == ticket && *ends > now)
+        !self.life_left(ticket, now).is_zero()
+    }
+
+    /// How long `ticket` works from `now`; zero once it has ended.
+    pub fn life_left(&self, ticket: &str, now: Instant) -> Duration {
+        self.ends
+            .get(ticket)
+            .map_or(Duration::ZERO, |ends| ends.saturating_duration_since(now))
     }
 }

@@ -16,6 +16,9 @@ pub(crate) struct Failures {
     last: Option<FetchError>,
     /// No fetch before this (but from the refresher and an operator).
     retry_at: Option<Instant>,
+    /// An operator's refresh already went through this backoff: the next
+    /// waits for it like everyone.
+    cut_by_operator: bool,
 }
 
 impl Failures {
@@ -58,6 +61,17 @@ impl Failures {
     /// Failures in a row.
     pub(crate) fn count(&self) -> u32 {
         self.count
+    }
+
+    /// An operator's refresh goes through the backoff now; until a fetch
+    /// works, later ones wait for the backoff.
+    pub(crate) fn cut_by_operator_now(&mut self) {
+        self.cut_by_operator = true;
+    }
+
+    /// Whether an operator already went through since the last success.
+    pub(crate) fn cut_by_operator(&self) -> bool {
+        self.cut_by_operator
     }
 }
 

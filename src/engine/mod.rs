@@ -1,0 +1,194 @@
+//! The credential engine: what every credential the proxy holds shares,
+//! whatever its kind (app tokens in [`crate::token`], the platform's
+//! component and authorizer tokens through a [`crate::token::Grantor`],
+//! JS-SDK tickets in [`crate::ticket`]).
+//!
+//! - [`backoff`]: when to fetch again, after a success (renewal ahead of
+//!   expiry) and after a failure (capped exponential backoff, never sooner
+//!   than WeChat's errcode demands).
+//! - [`fleet`]: the store-and-lease protocol, so a fleet makes one fetch per
+//!   credential per lifetime.
+//! - [`Limits`]: the `[upstream]` bounds on one fetch and on the backoff.
+//! - [`single_flight`]: under one gate per credential, its rules (a pure
+//!   `decide` per kind) say whether to serve the held one, answer the last
+//!   error, wait, or fetch; N callers that want a new one cause one fetch.
+//! - [`renew`]: the background task that renews ahead of expiry and
+//!   retries after a failure, on the schedule the credential's state names.
+//! - [`detached`]: a fetch runs in a task of its own, so it outlives a
+//!   caller that disconnects or gives up; the caller waits at most
+//!   `token_timeout_ms` for it.
+
+pub(crate) mod backoff;
+pub(crate) mod fleet;
+
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+use crate::config::UpstreamSettings;
+use crate::wechat::FetchError;
+
+/// The `[upstream]` values every credential fetch obeys.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// One fetch from WeChat, and how long a request waits for a credential.
+    pub timeout: Duration,
+    /// The first backoff after a failure.
+    pub retry_min: Duration,
+    /// The longest backoff.
+    pub retry_max: Duration,
+}
+
+impl Limits {
+    /// `token_timeout_ms`, `token_retry_min_ms` and `token_retry_max_ms`.
+    pub fn of(upstream: &UpstreamSettings) -> Limits {
+        Limits {
+            timeout: upstream.token_timeout,
+            retry_min: upstream.token_retry_min,
+            retry_max: upstream.token_retry_max,
+        }
+    }
+}
+
+/// Why a caller of [`detached`] got no answer from the work.
+pub(crate) enum Unanswered {
+    /// The work did not finish while the caller could wait; it goes on.
+    StillRunning(Duration),
+    /// The work ended without an answer (it panicked): never expected, but a
+    /// request must still get one.
+    Stopped(FetchError),
+}
+
+/// Runs `work` in a task of its own, started now, and waits for it at most
+/// `wait`. `noun` names the credential in the error should the task stop
+/// unexpectedly. Not an `async fn`: the caller's future holds the task's
+/// handle, never the work itself, so a request's future stays small.
+pub(crate) fn detached<T: Send + 'static>(
+    noun: &'static str,
+    wait: Duration,
+    work: impl Future<Output = T> + Send + 'static,
+) -> impl Future<Output = Result<T, Unanswered>> {
+    let flight = tokio::spawn(work);
+    async move {
+        match tokio::time::timeout(wait, flight).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(Unanswered::Stopped(stopped(noun))),
+            Err(_) => Err(Unanswered::StillRunning(wait)),
+        }
+    }
+}
+
+/// The error of a fetch task that ended without an answer.
+pub(crate) fn stopped(noun: &str) -> FetchError {
+    FetchError::Transport(format!("the {noun} fetch stopped unexpectedly"))
+}
+
+/// Locks a credential's bookkeeping. It holds plain values that a panic
+/// elsewhere cannot leave half-written in a way that matters, so poisoning
+/// is ignored.
+pub(crate) fn lock<S>(state: &Mutex<S>) -> MutexGuard<'_, S> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a credential's admission rules decide about a wish for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The held credential serves: no fetch.
+    UseHeld,
+    /// The last fetch failed and its backoff has not passed: answer its error.
+    FailWithLastError,
+    /// Too soon (token errors in a flood): wait until then, look again, and
+    /// fetch if nobody did meanwhile. Delays callers instead of failing them.
+    WaitUntil(Instant),
+    /// An operator's refresh is not made; the next may be at this time.
+    /// Sixty posts must never make sixty fetches.
+    Decline(Instant),
+    /// Go ahead and fetch.
+    Fetch,
+}
+
+/// The single flight every credential runs. Under `gate`, `decide` (the
+/// kind's rules, given the time) says what to do: serve what `held` holds,
+/// answer what `last_error` recorded (either gone meanwhile: decide again),
+/// wait with the gate released, refuse with `declined` (how long until the
+/// next may be made), or `fetch` with the gate held for the whole fetch.
+pub(crate) async fn single_flight<T, E>(
+    gate: &tokio::sync::Mutex<()>,
+    decide: impl Fn(Instant) -> Decision,
+    held: impl Fn() -> Option<T>,
+    last_error: impl Fn() -> Option<E>,
+    declined: impl Fn(Duration) -> E,
+    fetch: impl AsyncFnOnce(Instant) -> Result<T, E>,
+) -> Result<T, E> {
+    loop {
+        let gate = gate.lock().await;
+        let now = Instant::now();
+        match decide(now) {
+            Decision::UseHeld => match held() {
+                Some(held) => return Ok(held),
+                // Expired between the look and now: decide again.
+                None => continue,
+            },
+            Decision::FailWithLastError => match last_error() {
+                Some(e) => return Err(e),
+                None => continue,
+            },
+            Decision::WaitUntil(at) => {
+                drop(gate);
+                tokio::time::sleep_until(at.into()).await;
+            }
+            Decision::Decline(at) => return Err(declined(at.saturating_duration_since(now))),
+            Decision::Fetch => {
+                let outcome = fetch(now).await;
+                drop(gate);
+                return outcome;
+            }
+        }
+    }
+}
+
+/// What a credential's renewal task does next.
+pub(crate) enum Next<R> {
+    /// Nothing to renew (the credential is not in use): the task ends.
+    Stop,
+    /// Nothing scheduled yet (the first fetch is under way): wait to be woken.
+    Idle,
+    /// Renew at this time, for this reason.
+    At(Instant, R),
+}
+
+/// Renews ahead of expiry and retries after failures: asks `next` for the
+/// schedule, sleeps until then and runs `renew`; looks again whenever `wake`
+/// is notified (a fetch changed the schedule); ends on `Next::Stop` or when
+/// `shutdown` flips. Failures are `renew`'s to log and schedule.
+pub(crate) async fn renew<R, F: Future<Output = ()>>(
+    wake: &Notify,
+    mut shutdown: watch::Receiver<bool>,
+    next: impl Fn() -> Next<R>,
+    renew: impl Fn(R) -> F,
+) {
+    loop {
+        let (at, reason) = match next() {
+            Next::Stop => return,
+            Next::Idle => (None, None),
+            Next::At(at, reason) => (Some(at), Some(reason)),
+        };
+        let sleep = async {
+            match at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                if let Some(reason) = reason {
+                    renew(reason).await;
+                }
+            }
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
