@@ -220,7 +220,7 @@ async fn a_long_upload_is_not_taken_for_a_silent_host() {
     // A streamed upload that takes four connect timeouts to go out.
     let mut conn = common::raw::RawConn::connect(h.proxy.addr).await;
     conn.send(
-        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /cgi-bin/media/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
     )
     .await
     .unwrap();
