@@ -6,11 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use aes::Aes256;
-use base64::Engine as _;
 use bytes::Bytes;
-use cbc::cipher::block_padding::{NoPadding, Pkcs7, RawPadding};
-use cbc::cipher::{BlockEncryptMut, KeyIvInit};
 use common::fake_wechat::FakeWeChat;
 use common::redis::RedisServer;
 use common::{wait_until, wait_until_async, write_temp, Http, Proxy};
@@ -93,36 +89,15 @@ fn encrypted_event(
     timestamp: u64,
     nonce: &str,
 ) -> (String, String) {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(format!("{AES_KEY}="))
-        .expect("the test key is canonical base64");
     let xml = format!(
         "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{timestamp}</CreateTime>{fields}</xml>"
     );
-    let mut plain = b"0123456789abcdef".to_vec();
-    plain.extend_from_slice(&(xml.len() as u32).to_be_bytes());
-    plain.extend_from_slice(xml.as_bytes());
-    plain.extend_from_slice(appid.as_bytes());
-    let len = plain.len();
-    let padded = (len / 32 + 1) * 32;
-    plain.resize(padded, 0);
-    Pkcs7::raw_pad(&mut plain[padded - 32..], len - (padded - 32));
-    let cipher = cbc::Encryptor::<Aes256>::new_from_slices(&key, &key[..16]).expect("key");
-    let encrypted = cipher
-        .encrypt_padded_mut::<NoPadding>(&mut plain, padded)
-        .expect("whole blocks");
-    let encrypted = base64::engine::general_purpose::STANDARD.encode(encrypted);
-    let timestamp = timestamp.to_string();
-    let mut parts = [token, timestamp.as_str(), nonce, encrypted.as_str()];
-    parts.sort_unstable();
-    let signature = common::sha1_by_python(&parts.concat());
+    let encrypted = common::push::encrypt(&xml, appid, AES_KEY);
     let body = format!(
         "<xml><AppId><![CDATA[{appid}]]></AppId><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
     );
-    (
-        body,
-        format!("msg_signature={signature}&timestamp={timestamp}&nonce={nonce}"),
-    )
+    let query = common::push::signed_query(&encrypted, token, timestamp, nonce);
+    (body, query)
 }
 
 /// An admin request, with the admin key.
