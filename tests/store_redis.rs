@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::fake_wechat::FakeOptions;
 use common::redis::RedisServer;
 use common::setup::{env, ConfigBuilder, Harness, MP_APPID, SECRET};
-use common::{wait_until_async, Http, Proxy, Resp};
+use common::{assert_all_ok, spread, wait_ready, Http, Proxy};
 
 /// The key the proxy keeps the mp app's classic token under, with the default prefix.
 fn token_key() -> String {
@@ -274,37 +274,6 @@ async fn start(config: &ConfigBuilder, store: &str, http: &Http) -> Proxy {
     let proxy = Proxy::start(&format!("{}[store]\n{store}\n", config.render()), &env());
     wait_ready(&proxy, http).await;
     proxy
-}
-
-async fn wait_ready(proxy: &Proxy, http: &Http) {
-    let url = format!("{}/readyz", proxy.admin_url);
-    wait_until_async("the proxy to be ready", Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.get(&url).await.status == 200 }
-    })
-    .await;
-}
-
-/// `n` concurrent GETs of `path`, request `i` to replica `i % len`.
-async fn spread(http: &Http, replicas: &[Proxy], n: usize, path: &str) -> Vec<Resp> {
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let http = http.clone();
-            let url = format!("{}{path}", replicas[i % replicas.len()].url);
-            tokio::spawn(async move { http.get(&url).await })
-        })
-        .collect();
-    let mut answers = Vec::with_capacity(n);
-    for task in tasks {
-        answers.push(task.await.expect("request task"));
-    }
-    answers
-}
-
-fn assert_all_ok(answers: &[Resp]) {
-    for r in answers {
-        r.assert_ok();
-    }
 }
 
 /// The token string in the mp app's Redis entry (the value is JSON naming it).

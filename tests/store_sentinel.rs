@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::fake_wechat::FakeOptions;
 use common::redis::{dead_port, RedisServer, Sentinel};
 use common::setup::{env, ConfigBuilder, Harness, MP_APPID};
-use common::{wait_until_async, Http, Proxy, Resp};
+use common::{assert_all_ok, spread, wait_ready, wait_until_async, Http, Proxy};
 
 /// The key the proxy keeps the mp app's classic token under, with the default prefix.
 fn token_key() -> String {
@@ -42,7 +42,7 @@ async fn the_fleet_follows_a_sentinel_failover_with_one_fetch() {
     for proxy in &proxies {
         wait_ready(proxy, &http).await;
     }
-    assert_all_ok(&spread(&http, &proxies, 40).await);
+    assert_all_ok(&spread(&http, &proxies, 40, "/cgi-bin/user/info").await);
     assert_eq!(fake.token_fetches(), 1, "one fetch for the fleet");
     assert!(primary.get(&token_key()).is_some(), "saved on the primary");
 
@@ -50,7 +50,7 @@ async fn the_fleet_follows_a_sentinel_failover_with_one_fetch() {
     let killed = Instant::now();
 
     // While no primary is named, held tokens serve.
-    assert_all_ok(&spread(&http, &proxies, 40).await);
+    assert_all_ok(&spread(&http, &proxies, 40, "/cgi-bin/user/info").await);
     assert_eq!(fake.token_fetches(), 1);
 
     let mut promoted = None;
@@ -78,7 +78,7 @@ async fn the_fleet_follows_a_sentinel_failover_with_one_fetch() {
 
     // A token error on both replicas: one fetch, coordinated on the new primary.
     fake.revoke(MP_APPID);
-    assert_all_ok(&spread(&http, &proxies, 60).await);
+    assert_all_ok(&spread(&http, &proxies, 60, "/cgi-bin/user/info").await);
     assert_eq!(
         fake.token_fetches(),
         2,
@@ -93,36 +93,5 @@ async fn the_fleet_follows_a_sentinel_failover_with_one_fetch() {
     for proxy in &proxies {
         let logs = proxy.logs().join("\n");
         assert!(!logs.contains(&fresh), "a token in the log");
-    }
-}
-
-async fn wait_ready(proxy: &Proxy, http: &Http) {
-    let url = format!("{}/readyz", proxy.admin_url);
-    wait_until_async("the proxy to be ready", Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.get(&url).await.status == 200 }
-    })
-    .await;
-}
-
-/// `n` concurrent GETs, request `i` to proxy `i % len`.
-async fn spread(http: &Http, proxies: &[Proxy], n: usize) -> Vec<Resp> {
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let http = http.clone();
-            let url = format!("{}/cgi-bin/user/info", proxies[i % proxies.len()].url);
-            tokio::spawn(async move { http.get(&url).await })
-        })
-        .collect();
-    let mut answers = Vec::with_capacity(n);
-    for task in tasks {
-        answers.push(task.await.expect("request task"));
-    }
-    answers
-}
-
-fn assert_all_ok(answers: &[Resp]) {
-    for r in answers {
-        r.assert_ok();
     }
 }

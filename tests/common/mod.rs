@@ -114,3 +114,36 @@ pub fn committed(path: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap_or_else(|_| panic!("{path} is not UTF-8"))
 }
+
+/// Waits (up to 10 s) until `proxy`'s `/readyz` answers 200.
+pub async fn wait_ready(proxy: &Proxy, http: &Http) {
+    let url = format!("{}/readyz", proxy.admin_url);
+    wait_until_async("the proxy to be ready", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).await.status == 200 }
+    })
+    .await;
+}
+
+/// `n` concurrent GETs of `path`, request `i` to replica `i % len`.
+pub async fn spread(http: &Http, replicas: &[Proxy], n: usize, path: &str) -> Vec<Resp> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let http = http.clone();
+            let url = format!("{}{path}", replicas[i % replicas.len()].url);
+            tokio::spawn(async move { http.get(&url).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.expect("request task"));
+    }
+    answers
+}
+
+/// Asserts every answer is a 200 with errcode 0.
+pub fn assert_all_ok(answers: &[Resp]) {
+    for r in answers {
+        r.assert_ok();
+    }
+}
