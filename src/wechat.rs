@@ -331,10 +331,6 @@ pub fn redact(e: FetchError, secrets: &[&str]) -> FetchError {
     }
 }
 
-/// A request to WeChat as this proxy sends it (its own User-Agent).
-pub fn request() -> http::request::Builder {
-    Request::builder().header(
-        header::USER_AGENT,
-        concat!("wechat-token-proxy/", env!("CARGO_PKG_VERSION")),
-    )
-}
+/// A request to WeChat as this proxy sends it: the upstream client's, which
+/// its own probes use too.
+pub use crate::forward::upstream::request;

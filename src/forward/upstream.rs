@@ -93,6 +93,15 @@ impl Error {
     }
 }
 
+/// A request to WeChat as this proxy sends it (its own User-Agent): token
+/// and ticket fetches, and the probe of a primary host.
+pub fn request() -> http::request::Builder {
+    Request::builder().header(
+        header::USER_AGENT,
+        concat!("wechat-token-proxy/", env!("CARGO_PKG_VERSION")),
+    )
+}
+
 /// Marks a request (by its extensions) that waits at the head of the queue
 /// at the connection cap, not at its end: a token or ticket fetch, which
 /// every queued call that met a dead token is waiting for. Behind them it
@@ -201,7 +210,7 @@ async fn probe(pool: Weak<Pool>, hosts: Arc<Hosts>) {
         }
         let Some(pool) = pool.upgrade() else { return };
         let primary = hosts.primary();
-        let request = crate::wechat::request()
+        let request = request()
             .uri(format!("{primary}/"))
             .body(ProxyBody::empty());
         let Ok(request) = request else { return };
