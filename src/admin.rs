@@ -290,7 +290,7 @@ impl Admin {
             .map(|(i, t)| {
                 let mut status = app_status(t);
                 if let Some(tickets) = self.tickets.get(i) {
-                    status["tickets"] = tickets_status(tickets);
+                    status["tickets"] = crate::jssdk::status(tickets);
                 }
                 if let Some(Some(quota)) = self.quotas.get(i) {
                     let (reading, resets) = quota.status();
@@ -443,18 +443,4 @@ fn app_status(tokens: &TokenManager) -> Value {
         "consecutive_failures": status.failures,
         "last_error": status.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
     })
-}
-
-/// The tickets asked for since start: state and life left, never a ticket.
-fn tickets_status(tickets: &Tickets) -> Value {
-    let entries = tickets.status().into_iter().map(|t| {
-        let entry = json!({
-            "state": if t.expires_in.is_some() { "valid" } else { "missing" },
-            "expires_in_s": t.expires_in.map(|d| d.as_secs()),
-            "fetches": t.fetches,
-            "last_error": t.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
-        });
-        (t.kind.as_str().to_owned(), entry)
-    });
-    Value::Object(entries.collect())
 }

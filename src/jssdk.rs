@@ -10,17 +10,24 @@
 //!   `{"corpid","agentid","timestamp","nonceStr","signature"}`, signed with
 //!   the agent ticket; needs the app's `agentid`.
 //!
+//! The same answers for the accounts served under a platform or a suite
+//! (`/{platform}/{appid}/…`, `/{suite}/{corpid}/…`), signed for that
+//! account with its own tickets, which are made on its first ask
+//! ([`OnDemand`]).
+//!
 //! The signature is the SHA-1 of
 //! `jsapi_ticket=T&noncestr=N&timestamp=TS&url=U`, U without its `#`
 //! fragment; the nonce comes from the OS's randomness.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use ring::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY};
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use crate::config::{AppConfig, AppKind};
 use crate::error::json_response;
@@ -28,20 +35,29 @@ use crate::forward::body::ProxyBody;
 use crate::forward::route::{Local, TicketCall};
 use crate::ticket::{Kind, Ticket, TicketError, Tickets};
 
+/// Whom the answers are for: the name, kind and agentid of `config` (an
+/// app, or the platform or suite an account is served under), the account
+/// `appid` signed for, and where its tickets come from (called only when a
+/// ticket is needed, so an account's are made on its first ask).
+pub struct Signer<'a> {
+    /// The app, or the platform or suite of the account.
+    pub config: &'a AppConfig,
+    /// The account: the app's appid, an authorizer's, a corp's corpid.
+    pub appid: &'a str,
+    /// The account's tickets.
+    pub tickets: &'a (dyn Fn() -> Arc<Tickets> + Sync),
+}
+
 /// Answers a ticket call or a JS-SDK path (`local`, from the route table)
 /// here; `None` lets the request go on to WeChat (a ticket of a type the
 /// proxy does not hold). Called after the client key and the app's path
 /// policy were checked.
 pub async fn answer(
-    app: &AppConfig,
-    tickets: &Tickets,
+    signer: &Signer<'_>,
     parts: &Parts,
     local: Local,
 ) -> Option<Response<ProxyBody>> {
-    let app = &App {
-        config: app,
-        tickets,
-    };
+    let app = signer;
     let signed = match local {
         Local::JssdkConfig => match app.config.kind {
             AppKind::Mp => Kind::Jsapi,
@@ -79,16 +95,83 @@ pub async fn answer(
     Some(config(app, parts, signed).await)
 }
 
-/// The signed `wx.config` or `wx.agentConfig` values for the page at `url`.
-/// The parts of an app the answers need.
-struct App<'a> {
-    /// Its name, kind, appid and agentid.
-    config: &'a AppConfig,
-    /// The tickets it signs with.
-    tickets: &'a Tickets,
+/// The JS-SDK tickets of one account served under a platform or a suite,
+/// made on its first JS-SDK ask: most authorizers and corps never ask, and
+/// an idle one costs no holder. Dropped with the account when it is
+/// removed, which ends the tickets' renewal.
+#[derive(Default)]
+pub struct OnDemand(OnceLock<Made>);
+
+/// Tickets made, and what ends their renewal.
+struct Made {
+    /// The account's tickets.
+    tickets: Arc<Tickets>,
+    /// The holders' shutdown signal: sent at shutdown, dropped with the
+    /// account; either ends their renewal tasks.
+    stop: watch::Sender<bool>,
 }
 
-async fn config(app: &App<'_>, parts: &Parts, kind: Kind) -> Response<ProxyBody> {
+impl OnDemand {
+    /// The tickets, made now by `make` (given their shutdown signal) if
+    /// this is the first ask.
+    pub fn get_or_make(&self, make: impl FnOnce(watch::Receiver<bool>) -> Tickets) -> Arc<Tickets> {
+        let made = self.0.get_or_init(|| {
+            let (stop, stopped) = watch::channel(false);
+            Made {
+                tickets: Arc::new(make(stopped)),
+                stop,
+            }
+        });
+        made.tickets.clone()
+    }
+
+    /// The tickets, if they were ever asked for.
+    pub fn made(&self) -> Option<&Arc<Tickets>> {
+        self.0.get().map(|m| &m.tickets)
+    }
+
+    /// Ends the renewal of the tickets (at shutdown).
+    pub fn stop(&self) {
+        if let Some(made) = self.0.get() {
+            let _ = made.stop.send(true);
+        }
+    }
+}
+
+/// The tickets asked for since start, by kind: state and life left, never
+/// a ticket.
+pub fn status(tickets: &Tickets) -> Value {
+    let entries = tickets.status().into_iter().map(|t| {
+        let entry = json!({
+            "state": if t.expires_in.is_some() { "valid" } else { "missing" },
+            "expires_in_s": t.expires_in.map(|d| d.as_secs()),
+            "fetches": t.fetches,
+            "last_error": t.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
+        });
+        (t.kind.as_str().to_owned(), entry)
+    });
+    Value::Object(entries.collect())
+}
+
+/// A platform's or suite's summary of its accounts' tickets: how many
+/// accounts asked, and how many of their tickets are valid or missing.
+/// Counts only, never an account.
+pub fn summary<'a>(accounts: impl Iterator<Item = &'a OnDemand>) -> Value {
+    let (mut asked, mut valid, mut missing) = (0, 0, 0);
+    for tickets in accounts.filter_map(OnDemand::made) {
+        asked += 1;
+        for ticket in tickets.status() {
+            match ticket.expires_in {
+                Some(_) => valid += 1,
+                None => missing += 1,
+            }
+        }
+    }
+    json!({"accounts": asked, "valid": valid, "missing": missing})
+}
+
+/// The signed `wx.config` or `wx.agentConfig` values for the page at `url`.
+async fn config(app: &Signer<'_>, parts: &Parts, kind: Kind) -> Response<ProxyBody> {
     let name = &app.config.name;
     if !matches!(parts.method, Method::GET | Method::HEAD) {
         return refuse(
@@ -137,14 +220,14 @@ async fn config(app: &App<'_>, parts: &Parts, kind: Kind) -> Response<ProxyBody>
     let signature = signature(ticket.value(), &nonce, timestamp, url);
     let body = match kind {
         Kind::Agent => json!({
-            "corpid": app.config.appid,
+            "corpid": app.appid,
             "agentid": agentid,
             "timestamp": timestamp,
             "nonceStr": nonce,
             "signature": signature,
         }),
         _ => json!({
-            "appId": app.config.appid,
+            "appId": app.appid,
             "timestamp": timestamp,
             "nonceStr": nonce,
             "signature": signature,
@@ -153,9 +236,9 @@ async fn config(app: &App<'_>, parts: &Parts, kind: Kind) -> Response<ProxyBody>
     no_store(json_response(StatusCode::OK, "jssdk", &body))
 }
 
-async fn ticket(app: &App<'_>, kind: Kind) -> Result<std::sync::Arc<Ticket>, TicketError> {
-    let holder = app
-        .tickets
+async fn ticket(app: &Signer<'_>, kind: Kind) -> Result<Arc<Ticket>, TicketError> {
+    let tickets = (app.tickets)();
+    let holder = tickets
         .get(kind)
         .expect("the kinds asked for are the app product's own");
     holder.ticket().await
@@ -204,7 +287,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A 503 for a ticket that cannot be had, with WeChat's errcode if it gave
 /// one. Never the ticket.
-fn unavailable(app: &App<'_>, kind: Kind, e: &TicketError) -> Response<ProxyBody> {
+fn unavailable(app: &Signer<'_>, kind: Kind, e: &TicketError) -> Response<ProxyBody> {
     json_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "error",

@@ -243,7 +243,6 @@ pub async fn run(
                 store.clone(),
                 env.clone(),
                 metrics.clone(),
-                stop_rx.clone(),
             ));
             suite.clone().start(stop_rx.clone()).await;
             // Like a platform: an app whose credential depends on the path.

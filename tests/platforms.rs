@@ -542,6 +542,267 @@ async fn three_replicas_sharing_redis_fetch_each_authorizers_token_once_under_co
     assert_eq!(fake.component_fetches(), 1);
 }
 
+/// `GET path` on `proxy`'s application listener.
+async fn app_get(http: &Http, proxy: &Proxy, path: &str) -> common::Resp {
+    http.get(&format!("{}{path}", proxy.url)).await
+}
+
+/// The ticket of a successful ticket answer.
+fn ticket_of(answer: &common::Resp) -> String {
+    answer.assert_ok();
+    answer.json()["ticket"]
+        .as_str()
+        .expect("a ticket")
+        .to_owned()
+}
+
+/// `GET /platforms/saas/authorizers`' entry for `appid`.
+async fn authorizer_entry(http: &Http, proxy: &Proxy, appid: &str) -> serde_json::Value {
+    let listed = admin_get(http, proxy, "/platforms/saas/authorizers").await;
+    listed
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|a| a["appid"] == appid)
+        .cloned()
+        .unwrap_or_else(|| panic!("{appid} not listed: {}", listed.text()))
+}
+
+#[tokio::test]
+async fn an_authorizers_js_sdk_tickets_are_held_here_and_its_pages_signed_with_its_appid() {
+    let fake = fake().await;
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-js").await;
+    const AUTH_C: &str = "wx00000000000000c3";
+    fake.add_authorizer(AUTH_C, "REFRESH-C");
+    for (appid, refresh) in [
+        (AUTH_A, "REFRESH-A"),
+        (AUTH_B, "REFRESH-B"),
+        (AUTH_C, "REFRESH-C"),
+    ] {
+        let put = put_authorizer(&http, &proxy, appid, refresh).await;
+        assert_eq!(put.status, 200, "{}", put.text());
+    }
+    // An SDK asks with the placeholder, again and again: one fetch, with
+    // A's own token (the fake names a ticket after the account it is for).
+    let jsapi =
+        format!("/saas/{AUTH_A}/cgi-bin/ticket/getticket?access_token=PLACEHOLDER&type=jsapi");
+    let mut tickets = Vec::new();
+    for _ in 0..3 {
+        tickets.push(ticket_of(&app_get(&http, &proxy, &jsapi).await));
+    }
+    assert_eq!(fake.ticket_fetches("jsapi"), 1, "each ask reached WeChat");
+    assert!(tickets.iter().all(|t| *t == tickets[0]), "{tickets:?}");
+    assert!(tickets[0].contains(AUTH_A), "{}", tickets[0]);
+    let card = app_get(
+        &http,
+        &proxy,
+        &format!("/saas/{AUTH_A}/cgi-bin/ticket/getticket?type=wx_card"),
+    )
+    .await;
+    assert_ne!(ticket_of(&card), tickets[0]);
+    // B has tickets of its own.
+    let b = ticket_of(
+        &app_get(
+            &http,
+            &proxy,
+            &format!("/saas/{AUTH_B}/cgi-bin/ticket/getticket?type=jsapi"),
+        )
+        .await,
+    );
+    assert!(b.contains(AUTH_B), "{b}");
+    assert_eq!(fake.ticket_fetches("jsapi"), 2);
+
+    // wx.config for A's page, signed here with A's ticket and appid.
+    let config = app_get(
+        &http,
+        &proxy,
+        &format!("/saas/{AUTH_A}/jssdk/config?url=https%3A%2F%2Fshop.example%2Fp%3Fx%3D1%23top"),
+    )
+    .await;
+    assert_eq!(config.status, 200, "{}", config.text());
+    let signed = config.json();
+    assert_eq!(signed["appId"], AUTH_A, "{}", config.text());
+    let expected = common::sha1_by_python(&format!(
+        "jsapi_ticket={}&noncestr={}&timestamp={}&url=https://shop.example/p?x=1",
+        tickets[0],
+        signed["nonceStr"].as_str().expect("nonceStr"),
+        signed["timestamp"]
+    ));
+    assert_eq!(signed["signature"], expected.as_str());
+    assert_eq!(
+        fake.ticket_fetches("jsapi"),
+        2,
+        "signed with the held ticket"
+    );
+    let agent = app_get(
+        &http,
+        &proxy,
+        &format!("/saas/{AUTH_A}/jssdk/agent-config?url=https%3A%2F%2Fshop.example%2F"),
+    )
+    .await;
+    assert_eq!(agent.status, 404, "{}", agent.text());
+
+    // Status: per authorizer, and counted for the platform; C never asked
+    // and holds nothing.
+    let a = authorizer_entry(&http, &proxy, AUTH_A).await;
+    assert_eq!(a["tickets"]["jsapi"]["state"], "valid", "{a}");
+    assert_eq!(a["tickets"]["wx_card"]["state"], "valid", "{a}");
+    let c = authorizer_entry(&http, &proxy, AUTH_C).await;
+    assert!(c["tickets"].is_null(), "{c}");
+    let platforms = admin_get(&http, &proxy, "/platforms").await;
+    assert_eq!(
+        platforms.json()[0]["tickets"],
+        serde_json::json!({"accounts": 2, "valid": 3, "missing": 0}),
+        "{}",
+        platforms.text()
+    );
+    // Metrics name the platform, never an authorizer; no ticket is logged
+    // or shown on the status pages.
+    let metrics = admin_get(&http, &proxy, "/metrics").await.text();
+    assert!(metrics.contains("saas"), "{metrics}");
+    for appid in [AUTH_A, AUTH_B] {
+        assert!(!metrics.contains(appid), "{appid} in the metrics");
+    }
+    let shown = admin_get(&http, &proxy, "/platforms/saas/authorizers")
+        .await
+        .text()
+        + &platforms.text();
+    assert!(!shown.contains("TICKET-"), "{shown}");
+    assert!(!proxy.logs().iter().any(|l| l.contains("TICKET-")));
+
+    // A removed authorizer's tickets go with it.
+    let removed = send(
+        &http,
+        Method::DELETE,
+        &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
+        "",
+    )
+    .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    let platforms = admin_get(&http, &proxy, "/platforms").await;
+    assert_eq!(
+        platforms.json()[0]["tickets"]["accounts"],
+        1,
+        "{}",
+        platforms.text()
+    );
+}
+
+#[tokio::test]
+async fn a_removed_authorizers_tickets_are_not_renewed_while_a_kept_ones_are() {
+    let fake = FakeWeChat::start_with(common::fake_wechat::FakeOptions {
+        ticket_lifetime: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    fake.add_platform(COMPONENT, SECRET);
+    fake.add_authorizer(AUTH_A, "REFRESH-A");
+    fake.add_authorizer(AUTH_B, "REFRESH-B");
+    fake.push_ticket(COMPONENT, "ticket-renew");
+    let text = config(&fake, "").replace(
+        "min_refresh_interval_ms = 0",
+        "min_refresh_interval_ms = 0\nrefresh_before_expiry_s = 1",
+    );
+    let http = Http::new();
+    let proxy = Proxy::start(&text, &env());
+    push_ticket(&http, &proxy, "ticket-renew").await;
+    for (appid, refresh) in [(AUTH_A, "REFRESH-A"), (AUTH_B, "REFRESH-B")] {
+        assert_eq!(
+            put_authorizer(&http, &proxy, appid, refresh).await.status,
+            200
+        );
+        ticket_of(
+            &app_get(
+                &http,
+                &proxy,
+                &format!("/saas/{appid}/cgi-bin/ticket/getticket?type=jsapi"),
+            )
+            .await,
+        );
+    }
+    let removed = send(
+        &http,
+        Method::DELETE,
+        &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
+        "",
+    )
+    .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    let issued_for = |appid: &str| {
+        fake.issued_tickets("jsapi")
+            .iter()
+            .filter(|t| t.contains(appid))
+            .count()
+    };
+    // Both were asked for during their life: B's successor comes when its
+    // 3 s end, without a request; A's renewal ended with A.
+    wait_until("B's next ticket", Duration::from_secs(8), || {
+        issued_for(AUTH_B) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(issued_for(AUTH_A), 1, "{:?}", fake.issued_tickets("jsapi"));
+}
+
+#[tokio::test]
+async fn three_replicas_sharing_redis_fetch_each_authorizers_ticket_once_stored_apart_from_apps() {
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    fake.push_ticket(COMPONENT, "ticket-fleet");
+    seed_registry(
+        &redis,
+        &fake,
+        &[
+            (AUTH_A.into(), "REFRESH-A".into()),
+            (AUTH_B.into(), "REFRESH-B".into()),
+        ],
+    );
+    let text = config(&fake, &redis_store(&redis));
+    let http = Http::new();
+    let first = Proxy::start(&text, &env());
+    push_ticket(&http, &first, "ticket-fleet").await;
+    let replicas = [
+        first,
+        Proxy::start(&text, &env()),
+        Proxy::start(&text, &env()),
+    ];
+    for proxy in &replicas {
+        wait_ready(&http, proxy).await;
+    }
+    for appid in [AUTH_A, AUTH_B] {
+        let path = format!("/saas/{appid}/cgi-bin/ticket/getticket?type=jsapi");
+        let answers = common::spread(&http, &replicas, 30, &path).await;
+        let tickets: Vec<String> = answers.iter().map(ticket_of).collect();
+        assert!(tickets.iter().all(|t| *t == tickets[0]), "{tickets:?}");
+        let config = common::spread(
+            &http,
+            &replicas,
+            3,
+            &format!("/saas/{appid}/jssdk/config?url=https%3A%2F%2Fshop.example%2F"),
+        )
+        .await;
+        for signed in &config {
+            assert_eq!(signed.status, 200, "{}", signed.text());
+            assert_eq!(signed.json()["appId"], appid);
+        }
+    }
+    assert_eq!(
+        fake.ticket_fetches("jsapi"),
+        2,
+        "one fetch per authorizer for the fleet"
+    );
+    // Kept under the platform: never where an app of the same account, or
+    // another platform's authorizer, keeps its ticket.
+    for appid in [AUTH_A, AUTH_B] {
+        let ours = format!("wechat-token-proxy:{appid}:ticket_jsapi@{COMPONENT}:token");
+        assert!(redis.get(&ours).is_some(), "{:?}", redis.keys("*"));
+        let apps = format!("wechat-token-proxy:{appid}:ticket_jsapi:token");
+        assert!(redis.get(&apps).is_none(), "{:?}", redis.keys("*"));
+    }
+}
+
 /// The scale figures: 10,000 authorizers registered in Redis, three
 /// replicas started on them, 1,000 of them used across the three. Prints
 /// time to ready and RSS (measured, not asserted: CPU is shared) and

@@ -632,6 +632,14 @@ async fn a_corps_js_sdk_tickets_are_held_here_and_its_pages_signed_here() {
     }
     assert_eq!(fake.ticket_fetches("corp"), 1);
     assert_eq!(fake.ticket_fetches("agent"), 1);
+    // Fetched with the corp token of the suite's app in the corp.
+    for ticket in fake
+        .issued_tickets("corp")
+        .iter()
+        .chain(&fake.issued_tickets("agent"))
+    {
+        assert!(ticket.contains(&format!("{CORP_A}@{SUITE}")), "{ticket}");
+    }
     let config = http
         .get(&format!(
             "{}/crm/{CORP_A}/jssdk/config?url=https%3A%2F%2Fexample.com%2Fp",
@@ -655,8 +663,125 @@ async fn a_corps_js_sdk_tickets_are_held_here_and_its_pages_signed_here() {
         ))
         .await;
     assert_eq!(agent.status, 200, "{}", agent.text());
-    assert!(agent.json()["signature"].is_string(), "{}", agent.text());
+    let agent = agent.json();
+    assert_eq!(agent["corpid"], CORP_A);
+    assert_eq!(agent["agentid"], 1000012);
+    let ticket = fake.issued_tickets("agent").pop().expect("an agent ticket");
+    let expected = common::sha1_by_python(&format!(
+        "jsapi_ticket={ticket}&noncestr={}&timestamp={}&url=https://example.com/p",
+        agent["nonceStr"].as_str().expect("nonceStr"),
+        agent["timestamp"]
+    ));
+    assert_eq!(agent["signature"], expected.as_str());
     assert_eq!(fake.ticket_fetches("corp"), 1);
+
+    // A corp that only makes API calls holds no tickets; the status shows
+    // who asked, the suite's summary counts, the metrics name no corp.
+    http.get(&format!("{}/crm/{CORP_B}/cgi-bin/user/list", proxy.url))
+        .await
+        .assert_ok();
+    let corps = http
+        .get(&format!("{}/platforms/crm/authorizers", proxy.admin_url))
+        .await
+        .json();
+    let entry = |corpid: &str| {
+        corps
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|c| c["corpid"] == corpid)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(
+        entry(CORP_A)["tickets"]["corp"]["state"],
+        "valid",
+        "{corps}"
+    );
+    assert_eq!(
+        entry(CORP_A)["tickets"]["agent"]["state"],
+        "valid",
+        "{corps}"
+    );
+    assert!(entry(CORP_B)["tickets"].is_null(), "{corps}");
+    let platforms = http.get(&format!("{}/platforms", proxy.admin_url)).await;
+    assert_eq!(
+        platforms.json()[0]["tickets"],
+        serde_json::json!({"accounts": 1, "valid": 2, "missing": 0}),
+        "{}",
+        platforms.text()
+    );
+    let metrics = http
+        .get(&format!("{}/metrics", proxy.admin_url))
+        .await
+        .text();
+    assert!(!metrics.contains(CORP_A) && !metrics.contains(CORP_B));
+    assert!(!proxy.logs().iter().any(|l| l.contains("TICKET-")));
+
+    // The corp uninstalls the suite: its tickets go with it.
+    assert_eq!(
+        deliver(&http, &proxy, &cancel_xml(CORP_A)).await.text(),
+        "success"
+    );
+    let platforms = http.get(&format!("{}/platforms", proxy.admin_url)).await;
+    assert_eq!(
+        platforms.json()[0]["tickets"]["accounts"],
+        0,
+        "{}",
+        platforms.text()
+    );
+}
+
+#[tokio::test]
+async fn a_corps_tickets_are_its_suite_apps_never_those_of_a_wecom_app_of_the_same_corp() {
+    // A corp with a self-built app (its corpid as apps.work validates it)
+    // that also installed the suite.
+    const CORP: &str = "ww0000000000000a11";
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    fake.add_app(AppKind::WeCom, CORP, "work-secret");
+    let work = format!(
+        "[store]\nkind = \"redis\"\nurl = {:?}\n\n[apps.work]\nkind = \"wecom\"\ncorpid = \"{CORP}\"\nsecret_env = \"WORK_SECRET\"\nagentid = 1000002\nbase_url = \"{}\"\n",
+        redis.url(),
+        fake.base_url
+    );
+    let mut env = env();
+    env.push(("WORK_SECRET", "work-secret"));
+    let proxy = Proxy::start(&config_for(&fake, SUITE, &work), &env);
+    let http = Http::new();
+    ready_suite(&fake, &proxy, &http).await;
+    fake.install_corp(CORP, "unused-code", "PERMANENT-CODE-SHARED");
+    let url = format!("{}/platforms/crm/authorizers/{CORP}", proxy.admin_url);
+    let put = send(
+        &http,
+        Method::PUT,
+        &url,
+        r#"{"permanent_code":"PERMANENT-CODE-SHARED"}"#,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    // The corp's own app asks first; its tickets are in Redis.
+    let agent = "cgi-bin/ticket/get?type=agent_config";
+    let own = http.get(&format!("{}/work/{agent}", proxy.url)).await;
+    own.assert_ok();
+    let suites = http.get(&format!("{}/crm/{CORP}/{agent}", proxy.url)).await;
+    suites.assert_ok();
+    let (own, suites) = (
+        own.json()["ticket"].clone(),
+        suites.json()["ticket"].clone(),
+    );
+    assert_ne!(
+        own, suites,
+        "the suite's app took the corp's own app's ticket"
+    );
+    assert!(
+        suites
+            .as_str()
+            .expect("a ticket")
+            .contains(&format!("@{SUITE}")),
+        "{suites}"
+    );
+    assert_eq!(fake.ticket_fetches("agent"), 2);
 }
 
 #[tokio::test]
@@ -691,22 +816,46 @@ async fn a_customized_app_gets_its_corp_token_from_gettoken_with_the_permanent_c
 }
 
 #[tokio::test]
-async fn replicas_sharing_redis_share_the_ticket_the_registry_and_one_corp_fetch() {
+async fn replicas_sharing_redis_share_the_ticket_the_registry_and_one_corp_token_and_ticket_fetch()
+{
     let redis = RedisServer::start();
     let fake = fake().await;
     let store = format!("[store]\nkind = \"redis\"\nurl = {:?}\n", redis.url());
-    let first = Proxy::start(&config_for(&fake, SUITE, &store), &env());
-    let second = Proxy::start(&config_for(&fake, SUITE, &store), &env());
+    let text = config_for(&fake, SUITE, &store);
+    let first = Proxy::start(&text, &env());
+    let replicas = [
+        first,
+        Proxy::start(&text, &env()),
+        Proxy::start(&text, &env()),
+    ];
     let http = Http::new();
-    ready_suite(&fake, &first, &http).await;
-    // The push reached one replica; the other finds ticket and corps in Redis.
-    wait_ready(&http, &second).await;
-    for proxy in [&first, &second, &first, &second] {
+    ready_suite(&fake, &replicas[0], &http).await;
+    // The push reached one replica; the others find ticket and corps in Redis.
+    for proxy in &replicas[1..] {
+        wait_ready(&http, proxy).await;
+    }
+    for proxy in replicas.iter().chain(&replicas) {
         let url = format!("{}/crm/{CORP_A}/cgi-bin/user/list", proxy.url);
         http.get(&url).await.assert_ok();
     }
     assert_eq!(fake.corp_fetches(CORP_A), 1, "one fetch for the fleet");
     assert_eq!(fake.suite_fetches(), 1, "one suite token for the fleet");
+    // The corp's JS-SDK tickets too, asked of all three at once.
+    let path = format!("/crm/{CORP_A}/cgi-bin/get_jsapi_ticket");
+    let answers = common::spread(&http.0, &replicas, 30, &path).await;
+    let tickets: Vec<_> = answers
+        .iter()
+        .map(|a| {
+            a.assert_ok();
+            a.json()["ticket"].clone()
+        })
+        .collect();
+    assert!(tickets.iter().all(|t| *t == tickets[0]), "{tickets:?}");
+    assert_eq!(
+        fake.ticket_fetches("corp"),
+        1,
+        "one ticket fetch for the fleet"
+    );
 }
 
 #[test]

@@ -24,7 +24,9 @@ use crate::inbound::auth::{self, InboundKey};
 use crate::inbound::host::Hosts;
 use crate::inbound::limits::{self, BodyTooLarge, Cap};
 use crate::inbound::linger::Linger;
+use crate::jssdk::Signer;
 use crate::metrics::{AppMetrics, Metrics};
+use crate::platform::AuthorizerHandle;
 use crate::suite::{self, CorpHandle, Suite};
 use crate::token::{RefreshError, Token, TokenManager};
 use crate::wechat::{is_token_error, PLACEHOLDER_TOKEN};
@@ -232,11 +234,34 @@ impl Proxy {
             if let (Local::PermanentCode, Some(suite)) = (local, &app.suite) {
                 return self.permanent_code(suite, path, body).await;
             }
-            let (config, tickets) = match &corp {
-                Some(corp) => (&corp.config, &corp.tickets),
-                None => (&app.config, &app.tickets),
+            // An authorizer's or a corp's own tickets, made on this ask.
+            let answer = match (&corp, &authorizer, &app.platform, &app.suite) {
+                (Some(corp), _, _, Some(suite)) => {
+                    let signer = Signer {
+                        config: &corp.config,
+                        appid: &corp.config.appid,
+                        tickets: &|| suite.tickets(corp),
+                    };
+                    crate::jssdk::answer(&signer, parts, local).await
+                }
+                (_, Some(authorizer), Some(platform), _) => {
+                    let signer = Signer {
+                        config: &app.config,
+                        appid: authorizer.appid(),
+                        tickets: &|| platform.tickets(authorizer),
+                    };
+                    crate::jssdk::answer(&signer, parts, local).await
+                }
+                _ => {
+                    let signer = Signer {
+                        config: &app.config,
+                        appid: &app.config.appid,
+                        tickets: &|| app.tickets.clone(),
+                    };
+                    crate::jssdk::answer(&signer, parts, local).await
+                }
             };
-            if let Some(answer) = crate::jssdk::answer(config, tickets, parts, local).await {
+            if let Some(answer) = answer {
                 return Ok(answer);
             }
         }
@@ -246,7 +271,11 @@ impl Proxy {
         // touched per request.
         let corp_tokens = corp.as_ref().map(|c| &c.tokens);
         let tokens = match place {
-            Place::AccessToken => Some(corp_tokens.or(authorizer.as_ref()).unwrap_or(&app.tokens)),
+            Place::AccessToken => Some(
+                corp_tokens
+                    .or(authorizer.as_ref().map(|a| &a.tokens))
+                    .unwrap_or(&app.tokens),
+            ),
             Place::ComponentToken | Place::ComponentLogin | Place::SuiteToken => Some(&app.tokens),
             Place::ProviderToken => Some(
                 app.suite
@@ -719,7 +748,7 @@ impl Forward<'_> {
 async fn classify<'p>(
     app: &App,
     path: &'p str,
-) -> Result<(Action, &'p str, Option<Arc<TokenManager>>), LocalError> {
+) -> Result<(Action, &'p str, Option<AuthorizerHandle>), LocalError> {
     let Some(platform) = &app.platform else {
         let scope = match app.config.kind {
             AppKind::Mp => Scope::Mp,
@@ -732,9 +761,9 @@ async fn classify<'p>(
         return Ok((action, path, None));
     }
     let (appid, rest) = first_segment(path);
-    let tokens = platform.authorizer_tokens(appid).await?;
+    let authorizer = platform.authorizer(appid).await?;
     let action = route::classify(Scope::Authorizer, rest).unwrap_or(route::FORWARD);
-    Ok((action, rest, Some(tokens)))
+    Ok((action, rest, Some(authorizer)))
 }
 
 /// What the route table says of `path` (after the suite's prefix): a
@@ -749,7 +778,7 @@ async fn classify_suite<'p>(
     (
         Action,
         &'p str,
-        Option<Arc<TokenManager>>,
+        Option<AuthorizerHandle>,
         Option<CorpHandle>,
     ),
     LocalError,

@@ -164,7 +164,7 @@ const MP_LIKE: &[Scope] = &[Scope::Mp, Scope::Authorizer];
 const APPS: &[Scope] = &[Scope::Mp, Scope::Wecom, Scope::Authorizer];
 const PLATFORM_LOGIN: &[Scope] = &[Scope::Platform, Scope::Authorizer];
 const USER: &[Scope] = &[Scope::Mp, Scope::Platform, Scope::Authorizer];
-const SIGNERS: &[Scope] = &[Scope::Mp, Scope::Wecom];
+const SIGNERS: &[Scope] = &[Scope::Mp, Scope::Wecom, Scope::Authorizer];
 const SUITE: &[Scope] = &[Scope::Suite];
 
 /// One row: in these scopes, this path (or, ending in `/`, every path under
@@ -246,8 +246,9 @@ const TABLE: &[Entry] = &[
     entry(USER, "/sns/", forward(Place::Nothing, Scrub::Placed)),
     // The logged request behind a rid: its query held a token.
     entry(APPS, "/cgi-bin/openapi/rid/get", forward(Place::AccessToken, Scrub::Fields)),
-    // JS-SDK: tickets held here, configs signed here.
-    entry(MP, "/cgi-bin/ticket/getticket", Action::Local(Local::Ticket(TicketCall::Mp))),
+    // JS-SDK: tickets held here, configs signed here, an authorizer's with
+    // its own tickets (a corp's paths are a WeCom app's).
+    entry(MP_LIKE, "/cgi-bin/ticket/getticket", Action::Local(Local::Ticket(TicketCall::Mp))),
     entry(WECOM, "/cgi-bin/get_jsapi_ticket", Action::Local(Local::Ticket(TicketCall::Corp))),
     entry(WECOM, "/cgi-bin/ticket/get", Action::Local(Local::Ticket(TicketCall::Agent))),
     entry(SIGNERS, "/jssdk/config", Action::Local(Local::JssdkConfig)),
@@ -531,6 +532,15 @@ mod tests {
             classify(Scope::Authorizer, "/cgi-bin/component/api_authorizer_token"),
             Some(Refuse(super::Refuse::TokenPath))
         );
+        assert_eq!(
+            classify(Scope::Authorizer, "/cgi-bin/ticket/getticket"),
+            Some(Local(super::Local::Ticket(TicketCall::Mp)))
+        );
+        assert_eq!(
+            classify(Scope::Authorizer, "/jssdk/config"),
+            Some(Local(super::Local::JssdkConfig))
+        );
+        assert_eq!(classify(Scope::Platform, "/jssdk/config"), None);
         for scope in [Scope::Mp, Scope::Wecom, Scope::Authorizer] {
             assert_eq!(
                 classify(scope, "/cgi-bin/openapi/rid/get"),

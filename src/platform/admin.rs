@@ -306,6 +306,7 @@ impl Platform {
                     "state": state,
                     "expires_in_s": status.as_ref().and_then(|s| s.expires_in).map(|d| d.as_secs()),
                     "last_error": status.and_then(|s| s.last_error).map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
+                    "tickets": a.js_sdk.made().map(|t| crate::jssdk::status(t)),
                 })
             })
             .collect();
@@ -336,6 +337,7 @@ impl Platform {
                 "last_error": component.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
             },
             "authorizers": {"registered": map.len(), "in_use": in_use, "revoked": revoked},
+            "tickets": crate::jssdk::summary(map.values().map(|a| &a.js_sdk)),
         })
     }
 }

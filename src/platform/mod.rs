@@ -15,6 +15,9 @@
 //!   registered authorizers cost their map entries, not 10,000 tasks.
 //! - One scheduler per platform ([`Platform::run_scheduler`]) renews ahead
 //!   the tokens used during their life; an idle authorizer costs no fetch.
+//! - An authorizer's JS-SDK tickets are made on its first ticket or
+//!   `/jssdk/config` ask ([`Platform::tickets`]), fetched with its token and
+//!   stored apart from any app's; they go with the authorizer.
 //! - The registry is loaded from the store in one read at start; when it is
 //!   empty and the component token works, it is recovered from WeChat's
 //!   `api_get_authorizer_list`.
@@ -39,10 +42,13 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
+use crate::engine::Limits;
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
+use crate::jssdk::OnDemand;
 use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{Key, Registered, Saved, Store};
+use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
 
 use self::grant::{AuthorizerGrant, ComponentGrant};
@@ -70,8 +76,25 @@ pub struct Authorizer {
     last_used: AtomicU64,
     /// Created on first use.
     tokens: OnceLock<Arc<TokenManager>>,
+    /// Its JS-SDK tickets, made on first ask.
+    js_sdk: OnDemand,
     /// A renewal started by the scheduler is under way.
     renewing: AtomicBool,
+}
+
+/// An authorizer as the request path uses it.
+pub struct AuthorizerHandle {
+    /// Its token.
+    pub tokens: Arc<TokenManager>,
+    /// Its appid, and its tickets when asked for.
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthorizerHandle {
+    /// Its appid.
+    pub fn appid(&self) -> &str {
+        &self.authorizer.grant.appid
+    }
 }
 
 /// One `[platforms.NAME]`.
@@ -217,9 +240,9 @@ impl Platform {
         self.authorizers.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The token of the authorizer `appid` (a path segment as sent), for a
+    /// The authorizer `appid` (a path segment as sent) and its token, for a
     /// path the route table gave to an authorizer.
-    pub async fn authorizer_tokens(&self, appid: &str) -> Result<Arc<TokenManager>, LocalError> {
+    pub async fn authorizer(&self, appid: &str) -> Result<AuthorizerHandle, LocalError> {
         let unknown = || LocalError::UnknownAuthorizer {
             platform: self.name().to_owned(),
             appid: appid.to_owned(),
@@ -252,10 +275,26 @@ impl Platform {
             .unwrap_or(u64::MAX)
             .max(1);
         authorizer.last_used.store(ms, Ordering::Relaxed);
-        Ok(authorizer
+        let tokens = authorizer
             .tokens
             .get_or_init(|| self.manager(&authorizer.grant))
-            .clone())
+            .clone();
+        Ok(AuthorizerHandle { tokens, authorizer })
+    }
+
+    /// The authorizer's JS-SDK tickets, made on this first ask: fetched
+    /// with its token, stored under the platform's component_appid.
+    pub fn tickets(&self, handle: &AuthorizerHandle) -> Arc<Tickets> {
+        handle.authorizer.js_sdk.get_or_make(|stop| {
+            Tickets::under(
+                handle.tokens.clone(),
+                handle.appid(),
+                Some(&self.app.appid),
+                self.store.clone(),
+                Limits::of(&self.upstream),
+                stop,
+            )
+        })
     }
 
     /// `path` (the platform's prefix included) for the access log: an
@@ -320,7 +359,7 @@ impl Platform {
         Arc::new(manager)
     }
 
-    fn authorizer(&self, appid: &str, refresh_token: String) -> Arc<Authorizer> {
+    fn new_authorizer(&self, appid: &str, refresh_token: String) -> Arc<Authorizer> {
         Arc::new(Authorizer {
             grant: Arc::new(AuthorizerGrant {
                 label: format!("{}/{appid}", self.name()),
@@ -335,6 +374,7 @@ impl Platform {
             }),
             last_used: AtomicU64::new(0),
             tokens: OnceLock::new(),
+            js_sdk: OnDemand::default(),
             renewing: AtomicBool::new(false),
         })
     }
@@ -354,7 +394,7 @@ impl Platform {
                     }
                 }
                 None => {
-                    let authorizer = self.authorizer(&entry.appid, entry.refresh_token);
+                    let authorizer = self.new_authorizer(&entry.appid, entry.refresh_token);
                     map.insert(entry.appid.into_boxed_str(), authorizer);
                 }
             }
@@ -545,7 +585,11 @@ impl Platform {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // The authorizers' tickets renew on a signal of their own.
+                    self.read().values().for_each(|a| a.js_sdk.stop());
+                    return;
+                }
             }
             let now = Instant::now();
             let due: Vec<(Arc<Authorizer>, Arc<TokenManager>)> = self

@@ -317,6 +317,7 @@ impl Suite {
                     "expires_in_s": status.as_ref().and_then(|s| s.expires_in).map(|d| d.as_secs()),
                     "last_error": status.and_then(|s| s.last_error).map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
                     "last_used": c.last_used.load(Ordering::Relaxed) != 0,
+                    "tickets": c.js_sdk.made().map(|t| crate::jssdk::status(t)),
                 })
             })
             .collect();

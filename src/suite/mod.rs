@@ -13,7 +13,8 @@
 //!   with ReceiveId = suite_id); the ticket is kept in the store (30 min).
 //! - The registry maps each corpid (case-sensitive, as WeCom sends it) to a
 //!   [`Corp`]: its permanent code (a secret: store only), when it was last
-//!   used, and a token manager and JS-SDK tickets created on first use.
+//!   used, a token manager created on first use, and JS-SDK tickets made on
+//!   its first ticket or `/jssdk/…` ask, stored apart from any app's.
 //! - One scheduler per suite renews ahead the corp tokens used during their
 //!   life; an idle corp costs no fetch.
 
@@ -33,8 +34,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, TokenApi, UpstreamSettings};
+use crate::engine::Limits;
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
+use crate::jssdk::OnDemand;
 use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
 use crate::ticket::Tickets;
@@ -67,8 +70,8 @@ pub struct Corp {
     last_used: AtomicU64,
     /// Created on first use.
     tokens: OnceLock<Arc<TokenManager>>,
-    /// Its JS-SDK tickets, created on first use.
-    tickets: OnceLock<Arc<Tickets>>,
+    /// Its JS-SDK tickets, made on first ask.
+    js_sdk: OnDemand,
     /// A renewal started by the scheduler is under way.
     renewing: AtomicBool,
 }
@@ -79,8 +82,8 @@ pub struct CorpHandle {
     pub config: Arc<AppConfig>,
     /// Its token.
     pub tokens: Arc<TokenManager>,
-    /// Its JS-SDK tickets.
-    pub tickets: Arc<Tickets>,
+    /// Its tickets, when asked for.
+    corp: Arc<Corp>,
 }
 
 /// One `[platforms.NAME]` with `kind = "wecom"`.
@@ -110,8 +113,6 @@ pub struct Suite {
     env: Arc<dyn Environment + Send + Sync>,
     /// Counts every corp's fetches under the platform's name.
     corp_observer: Arc<dyn RefreshObserver>,
-    /// Stops the corps' ticket holders.
-    shutdown: watch::Receiver<bool>,
     /// `last_used` counts from here.
     epoch: Instant,
     /// Signatures of the pushes taken recently, with their timestamps: a
@@ -128,7 +129,6 @@ impl Suite {
         store: Arc<Store>,
         env: Arc<dyn Environment + Send + Sync>,
         metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
     ) -> Suite {
         let app = Arc::new(config.app.clone());
         let suite_config = config.suite.clone().unwrap_or(crate::config::SuiteConfig {
@@ -189,7 +189,6 @@ impl Suite {
             upstream: upstream.clone(),
             env,
             corp_observer: Arc::new(AuthorizerObserver::new(metrics, &app.name)),
-            shutdown,
             epoch: Instant::now(),
             seen: Mutex::new(HashMap::new()),
             app,
@@ -274,21 +273,25 @@ impl Suite {
             .tokens
             .get_or_init(|| self.manager(&corp.grant))
             .clone();
-        let tickets = corp
-            .tickets
-            .get_or_init(|| {
-                Arc::new(Tickets::new(
-                    tokens.clone(),
-                    self.store.clone(),
-                    crate::engine::Limits::of(&self.upstream),
-                    self.shutdown.clone(),
-                ))
-            })
-            .clone();
         Ok(CorpHandle {
             config: corp.grant.corp.clone(),
             tokens,
-            tickets,
+            corp,
+        })
+    }
+
+    /// The corp's JS-SDK tickets, made on this first ask: fetched with its
+    /// token, stored under the suite_id.
+    pub fn tickets(&self, handle: &CorpHandle) -> Arc<Tickets> {
+        handle.corp.js_sdk.get_or_make(|stop| {
+            Tickets::under(
+                handle.tokens.clone(),
+                &handle.config.appid,
+                Some(&self.app.appid),
+                self.store.clone(),
+                Limits::of(&self.upstream),
+                stop,
+            )
         })
     }
 
@@ -349,7 +352,7 @@ impl Suite {
             }),
             last_used: AtomicU64::new(0),
             tokens: OnceLock::new(),
-            tickets: OnceLock::new(),
+            js_sdk: OnDemand::default(),
             renewing: AtomicBool::new(false),
         })
     }
@@ -508,7 +511,11 @@ impl Suite {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // The corps' tickets renew on a signal of their own.
+                    self.read().values().for_each(|c| c.js_sdk.stop());
+                    return;
+                }
             }
             let now = Instant::now();
             let due: Vec<(Arc<Corp>, Arc<TokenManager>)> = self
@@ -576,6 +583,7 @@ impl Suite {
             "suite_token": token(&self.suite),
             "provider_token": self.provider.as_deref().map(token),
             "corps": {"registered": map.len(), "in_use": in_use},
+            "tickets": crate::jssdk::summary(map.values().map(|c| &c.js_sdk)),
         })
     }
 }

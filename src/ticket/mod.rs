@@ -185,6 +185,8 @@ struct State {
 pub struct Holder {
     /// Which ticket.
     kind: Kind,
+    /// The appid and kind it is stored under ([`Key`]).
+    stored_as: (Box<str>, Box<str>),
     /// The app's token: fetches need it.
     tokens: Arc<TokenManager>,
     /// The held ticket, read lock-free.
@@ -218,11 +220,32 @@ impl Tickets {
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Tickets {
+        let appid = tokens.app().appid.clone();
+        Tickets::under(tokens, &appid, None, store, limits, shutdown)
+    }
+
+    /// Holders for every ticket kind of the account `appid`, fetched with
+    /// `tokens`; one served under a `parent` (a platform's component_appid,
+    /// a suite's suite_id) is stored as `ticket_<kind>@parent`, so it never
+    /// meets an app's tickets of the same account, nor another parent's.
+    pub fn under(
+        tokens: Arc<TokenManager>,
+        appid: &str,
+        parent: Option<&str>,
+        store: Arc<Store>,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Tickets {
         let holders = Kind::of(tokens.app().kind)
             .iter()
             .map(|&kind| {
+                let stored_kind = match parent {
+                    Some(parent) => format!("{}@{parent}", kind.store_kind()),
+                    None => kind.store_kind().to_owned(),
+                };
                 Arc::new(Holder {
                     kind,
+                    stored_as: (appid.into(), stored_kind.into()),
                     tokens: tokens.clone(),
                     slot: ArcSwapOption::empty(),
                     gate: tokio::sync::Mutex::new(()),
@@ -349,8 +372,8 @@ impl Holder {
     async fn obtain(&self, want: Want) -> Result<Arc<Ticket>, TicketError> {
         let app = self.tokens.app();
         let key = Key {
-            appid: &app.appid,
-            kind: self.kind.store_kind(),
+            appid: &self.stored_as.0,
+            kind: &self.stored_as.1,
         };
         let shared = Shared {
             store: &self.store,
@@ -442,7 +465,7 @@ impl Holder {
         );
         if unshared.is_none() && !matches!(*self.store, Store::Memory) {
             let saved = Saved {
-                appid: app.appid.clone(),
+                appid: key.appid.to_owned(),
                 api: key.kind.to_owned(),
                 token: ticket.value.to_string(),
                 expires_at_ms: unix_ms(SystemTime::now() + ticket.expires_in()),

@@ -90,7 +90,8 @@ pub(super) async fn handle(
 }
 
 /// A ticket fetch: counted, its token judged, then the live ticket of that
-/// kind for the token's app (the same one until it ends).
+/// kind for the token's app (the same one until it ends; a suite's app in a
+/// corp has its own).
 fn ticket_endpoint(
     state: &Mutex<State>,
     kind: &'static str,
@@ -103,7 +104,9 @@ fn ticket_endpoint(
         Ok(appid) => appid,
         Err(refusal) => return respond(StatusCode::OK, "text/plain", refusal),
     };
-    let (ticket, expires_in) = st.tickets.grant(&appid, kind, now);
+    let given = query_values(query, "access_token");
+    let holder = st.tokens.ticket_owner(&given[0], now).unwrap_or(appid);
+    let (ticket, expires_in) = st.tickets.grant(&holder, kind, now);
     let body = json!({ "errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": expires_in });
     respond(StatusCode::OK, JSON_UTF8, body.to_string())
 }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::body::Payload;
 use super::handler::{collect, query_values, respond};
 use super::tokens::Verdict;
-use super::{lock, AppKind, Recorded, State};
+use super::{lock, Recorded, State};
 
 /// Everything the fake knows about suites.
 #[derive(Default)]
@@ -127,7 +127,8 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
             if st.service.corps.get(&corpid) != Some(&text("permanent_code")) {
                 return refuse(40084, "invalid permanent_code");
             }
-            let (token, expires_in) = st.tokens.mint_as(AppKind::WeCom, &corpid, now);
+            let suite = st.tokens.owner(&suite_token[0], now).unwrap_or_default();
+            let (token, expires_in) = st.tokens.mint_via(&suite, &corpid, now);
             answer(json!({"access_token": token, "expires_in": expires_in}))
         }
         "/cgi-bin/service/get_permanent_code" | "/cgi-bin/service/v2/get_permanent_code" => {
@@ -145,7 +146,8 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
                 "auth_info": {"agent": [{"agentid": 1000012}]},
             });
             if path == "/cgi-bin/service/get_permanent_code" {
-                let (token, expires_in) = st.tokens.mint_as(AppKind::WeCom, &corpid, now);
+                let suite = st.tokens.owner(&suite_token[0], now).unwrap_or_default();
+                let (token, expires_in) = st.tokens.mint_via(&suite, &corpid, now);
                 body["access_token"] = json!(token);
                 body["expires_in"] = json!(expires_in);
             }

@@ -54,6 +54,9 @@ struct Token {
     appid: String,
     /// Owner's kind, for the right error code (mp 40001 vs WeCom 40014).
     kind: AppKind,
+    /// The suite whose app in the corp it is, for a corp token a suite got:
+    /// WeCom's tickets belong to the app the token is for.
+    via: Option<String>,
     /// When the fake stops accepting it (42001 from then on): issue time + `token_lifetime`.
     real_expiry: Instant,
     /// What `expires_in` promised: issue time + `expires_in`; reused tokens report the rest.
@@ -137,6 +140,15 @@ impl Tokens {
         (self.issue(appid, now), self.opts.expires_in)
     }
 
+    /// A WeCom corp token for the app `suite` has in the corp `corpid`.
+    pub fn mint_via(&mut self, suite: &str, corpid: &str, now: Instant) -> (String, u64) {
+        let (token, expires_in) = self.mint_as(AppKind::WeCom, corpid, now);
+        if let Some(issued) = self.tokens.get_mut(&token) {
+            issued.via = Some(suite.to_owned());
+        }
+        (token, expires_in)
+    }
+
     /// Registers (or replaces) an app with the secret fetches must present.
     pub fn add_app(&mut self, kind: AppKind, appid: &str, secret: &str) {
         let app = App {
@@ -167,6 +179,19 @@ impl Tokens {
     pub fn owner(&self, token: &str, now: Instant) -> Option<String> {
         let valid = matches!(self.check_one(token, now), Verdict::Valid);
         valid.then(|| self.tokens.get(token).map(|t| t.appid.clone()))?
+    }
+
+    /// Whose JS-SDK tickets a valid token gets: its app's (mp: the
+    /// account's; WeCom: the corp's own app's, or `corpid@suite` for a
+    /// suite's app in the corp).
+    pub fn ticket_owner(&self, token: &str, now: Instant) -> Option<String> {
+        let owner = self.owner(token, now)?;
+        Some(
+            match self.tokens.get(token).and_then(|t| t.via.as_deref()) {
+                Some(suite) => format!("{owner}@{suite}"),
+                None => owner,
+            },
+        )
     }
 
     /// Every token ever issued, oldest first.
@@ -405,6 +430,7 @@ impl Tokens {
             Token {
                 appid: appid.to_string(),
                 kind,
+                via: None,
                 real_expiry: now + self.opts.token_lifetime,
                 reported_expiry: now + Duration::from_secs(self.opts.expires_in),
                 dead_at: None,
