@@ -803,6 +803,35 @@ async fn three_replicas_sharing_redis_fetch_each_authorizers_ticket_once_stored_
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_wechatpy_snippet_gets_an_authorizers_ticket_and_its_signed_config() {
+    let fake = fake().await;
+    let http = Http::new();
+    let proxy = ready_proxy(&fake, &http, "ticket-readme").await;
+    let put = put_authorizer(&http, &proxy, AUTH_A, "REFRESH-A").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+
+    let snippet = common::readme_python("8080/saas/", &proxy.addr.to_string());
+    let stdout = common::run_python(&snippet).await;
+    let ticket = fake.issued_tickets("jsapi").pop().expect("a ticket");
+    assert!(ticket.contains(AUTH_A), "{ticket}");
+    assert_eq!(fake.ticket_fetches("jsapi"), 1, "one fetch for both");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some(ticket.as_str()), "{stdout}");
+    let printed = lines.next().expect("the signed config");
+    assert!(
+        printed.contains(&format!("'appId': '{AUTH_A}'")),
+        "{printed}"
+    );
+    let field = |name: &str| common::printed_field(printed, name);
+    let expected = common::sha1_by_python(&format!(
+        "jsapi_ticket={ticket}&noncestr={}&timestamp={}&url=https://shop.example/item?id=1",
+        field("nonceStr"),
+        field("timestamp")
+    ));
+    assert_eq!(field("signature"), expected);
+}
+
 /// The scale figures: 10,000 authorizers registered in Redis, three
 /// replicas started on them, 1,000 of them used across the three. Prints
 /// time to ready and RSS (measured, not asserted: CPU is shared) and

@@ -100,7 +100,7 @@ fn client_snippets(lang: &str) -> Vec<String> {
             s.lang == lang
                 && s.code.contains(README_ADDR)
                 && s.section != DEMO_SECTION
-                && !is_suite_snippet(&s.code)
+                && !is_platform_snippet(&s.code)
         })
         .map(|s| s.code)
         .collect();
@@ -111,9 +111,10 @@ fn client_snippets(lang: &str) -> Vec<String> {
     found
 }
 
-/// A WeCom suite's snippet: tests/wecom.rs runs it against a fake suite.
-fn is_suite_snippet(code: &str) -> bool {
-    code.contains("wechatpy.enterprise")
+/// A WeCom suite's snippet or a platform's authorizer's: tests/wecom.rs
+/// and tests/platforms.rs run them against a fake suite and platform.
+fn is_platform_snippet(code: &str) -> bool {
+    code.contains("wechatpy.enterprise") || code.contains("8080/saas/")
 }
 
 /// The login snippet: it logs a user in, which the fake sees without a token.

@@ -1008,53 +1008,16 @@ async fn a_reset_permanent_code_replaces_the_old_one() {
     );
 }
 
-/// The README's wechatpy snippet for a suite (`wechatpy.enterprise`), its
-/// address made the proxy's.
-fn readme_suite_snippet(addr: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
-    let start = readme
-        .find("```python\nfrom wechatpy.enterprise")
-        .expect("README has the suite's wechatpy snippet");
-    let code = &readme[start + "```python\n".len()..];
-    let end = code.find("```").expect("the snippet is closed");
-    code[..end].replace("127.0.0.1:8080", addr)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readmes_wechatpy_snippet_reaches_wecom_through_the_proxy() {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme/.venv/bin/python");
-    assert!(
-        std::path::Path::new(python).exists(),
-        "{python} is missing: run .ci/test, which installs the pinned wechatpy"
-    );
     let fake = fake().await;
     let proxy = Proxy::start(&config(&fake), &env());
     let http = Http::new();
     ready_suite(&fake, &proxy, &http).await;
     let before = fake.requests().len();
 
-    let file = write_temp("suite.py", &readme_suite_snippet(&proxy.addr.to_string()));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(file)
-            // The guard fails any connection off this host: nothing goes
-            // around the proxy.
-            .env(
-                "PYTHONPATH",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme/python"),
-            )
-            .output()
-            .expect("run python")
-    })
-    .await
-    .expect("joined");
-    assert!(
-        output.status.success(),
-        "the snippet failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let snippet = common::readme_python("wechatpy.enterprise", &proxy.addr.to_string());
+    let stdout = common::run_python(&snippet).await;
     let seen: Vec<(String, bool)> = fake.requests()[before..]
         .iter()
         .map(|r| (r.path.clone(), r.token_ok))
@@ -1067,7 +1030,27 @@ async fn the_readmes_wechatpy_snippet_reaches_wecom_through_the_proxy() {
         ]
     );
     assert_eq!(fake.ticket_fetches("corp"), 1);
+    assert_eq!(fake.ticket_fetches("agent"), 1);
     assert_eq!(fake.corp_fetches(CORP_A), 1);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The agent config, signed with the agent ticket of the suite's app.
+    let ticket = fake.issued_tickets("agent").pop().expect("an agent ticket");
+    assert!(ticket.contains(&format!("@{SUITE}")), "{ticket}");
+    let printed = stdout
+        .lines()
+        .find(|l| l.contains("'signature'"))
+        .expect("the signed config");
+    for part in [
+        format!("'corpid': '{CORP_A}'"),
+        "'agentid': 1000012".to_owned(),
+    ] {
+        assert!(printed.contains(&part), "{part} missing: {printed}");
+    }
+    let field = |name: &str| common::printed_field(printed, name);
+    let expected = common::sha1_by_python(&format!(
+        "jsapi_ticket={ticket}&noncestr={}&timestamp={}&url=https://crm.example/page",
+        field("nonceStr"),
+        field("timestamp")
+    ));
+    assert_eq!(field("signature"), expected);
     assert!(!stdout.contains(CODE_A), "{stdout}");
 }

@@ -16,7 +16,10 @@
 //! so it means the same in another process), the appid and the credential's
 //! kind ([`Key`]): the token API (`stable`, `classic`, `wecom`) for an
 //! access_token, `ticket_jsapi`, `ticket_wx_card`, `ticket_corp` or
-//! `ticket_agent` for a JS-SDK ticket. Entries are found by appid and kind,
+//! `ticket_agent` for a JS-SDK ticket; for an account served under a
+//! platform or a suite, the kind names the parent (`authorizer_token@…`,
+//! `ticket_jsapi@…`), so it never meets an app's entry for the same account
+//! or another parent's. Entries are found by appid and kind,
 //! never by the secret, and an entry saved for another appid or kind is never
 //! used. A token's kind is its API's name, as before tickets were held, so a
 //! running fleet keeps its tokens across the upgrade.

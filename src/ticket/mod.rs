@@ -12,7 +12,9 @@
 //! - Failures back off by the engine's rules ([`backoff`]); during a
 //!   backoff requests get the last error at once.
 //! - The fetch goes through the token store and its fleet lease
-//!   ([`Shared`]), under the key (appid, `ticket_<kind>`).
+//!   ([`Shared`]), under the key (appid, `ticket_<kind>`), or
+//!   (appid, `ticket_<kind>@parent`) for an account served under a platform
+//!   or a suite.
 //!
 //! What differs ([`admission`]): no fetch at start, only on first demand;
 //! renewal ahead of expiry only while the ticket is asked for; and a ticket's
@@ -260,8 +262,8 @@ impl Tickets {
         Tickets { holders }
     }
 
-    /// No tickets: a third-party platform's (its authorizers' tickets are
-    /// fetched through the proxy like any call).
+    /// No tickets: a platform's or a suite's own (each of its accounts has
+    /// tickets of its own, made on first ask).
     pub fn none() -> Tickets {
         Tickets {
             holders: Vec::new(),

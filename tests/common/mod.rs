@@ -68,6 +68,65 @@ pub fn port_outside_ephemeral_range<T>(
     panic!("no free loopback port in {range:?}");
 }
 
+/// The README's Python snippet that holds `needle`, its `127.0.0.1:8080`
+/// made `addr`: the platform and suite tests run theirs against their fakes.
+pub fn readme_python(needle: &str, addr: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let code = readme
+        .split("```python\n")
+        .skip(1)
+        .map(|block| &block[..block.find("```").expect("the snippet is closed")])
+        .find(|code| code.contains(needle))
+        .unwrap_or_else(|| panic!("README has no Python snippet with {needle:?}"));
+    code.replace("127.0.0.1:8080", addr)
+}
+
+/// Runs `code` with the pinned wechatpy (installed by `.ci/test`), a guard
+/// failing any connection off this host so nothing goes around the proxy;
+/// panics unless it succeeds. Its output.
+pub async fn run_python(code: &str) -> String {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme/.venv/bin/python");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "{python} is missing: run .ci/test, which installs the pinned wechatpy"
+    );
+    let file = write_temp("snippet.py", code);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(file)
+            .env(
+                "PYTHONPATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme/python"),
+            )
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("joined");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the snippet failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The value of `name` in a flat dict Python printed (`{'a': 'x', 'b': 1}`).
+pub fn printed_field(printed: &str, name: &str) -> String {
+    let key = format!("'{name}': ");
+    let start = printed
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {printed}"))
+        + key.len();
+    let value = printed[start..]
+        .split([',', '}'])
+        .next()
+        .unwrap_or_default();
+    value.trim().trim_matches('\'').to_owned()
+}
+
 /// SHA-1 in hex by Python's hashlib: a computation independent of the
 /// proxy's, for checking JS-SDK signatures.
 pub fn sha1_by_python(text: &str) -> String {
