@@ -438,6 +438,29 @@ async fn put_authorizer(http: &Http, proxy: &Proxy, appid: &str, refresh: &str) 
     .await
 }
 
+/// `DELETE /platforms/saas/authorizers/APPID` on `proxy`, which must succeed.
+async fn remove_authorizer(http: &Http, proxy: &Proxy, appid: &str) {
+    let url = format!("{}/platforms/saas/authorizers/{appid}", proxy.admin_url);
+    let removed = send(http, Method::DELETE, &url, "").await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+}
+
+/// Three replicas on `text` (a shared store), `ticket` pushed to the first,
+/// all ready.
+async fn fleet(http: &Http, text: &str, ticket: &str) -> [Proxy; 3] {
+    let first = Proxy::start(text, &env());
+    push_ticket(http, &first, ticket).await;
+    let replicas = [
+        first,
+        Proxy::start(text, &env()),
+        Proxy::start(text, &env()),
+    ];
+    for proxy in &replicas {
+        wait_ready(http, proxy).await;
+    }
+    replicas
+}
+
 /// GETs each of `paths`, at most `width` at a time, request `i` to replica
 /// `i % len`; panics on any answer that is not WeChat's success.
 async fn spread(http: &Http, replicas: &[Proxy], paths: &[String], width: usize) {
@@ -519,16 +542,7 @@ async fn three_replicas_sharing_redis_fetch_each_authorizers_token_once_under_co
     seed_registry(&redis, &fake, &authorizers);
     let text = config(&fake, &redis_store(&redis));
     let http = Http::new();
-    let first = Proxy::start(&text, &env());
-    push_ticket(&http, &first, "ticket-fleet").await;
-    let replicas = [
-        first,
-        Proxy::start(&text, &env()),
-        Proxy::start(&text, &env()),
-    ];
-    for proxy in &replicas {
-        wait_ready(&http, proxy).await;
-    }
+    let replicas = fleet(&http, &text, "ticket-fleet").await;
     // Slow fetches: the other replicas' requests arrive while one is under
     // way and must wait for it through the fleet lock and the store.
     fake.set_token_delay(Duration::from_millis(300));
@@ -624,13 +638,7 @@ async fn an_authorizers_js_sdk_tickets_are_held_here_and_its_pages_signed_with_i
     assert_eq!(config.status, 200, "{}", config.text());
     let signed = config.json();
     assert_eq!(signed["appId"], AUTH_A, "{}", config.text());
-    let expected = common::sha1_by_python(&format!(
-        "jsapi_ticket={}&noncestr={}&timestamp={}&url=https://shop.example/p?x=1",
-        tickets[0],
-        signed["nonceStr"].as_str().expect("nonceStr"),
-        signed["timestamp"]
-    ));
-    assert_eq!(signed["signature"], expected.as_str());
+    common::assert_signed_json(&signed, &tickets[0], "https://shop.example/p?x=1");
     assert_eq!(
         fake.ticket_fetches("jsapi"),
         2,
@@ -673,14 +681,7 @@ async fn an_authorizers_js_sdk_tickets_are_held_here_and_its_pages_signed_with_i
     assert!(!proxy.logs().iter().any(|l| l.contains("TICKET-")));
 
     // A removed authorizer's tickets go with it.
-    let removed = send(
-        &http,
-        Method::DELETE,
-        &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
-        "",
-    )
-    .await;
-    assert_eq!(removed.status, 200, "{}", removed.text());
+    remove_authorizer(&http, &proxy, AUTH_A).await;
     let platforms = admin_get(&http, &proxy, "/platforms").await;
     assert_eq!(
         platforms.json()[0]["tickets"]["accounts"],
@@ -722,14 +723,7 @@ async fn a_removed_authorizers_tickets_are_not_renewed_while_a_kept_ones_are() {
             .await,
         );
     }
-    let removed = send(
-        &http,
-        Method::DELETE,
-        &format!("{}/platforms/saas/authorizers/{AUTH_A}", proxy.admin_url),
-        "",
-    )
-    .await;
-    assert_eq!(removed.status, 200, "{}", removed.text());
+    remove_authorizer(&http, &proxy, AUTH_A).await;
     let issued_for = |appid: &str| {
         fake.issued_tickets("jsapi")
             .iter()
@@ -761,16 +755,7 @@ async fn three_replicas_sharing_redis_fetch_each_authorizers_ticket_once_stored_
     );
     let text = config(&fake, &redis_store(&redis));
     let http = Http::new();
-    let first = Proxy::start(&text, &env());
-    push_ticket(&http, &first, "ticket-fleet").await;
-    let replicas = [
-        first,
-        Proxy::start(&text, &env()),
-        Proxy::start(&text, &env()),
-    ];
-    for proxy in &replicas {
-        wait_ready(&http, proxy).await;
-    }
+    let replicas = fleet(&http, &text, "ticket-fleet").await;
     for appid in [AUTH_A, AUTH_B] {
         let path = format!("/saas/{appid}/cgi-bin/ticket/getticket?type=jsapi");
         let answers = common::spread(&http, &replicas, 30, &path).await;
@@ -823,13 +808,7 @@ async fn the_readmes_wechatpy_snippet_gets_an_authorizers_ticket_and_its_signed_
         printed.contains(&format!("'appId': '{AUTH_A}'")),
         "{printed}"
     );
-    let field = |name: &str| common::printed_field(printed, name);
-    let expected = common::sha1_by_python(&format!(
-        "jsapi_ticket={ticket}&noncestr={}&timestamp={}&url=https://shop.example/item?id=1",
-        field("nonceStr"),
-        field("timestamp")
-    ));
-    assert_eq!(field("signature"), expected);
+    common::assert_signed_printed(printed, &ticket, "https://shop.example/item?id=1");
 }
 
 /// The scale figures: 10,000 authorizers registered in Redis, three
@@ -1072,16 +1051,7 @@ async fn renewal_ahead_is_one_fetch_per_lifetime_for_the_fleet_and_none_once_idl
         "min_refresh_interval_ms = 0\nrefresh_before_expiry_s = 2",
     );
     let http = Http::new();
-    let first = Proxy::start(&text, &env());
-    push_ticket(&http, &first, "ticket-renew").await;
-    let replicas = [
-        first,
-        Proxy::start(&text, &env()),
-        Proxy::start(&text, &env()),
-    ];
-    for proxy in &replicas {
-        wait_ready(&http, proxy).await;
-    }
+    let replicas = fleet(&http, &text, "ticket-renew").await;
     let started = std::time::Instant::now();
     http.get(&format!(
         "{}/saas/{}/cgi-bin/user/get",

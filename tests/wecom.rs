@@ -667,12 +667,7 @@ async fn a_corps_js_sdk_tickets_are_held_here_and_its_pages_signed_here() {
     assert_eq!(agent["corpid"], CORP_A);
     assert_eq!(agent["agentid"], 1000012);
     let ticket = fake.issued_tickets("agent").pop().expect("an agent ticket");
-    let expected = common::sha1_by_python(&format!(
-        "jsapi_ticket={ticket}&noncestr={}&timestamp={}&url=https://example.com/p",
-        agent["nonceStr"].as_str().expect("nonceStr"),
-        agent["timestamp"]
-    ));
-    assert_eq!(agent["signature"], expected.as_str());
+    common::assert_signed_json(&agent, &ticket, "https://example.com/p");
     assert_eq!(fake.ticket_fetches("corp"), 1);
 
     // A corp that only makes API calls holds no tickets; the status shows
@@ -1045,12 +1040,6 @@ async fn the_readmes_wechatpy_snippet_reaches_wecom_through_the_proxy() {
     ] {
         assert!(printed.contains(&part), "{part} missing: {printed}");
     }
-    let field = |name: &str| common::printed_field(printed, name);
-    let expected = common::sha1_by_python(&format!(
-        "jsapi_ticket={ticket}&noncestr={}&timestamp={}&url=https://crm.example/page",
-        field("nonceStr"),
-        field("timestamp")
-    ));
-    assert_eq!(field("signature"), expected);
+    common::assert_signed_printed(printed, &ticket, "https://crm.example/page");
     assert!(!stdout.contains(CODE_A), "{stdout}");
 }

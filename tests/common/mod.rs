@@ -113,18 +113,43 @@ pub async fn run_python(code: &str) -> String {
     stdout
 }
 
-/// The value of `name` in a flat dict Python printed (`{'a': 'x', 'b': 1}`).
-pub fn printed_field(printed: &str, name: &str) -> String {
-    let key = format!("'{name}': ");
-    let start = printed
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {name} in {printed}"))
-        + key.len();
-    let value = printed[start..]
-        .split([',', '}'])
-        .next()
-        .unwrap_or_default();
-    value.trim().trim_matches('\'').to_owned()
+/// [`assert_signed`] for a `/jssdk/…` answer Python printed as a dict
+/// (`{'timestamp': 1, 'nonceStr': 'x', …}`).
+pub fn assert_signed_printed(printed: &str, ticket: &str, url: &str) {
+    let field = |name: &str| {
+        let key = format!("'{name}': ");
+        let start = printed
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in {printed}"))
+            + key.len();
+        let value = printed[start..]
+            .split([',', '}'])
+            .next()
+            .unwrap_or_default();
+        value.trim().trim_matches('\'').to_owned()
+    };
+    assert_signed(ticket, url, field);
+}
+
+/// Asserts a signed answer's `signature` (each value read by `field`) is
+/// WeChat's JS-SDK signature of the page `url` with `ticket` and its
+/// `nonceStr` and `timestamp`, computed by Python's hashlib.
+pub fn assert_signed(ticket: &str, url: &str, field: impl Fn(&str) -> String) {
+    let expected = sha1_by_python(&format!(
+        "jsapi_ticket={ticket}&noncestr={}&timestamp={}&url={url}",
+        field("nonceStr"),
+        field("timestamp")
+    ));
+    assert_eq!(field("signature"), expected, "signed {url} with {ticket}");
+}
+
+/// [`assert_signed`] for a `/jssdk/…` answer.
+pub fn assert_signed_json(answer: &serde_json::Value, ticket: &str, url: &str) {
+    let field = |name: &str| match &answer[name] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    assert_signed(ticket, url, field);
 }
 
 /// SHA-1 in hex by Python's hashlib: a computation independent of the
