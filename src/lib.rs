@@ -78,6 +78,7 @@
 
 // Only what the binary, the tests and the benchmarks use is public, so the
 // compiler reports what nothing uses.
+mod accounts;
 mod admin;
 pub mod config;
 pub mod demo;

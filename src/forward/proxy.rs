@@ -238,8 +238,8 @@ impl Proxy {
             let answer = match (&corp, &authorizer, &app.platform, &app.suite) {
                 (Some(corp), _, _, Some(suite)) => {
                     let signer = Signer {
-                        config: &corp.config,
-                        appid: &corp.config.appid,
+                        config: &corp.grant().corp,
+                        appid: &corp.grant().corp.appid,
                         tickets: &|| suite.tickets(corp),
                     };
                     crate::jssdk::answer(&signer, parts, local).await
@@ -247,7 +247,7 @@ impl Proxy {
                 (_, Some(authorizer), Some(platform), _) => {
                     let signer = Signer {
                         config: &app.config,
-                        appid: authorizer.appid(),
+                        appid: &authorizer.grant().appid,
                         tickets: &|| platform.tickets(authorizer),
                     };
                     crate::jssdk::answer(&signer, parts, local).await

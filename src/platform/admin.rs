@@ -295,7 +295,7 @@ impl Platform {
             .iter()
             .map(|(appid, a)| {
                 let revoked = a.grant.revoked.load(Ordering::Relaxed);
-                let status = a.tokens.get().map(|t| t.status());
+                let status = a.tokens().map(|t| t.status());
                 let state = match (revoked, &status) {
                     (r, _) if r != 0 => "revoked",
                     (_, None) => "idle",
@@ -306,7 +306,7 @@ impl Platform {
                     "state": state,
                     "expires_in_s": status.as_ref().and_then(|s| s.expires_in).map(|d| d.as_secs()),
                     "last_error": status.and_then(|s| s.last_error).map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
-                    "tickets": a.js_sdk.made().map(|t| crate::jssdk::status(t)),
+                    "tickets": a.tickets_status(),
                 })
             })
             .collect();
@@ -317,9 +317,9 @@ impl Platform {
     /// The platform's entry on `GET /platforms` (and `/apps`).
     pub fn status(&self) -> Value {
         let component = self.component.status();
-        let map = self.read();
-        let in_use = map.values().filter(|a| a.tokens.get().is_some()).count();
-        let revoked = map
+        let (registered, in_use, tickets) = self.authorizers.counts();
+        let revoked = self
+            .read()
             .values()
             .filter(|a| a.grant.revoked.load(Ordering::Relaxed) != 0)
             .count();
@@ -336,8 +336,8 @@ impl Platform {
                 "expires_in_s": component.expires_in.map(|d| d.as_secs()),
                 "last_error": component.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
             },
-            "authorizers": {"registered": map.len(), "in_use": in_use, "revoked": revoked},
-            "tickets": crate::jssdk::summary(map.values().map(|a| &a.js_sdk)),
+            "authorizers": {"registered": registered, "in_use": in_use, "revoked": revoked},
+            "tickets": tickets,
         })
     }
 }

@@ -9,15 +9,12 @@
 //! - The ticket arrives at the admin listener ([`admin`], decrypted by
 //!   [`push`]), is kept in the store (12 h) so a restart or another replica
 //!   has it, and ends the component token's backoff at once.
-//! - The registry maps each authorizer's appid to a small [`Authorizer`]:
-//!   its refresh token (in [`grant::AuthorizerGrant`]), when it was last
-//!   used, and a [`TokenManager`] created on first use only. So 10,000
-//!   registered authorizers cost their map entries, not 10,000 tasks.
-//! - One scheduler per platform ([`Platform::run_scheduler`]) renews ahead
-//!   the tokens used during their life; an idle authorizer costs no fetch.
-//! - An authorizer's JS-SDK tickets are made on its first ticket or
-//!   `/jssdk/config` ask ([`Platform::tickets`]), fetched with its token and
-//!   stored apart from any app's; they go with the authorizer.
+//! - The registry ([`Accounts`], shared with WeCom suites) maps each
+//!   authorizer's appid to its refresh token (in [`grant::AuthorizerGrant`]),
+//!   when it was last used, and a [`TokenManager`] and JS-SDK tickets made
+//!   on first use and first ask only. So 10,000 registered authorizers cost
+//!   their map entries, not 10,000 tasks; one scheduler per platform renews
+//!   ahead the tokens used during their life.
 //! - The registry is loaded from the store in one read at start; when it is
 //!   empty and the component token works, it is recovered from WeChat's
 //!   `api_get_authorizer_list`.
@@ -33,19 +30,18 @@ pub use self::admin::answer;
 pub use self::seal::Local;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::accounts::{Account, Accounts, Served, Shared};
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
-use crate::engine::Limits;
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
-use crate::jssdk::OnDemand;
 use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{Key, Registered, Saved, Store};
 use crate::ticket::Tickets;
@@ -60,7 +56,7 @@ const TICKET_KIND: &str = "component_verify_ticket";
 /// `api_start_push_ticket` at most this often: WeChat pushes every 10 min
 /// anyway.
 const START_PUSH_INTERVAL: Duration = Duration::from_secs(600);
-/// How often the scheduler looks for tokens due for renewal.
+/// How often a recovery waiting for the component token looks again.
 const TICK: Duration = Duration::from_secs(1);
 /// `api_get_authorizer_list` page size (WeChat's maximum).
 const PAGE: u64 = 500;
@@ -68,34 +64,10 @@ const PAGE: u64 = 500;
 const MAX_APPID: usize = 64;
 
 /// One authorizer: cheap while idle.
-pub struct Authorizer {
-    /// Its refresh token and the fetch.
-    grant: Arc<AuthorizerGrant>,
-    /// Milliseconds after the platform's epoch of the last request; 0:
-    /// never.
-    last_used: AtomicU64,
-    /// Created on first use.
-    tokens: OnceLock<Arc<TokenManager>>,
-    /// Its JS-SDK tickets, made on first ask.
-    js_sdk: OnDemand,
-    /// A renewal started by the scheduler is under way.
-    renewing: AtomicBool,
-}
+pub type Authorizer = Account<AuthorizerGrant>;
 
 /// An authorizer as the request path uses it.
-pub struct AuthorizerHandle {
-    /// Its token.
-    pub tokens: Arc<TokenManager>,
-    /// Its appid, and its tickets when asked for.
-    authorizer: Arc<Authorizer>,
-}
-
-impl AuthorizerHandle {
-    /// Its appid.
-    pub fn appid(&self) -> &str {
-        &self.authorizer.grant.appid
-    }
-}
+pub type AuthorizerHandle = Served<AuthorizerGrant>;
 
 /// One `[platforms.NAME]`.
 pub struct Platform {
@@ -109,19 +81,13 @@ pub struct Platform {
     /// The component token.
     component: Arc<TokenManager>,
     /// The authorizers by appid.
-    authorizers: RwLock<HashMap<Box<str>, Arc<Authorizer>>>,
+    authorizers: Accounts<AuthorizerGrant>,
     /// Where the ticket, tokens and registry are kept.
     store: Arc<Store>,
     /// The pool of the platform's egress route.
     client: HttpClient,
-    /// For the authorizers' managers.
+    /// Fetch limits, for the code exchange's fleet lock.
     upstream: UpstreamSettings,
-    /// For the authorizers' managers.
-    env: Arc<dyn Environment + Send + Sync>,
-    /// Counts every authorizer's fetches under the platform's name.
-    authorizer_observer: Arc<dyn RefreshObserver>,
-    /// `last_used` counts from here.
-    epoch: Instant,
     /// The last `api_start_push_ticket`, for its rate limit.
     last_start_push: Mutex<Option<Instant>>,
     /// Authorization codes exchanged lately: each reaches WeChat once.
@@ -170,13 +136,17 @@ impl Platform {
             config: config.clone(),
             component_grant,
             component: Arc::new(component),
-            authorizers: RwLock::new(HashMap::new()),
+            authorizers: Accounts::new(Shared {
+                parent: config.app.appid.clone(),
+                client: client.clone(),
+                upstream: upstream.clone(),
+                env,
+                observer: Arc::new(AuthorizerObserver::new(metrics, &config.app.name)),
+                store: store.clone(),
+            }),
             store,
             client,
             upstream: upstream.clone(),
-            env,
-            authorizer_observer: Arc::new(AuthorizerObserver::new(metrics, &config.app.name)),
-            epoch: Instant::now(),
             last_start_push: Mutex::new(None),
             exchanges: seal::Exchanges::default(),
             ticket_pushed_at: AtomicU64::new(0),
@@ -233,11 +203,11 @@ impl Platform {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<Authorizer>>> {
-        self.authorizers.read().unwrap_or_else(|e| e.into_inner())
+        self.authorizers.read()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<Authorizer>>> {
-        self.authorizers.write().unwrap_or_else(|e| e.into_inner())
+        self.authorizers.write()
     }
 
     /// The authorizer `appid` (a path segment as sent) and its token, for a
@@ -247,7 +217,7 @@ impl Platform {
             platform: self.name().to_owned(),
             appid: appid.to_owned(),
         };
-        let held = self.read().get(appid).cloned();
+        let held = self.authorizers.get(appid);
         let authorizer = match held {
             Some(authorizer) => authorizer,
             None => self
@@ -271,30 +241,13 @@ impl Platform {
                 reason: "the authorizer's refresh token is invalid or revoked: the account must authorize the platform again (then PUT /platforms/NAME/authorizers/APPID)".into(),
             });
         }
-        let ms = u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        authorizer.last_used.store(ms, Ordering::Relaxed);
-        let tokens = authorizer
-            .tokens
-            .get_or_init(|| self.manager(&authorizer.grant))
-            .clone();
-        Ok(AuthorizerHandle { tokens, authorizer })
+        Ok(self.authorizers.serve(authorizer, &self.app))
     }
 
     /// The authorizer's JS-SDK tickets, made on this first ask: fetched
     /// with its token, stored under the platform's component_appid.
     pub fn tickets(&self, handle: &AuthorizerHandle) -> Arc<Tickets> {
-        handle.authorizer.js_sdk.get_or_make(|stop| {
-            Tickets::under(
-                handle.tokens.clone(),
-                handle.appid(),
-                Some(&self.app.appid),
-                self.store.clone(),
-                Limits::of(&self.upstream),
-                stop,
-            )
-        })
+        self.authorizers.tickets(handle)
     }
 
     /// `path` (the platform's prefix included) for the access log: an
@@ -346,37 +299,18 @@ impl Platform {
         self.read().get(appid).cloned()
     }
 
-    fn manager(&self, grant: &Arc<AuthorizerGrant>) -> Arc<TokenManager> {
-        let manager = TokenManager::new(
-            self.app.clone(),
-            &self.upstream,
-            self.client.clone(),
-            Some(self.authorizer_observer.clone()),
-            self.env.clone(),
-        )
-        .with_store(self.store.clone())
-        .with_grantor(grant.clone());
-        Arc::new(manager)
-    }
-
     fn new_authorizer(&self, appid: &str, refresh_token: String) -> Arc<Authorizer> {
-        Arc::new(Authorizer {
-            grant: Arc::new(AuthorizerGrant {
-                label: format!("{}/{appid}", self.name()),
-                appid: appid.to_owned(),
-                store_kind: format!("authorizer_token@{}", self.app.appid),
-                component_appid: self.app.appid.clone(),
-                base_url: self.app.base_url.clone(),
-                component: self.component.clone(),
-                refresh: Mutex::new(Secret::new(refresh_token)),
-                revoked: AtomicI64::new(0),
-                store: self.store.clone(),
-            }),
-            last_used: AtomicU64::new(0),
-            tokens: OnceLock::new(),
-            js_sdk: OnDemand::default(),
-            renewing: AtomicBool::new(false),
-        })
+        Arc::new(Account::new(AuthorizerGrant {
+            label: format!("{}/{appid}", self.name()),
+            appid: appid.to_owned(),
+            store_kind: format!("authorizer_token@{}", self.app.appid),
+            component_appid: self.app.appid.clone(),
+            base_url: self.app.base_url.clone(),
+            component: self.component.clone(),
+            refresh: Mutex::new(Secret::new(refresh_token)),
+            revoked: AtomicI64::new(0),
+            store: self.store.clone(),
+        }))
     }
 
     /// Adds or updates authorizers in memory. A known one gets the new
@@ -389,7 +323,7 @@ impl Platform {
                     *held.grant.refresh.lock().unwrap_or_else(|e| e.into_inner()) =
                         Secret::new(entry.refresh_token);
                     held.grant.revoked.store(0, Ordering::Relaxed);
-                    if let Some(tokens) = held.tokens.get() {
+                    if let Some(tokens) = held.tokens() {
                         tokens.end_backoff();
                     }
                 }
@@ -579,42 +513,19 @@ impl Platform {
         self.insert_all(found);
     }
 
-    /// Every [`TICK`], renews the tokens due whose authorizer was used
-    /// during their life: one task for the whole registry.
-    async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = shutdown.changed() => {
-                    // The authorizers' tickets renew on a signal of their own.
-                    self.read().values().for_each(|a| a.js_sdk.stop());
-                    return;
-                }
-            }
-            let now = Instant::now();
-            let due: Vec<(Arc<Authorizer>, Arc<TokenManager>)> = self
-                .read()
-                .values()
-                .filter_map(|a| Some((a.clone(), a.tokens.get()?.clone())))
-                .filter(|(a, tokens)| {
-                    let used =
-                        self.epoch + Duration::from_millis(a.last_used.load(Ordering::Relaxed));
-                    !a.renewing.load(Ordering::Relaxed)
-                        && a.grant.revoked.load(Ordering::Relaxed) == 0
-                        && tokens.renewal_due(used, now)
-                })
-                .collect();
+    /// Renews ahead the tokens of the authorizers used during their life,
+    /// unless revoked; asks for a ticket push while WeChat refuses the one
+    /// held.
+    async fn run_scheduler(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let renewable = |grant: &AuthorizerGrant| grant.revoked.load(Ordering::Relaxed) == 0;
+        let each_tick = || async {
             if self.component_grant.ticket_refused.load(Ordering::Relaxed) != 0 {
                 self.ask_for_push().await;
             }
-            for (authorizer, tokens) in due {
-                authorizer.renewing.store(true, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    tokens.renew_ahead().await;
-                    authorizer.renewing.store(false, Ordering::Relaxed);
-                });
-            }
-        }
+        };
+        self.authorizers
+            .run_scheduler(shutdown, renewable, each_tick)
+            .await
     }
 
     /// Why the platform cannot serve yet, if it cannot.

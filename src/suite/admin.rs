@@ -2,7 +2,6 @@
 //! (and the console's URL check), and the corp registry. Never a token,
 //! ticket or permanent code in an answer.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -310,14 +309,14 @@ impl Suite {
             .read()
             .iter()
             .map(|(corpid, c)| {
-                let status = c.tokens.get().map(|t| t.status());
+                let status = c.tokens().map(|t| t.status());
                 json!({
                     "corpid": &**corpid,
                     "state": status.as_ref().map_or("idle", |s| s.state()),
                     "expires_in_s": status.as_ref().and_then(|s| s.expires_in).map(|d| d.as_secs()),
                     "last_error": status.and_then(|s| s.last_error).map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
-                    "last_used": c.last_used.load(Ordering::Relaxed) != 0,
-                    "tickets": c.js_sdk.made().map(|t| crate::jssdk::status(t)),
+                    "last_used": c.was_used(),
+                    "tickets": c.tickets_status(),
                 })
             })
             .collect();

@@ -11,12 +11,12 @@
 //! - The ticket and the corps' events arrive at the admin listener
 //!   ([`admin`], verified and decrypted by the Open Platform's push code
 //!   with ReceiveId = suite_id); the ticket is kept in the store (30 min).
-//! - The registry maps each corpid (case-sensitive, as WeCom sends it) to a
-//!   [`Corp`]: its permanent code (a secret: store only), when it was last
-//!   used, a token manager created on first use, and JS-SDK tickets made on
-//!   its first ticket or `/jssdk/…` ask, stored apart from any app's.
-//! - One scheduler per suite renews ahead the corp tokens used during their
-//!   life; an idle corp costs no fetch.
+//! - The registry ([`Accounts`], shared with the Open Platform) maps each
+//!   corpid (case-sensitive, as WeCom sends it) to its permanent code (a
+//!   secret: store only), when it was last used, a token manager made on
+//!   first use, and JS-SDK tickets made on its first ticket or `/jssdk/…`
+//!   ask, stored apart from any app's. One scheduler per suite renews ahead
+//!   the corp tokens used during their life; an idle corp costs no fetch.
 
 mod admin;
 mod grant;
@@ -25,19 +25,18 @@ pub use self::admin::answer;
 pub use self::grant::is_suite_token_error;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::accounts::{Account, Accounts, Served, Shared};
 use crate::config::{AppConfig, Environment, PlatformConfig, Secret, TokenApi, UpstreamSettings};
-use crate::engine::Limits;
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
-use crate::jssdk::OnDemand;
 use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
 use crate::ticket::Tickets;
@@ -48,8 +47,6 @@ use self::grant::{CorpGrant, ProviderGrant, SuiteGrant, TICKET_KIND};
 
 /// How long WeCom's suite_ticket stays valid.
 const TICKET_LIFE: Duration = Duration::from_secs(30 * 60);
-/// How often the scheduler looks for corp tokens due for renewal.
-const TICK: Duration = Duration::from_secs(1);
 /// The auth-code exchange WeCom recommends.
 pub const EXCHANGE: &str = "/cgi-bin/service/v2/get_permanent_code";
 /// Longer path segments are not corpids: not worth a store lookup.
@@ -63,28 +60,10 @@ pub const PROVIDER_PLACEHOLDER: &str = "WECHAT_TOKEN_PROXY_PROVIDER_PLACEHOLDER"
 pub const CODE_PLACEHOLDER: &str = "WECHAT_TOKEN_PROXY_PERMANENT_CODE_PLACEHOLDER";
 
 /// One corp that installed the suite: cheap while idle.
-pub struct Corp {
-    /// Its permanent code and the fetch.
-    grant: Arc<CorpGrant>,
-    /// Milliseconds after the suite's epoch of the last request; 0: never.
-    last_used: AtomicU64,
-    /// Created on first use.
-    tokens: OnceLock<Arc<TokenManager>>,
-    /// Its JS-SDK tickets, made on first ask.
-    js_sdk: OnDemand,
-    /// A renewal started by the scheduler is under way.
-    renewing: AtomicBool,
-}
+pub type Corp = Account<CorpGrant>;
 
 /// A corp as the request path uses it.
-pub struct CorpHandle {
-    /// Its config as a WeCom app (corpid, base URL).
-    pub config: Arc<AppConfig>,
-    /// Its token.
-    pub tokens: Arc<TokenManager>,
-    /// Its tickets, when asked for.
-    corp: Arc<Corp>,
-}
+pub type CorpHandle = Served<CorpGrant>;
 
 /// One `[platforms.NAME]` with `kind = "wecom"`.
 pub struct Suite {
@@ -102,19 +81,11 @@ pub struct Suite {
     /// The provider token, when configured.
     provider: Option<Arc<TokenManager>>,
     /// The corps by corpid.
-    corps: RwLock<HashMap<Box<str>, Arc<Corp>>>,
+    corps: Accounts<CorpGrant>,
     /// Where the ticket, tokens and registry are kept.
     store: Arc<Store>,
     /// The pool of the suite's egress route.
     client: HttpClient,
-    /// For the corps' managers.
-    upstream: UpstreamSettings,
-    /// For the corps' managers.
-    env: Arc<dyn Environment + Send + Sync>,
-    /// Counts every corp's fetches under the platform's name.
-    corp_observer: Arc<dyn RefreshObserver>,
-    /// `last_used` counts from here.
-    epoch: Instant,
     /// Signatures of the pushes taken recently, with their timestamps: a
     /// push seen twice is a replay.
     seen: Mutex<HashMap<String, u64>>,
@@ -183,13 +154,16 @@ impl Suite {
             ticket,
             suite: Arc::new(suite),
             provider,
-            corps: RwLock::new(HashMap::new()),
+            corps: Accounts::new(Shared {
+                parent: app.appid.clone(),
+                client: client.clone(),
+                upstream: upstream.clone(),
+                env,
+                observer: Arc::new(AuthorizerObserver::new(metrics, &app.name)),
+                store: store.clone(),
+            }),
             store,
             client,
-            upstream: upstream.clone(),
-            env,
-            corp_observer: Arc::new(AuthorizerObserver::new(metrics, &app.name)),
-            epoch: Instant::now(),
             seen: Mutex::new(HashMap::new()),
             app,
         }
@@ -245,17 +219,17 @@ impl Suite {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<Corp>>> {
-        self.corps.read().unwrap_or_else(|e| e.into_inner())
+        self.corps.read()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<Corp>>> {
-        self.corps.write().unwrap_or_else(|e| e.into_inner())
+        self.corps.write()
     }
 
     /// The corp `corpid` (a path segment as sent), its token and tickets,
     /// for a path the route table gave to a corp.
     pub async fn corp(&self, corpid: &str) -> Result<CorpHandle, LocalError> {
-        let held = self.read().get(corpid).cloned();
+        let held = self.corps.get(corpid);
         let corp = match held {
             Some(corp) => corp,
             None => self.registered_elsewhere(corpid).await.ok_or_else(|| {
@@ -265,34 +239,14 @@ impl Suite {
                 }
             })?,
         };
-        let ms = u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        corp.last_used.store(ms, Ordering::Relaxed);
-        let tokens = corp
-            .tokens
-            .get_or_init(|| self.manager(&corp.grant))
-            .clone();
-        Ok(CorpHandle {
-            config: corp.grant.corp.clone(),
-            tokens,
-            corp,
-        })
+        let config = corp.grant.corp.clone();
+        Ok(self.corps.serve(corp, &config))
     }
 
     /// The corp's JS-SDK tickets, made on this first ask: fetched with its
     /// token, stored under the suite_id.
     pub fn tickets(&self, handle: &CorpHandle) -> Arc<Tickets> {
-        handle.corp.js_sdk.get_or_make(|stop| {
-            Tickets::under(
-                handle.tokens.clone(),
-                &handle.config.appid,
-                Some(&self.app.appid),
-                self.store.clone(),
-                Limits::of(&self.upstream),
-                stop,
-            )
-        })
+        self.corps.tickets(handle)
     }
 
     /// A corp another replica registered after this one loaded the
@@ -312,19 +266,6 @@ impl Suite {
         self.read().get(corpid).cloned()
     }
 
-    fn manager(&self, grant: &Arc<CorpGrant>) -> Arc<TokenManager> {
-        let manager = TokenManager::new(
-            grant.corp.clone(),
-            &self.upstream,
-            self.client.clone(),
-            Some(self.corp_observer.clone()),
-            self.env.clone(),
-        )
-        .with_store(self.store.clone())
-        .with_grantor(grant.clone());
-        Arc::new(manager)
-    }
-
     fn entry(&self, corpid: String, permanent_code: String) -> Registered {
         Registered {
             component_appid: self.app.appid.clone(),
@@ -339,22 +280,16 @@ impl Suite {
             token_api: TokenApi::Wecom,
             ..(*self.app).clone()
         });
-        Arc::new(Corp {
-            grant: Arc::new(CorpGrant {
-                label: format!("{}/{corpid}", self.name()),
-                corp,
-                store_kind: format!("corp_token@{}", self.app.appid),
-                suite_id: self.app.appid.clone(),
-                customized: self.customized,
-                suite: self.suite.clone(),
-                code: Mutex::new(Secret::new(code)),
-                store: self.store.clone(),
-            }),
-            last_used: AtomicU64::new(0),
-            tokens: OnceLock::new(),
-            js_sdk: OnDemand::default(),
-            renewing: AtomicBool::new(false),
-        })
+        Arc::new(Account::new(CorpGrant {
+            label: format!("{}/{corpid}", self.name()),
+            corp,
+            store_kind: format!("corp_token@{}", self.app.appid),
+            suite_id: self.app.appid.clone(),
+            customized: self.customized,
+            suite: self.suite.clone(),
+            code: Mutex::new(Secret::new(code)),
+            store: self.store.clone(),
+        }))
     }
 
     /// Adds or updates corps in memory. A known one gets the new code and
@@ -366,7 +301,7 @@ impl Suite {
                 Some(held) => {
                     *held.grant.code.lock().unwrap_or_else(|e| e.into_inner()) =
                         Secret::new(entry.refresh_token);
-                    if let Some(tokens) = held.tokens.get() {
+                    if let Some(tokens) = held.tokens() {
                         tokens.end_backoff();
                     }
                 }
@@ -412,7 +347,7 @@ impl Suite {
     /// The permanent code of `corpid`, for a body that carries its
     /// placeholder.
     pub async fn permanent_code(&self, corpid: &str) -> Option<Secret> {
-        let held = self.read().get(corpid).cloned();
+        let held = self.corps.get(corpid);
         let corp = match held {
             Some(corp) => corp,
             None => self.registered_elsewhere(corpid).await?,
@@ -505,37 +440,11 @@ impl Suite {
         }
     }
 
-    /// Every [`TICK`], renews the corp tokens due whose corp was used
-    /// during their life: one task for the whole registry.
-    async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = shutdown.changed() => {
-                    // The corps' tickets renew on a signal of their own.
-                    self.read().values().for_each(|c| c.js_sdk.stop());
-                    return;
-                }
-            }
-            let now = Instant::now();
-            let due: Vec<(Arc<Corp>, Arc<TokenManager>)> = self
-                .read()
-                .values()
-                .filter_map(|c| Some((c.clone(), c.tokens.get()?.clone())))
-                .filter(|(c, tokens)| {
-                    let used =
-                        self.epoch + Duration::from_millis(c.last_used.load(Ordering::Relaxed));
-                    !c.renewing.load(Ordering::Relaxed) && tokens.renewal_due(used, now)
-                })
-                .collect();
-            for (corp, tokens) in due {
-                corp.renewing.store(true, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    tokens.renew_ahead().await;
-                    corp.renewing.store(false, Ordering::Relaxed);
-                });
-            }
-        }
+    /// Renews ahead the tokens of the corps used during their life.
+    async fn run_scheduler(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        self.corps
+            .run_scheduler(shutdown, |_| true, || async {})
+            .await
     }
 
     /// Why the suite cannot serve yet, if it cannot.
@@ -563,8 +472,7 @@ impl Suite {
                 "last_error": status.last_error.map(|e| json!({"errcode": e.errcode(), "errmsg": e.to_string()})),
             })
         };
-        let map = self.read();
-        let in_use = map.values().filter(|c| c.tokens.get().is_some()).count();
+        let (registered, in_use, tickets) = self.corps.counts();
         let ticket = match (
             self.ticket.ticket.load().is_some(),
             self.ticket.ticket_refused.load(Ordering::Relaxed),
@@ -582,8 +490,8 @@ impl Suite {
             "ticket": ticket,
             "suite_token": token(&self.suite),
             "provider_token": self.provider.as_deref().map(token),
-            "corps": {"registered": map.len(), "in_use": in_use},
-            "tickets": crate::jssdk::summary(map.values().map(|c| &c.js_sdk)),
+            "corps": {"registered": registered, "in_use": in_use},
+            "tickets": tickets,
         })
     }
 }
