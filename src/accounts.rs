@@ -26,12 +26,16 @@ use crate::config::{AppConfig, Environment, UpstreamSettings};
 use crate::engine::Limits;
 use crate::forward::upstream::HttpClient;
 use crate::jssdk::OnDemand;
-use crate::store::Store;
+use crate::metrics::{AuthorizerObserver, Metrics};
+use crate::store::{Registered, Store};
 use crate::ticket::Tickets;
 use crate::token::{Grantor, RefreshObserver, TokenManager};
 
 /// How often the scheduler looks for tokens due for renewal.
 const TICK: Duration = Duration::from_secs(1);
+/// Longer path segments are not account ids: not worth a store lookup, nor
+/// registered.
+pub const MAX_ID: usize = 64;
 
 /// One account: cheap while idle.
 pub struct Account<G> {
@@ -93,6 +97,8 @@ impl<G> Served<G> {
 
 /// What every account's token manager and tickets share.
 pub struct Shared {
+    /// The parent's name (its path prefix), for logs.
+    pub name: String,
     /// The parent's id: a platform's component_appid, a suite's suite_id.
     /// Tickets are stored under it.
     pub parent: String,
@@ -106,6 +112,36 @@ pub struct Shared {
     pub observer: Arc<dyn RefreshObserver>,
     /// Where tokens and tickets are kept.
     pub store: Arc<Store>,
+}
+
+/// What a platform or a suite is built with, besides its own config.
+pub struct Wiring {
+    /// Fetch limits.
+    pub upstream: UpstreamSettings,
+    /// Its egress pool.
+    pub client: HttpClient,
+    /// Where its credentials and registry are kept.
+    pub store: Arc<Store>,
+    /// Where secrets are re-read from.
+    pub env: Arc<dyn Environment + Send + Sync>,
+    /// Where fetches are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Wiring {
+    /// The registry of the accounts `parent` (a platform's or suite's own
+    /// config) serves; their fetches counted under its name.
+    pub fn accounts<G: Grantor + 'static>(&self, parent: &AppConfig) -> Accounts<G> {
+        Accounts::new(Shared {
+            name: parent.name.clone(),
+            parent: parent.appid.clone(),
+            client: self.client.clone(),
+            upstream: self.upstream.clone(),
+            env: self.env.clone(),
+            observer: Arc::new(AuthorizerObserver::new(self.metrics.clone(), &parent.name)),
+            store: self.store.clone(),
+        })
+    }
 }
 
 /// The accounts of one parent, by id.
@@ -141,6 +177,49 @@ impl<G: Grantor + 'static> Accounts<G> {
     /// The account `id`, if held here.
     pub fn get(&self, id: &str) -> Option<Arc<Account<G>>> {
         self.read().get(id).cloned()
+    }
+
+    /// Adds or updates accounts from registry entries. A known one gets the
+    /// entry's secret through `renew` and keeps its token, whose backoff
+    /// ends (the old secret may be what failed); an unknown one is made by
+    /// `make`.
+    pub fn insert_all(
+        &self,
+        entries: Vec<Registered>,
+        renew: impl Fn(&G, String),
+        make: impl Fn(&str, String) -> Account<G>,
+    ) {
+        let mut map = self.write();
+        for entry in entries {
+            match map.get(entry.appid.as_str()) {
+                Some(held) => {
+                    renew(&held.grant, entry.refresh_token);
+                    if let Some(tokens) = held.tokens() {
+                        tokens.end_backoff();
+                    }
+                }
+                None => {
+                    let account = make(&entry.appid, entry.refresh_token);
+                    map.insert(entry.appid.into_boxed_str(), Arc::new(account));
+                }
+            }
+        }
+    }
+
+    /// The durable secret (refresh token, permanent code) with which
+    /// another replica registered `id` after this one loaded the registry:
+    /// one store lookup, only for an id not served here.
+    pub async fn registered_elsewhere(&self, id: &str) -> Option<String> {
+        if id.is_empty() || id.len() > MAX_ID {
+            return None;
+        }
+        match self.shared.store.authorizer(&self.shared.parent, id).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(platform = %self.shared.name, error = %e, "cannot look the account up in the store");
+                None
+            }
+        }
     }
 
     /// Marks `account` used now and hands it to the request path with its
@@ -234,4 +313,28 @@ impl<G: Grantor + 'static> Accounts<G> {
             }
         }
     }
+}
+
+/// Why a parent cannot serve yet, if it cannot: its token (`token`, fetched
+/// with a pushed ticket: `ticket_held`) is not valid. `waiting` says what
+/// the ticket's absence means.
+pub fn not_ready(
+    token: &TokenManager,
+    name: &str,
+    ticket_held: bool,
+    waiting: &str,
+) -> Option<String> {
+    // A token another replica fetched (found in the store) serves without
+    // this replica ever having seen the ticket.
+    let status = token.status();
+    if status.expires_in.is_some() {
+        return None;
+    }
+    if !ticket_held {
+        return Some(waiting.to_owned());
+    }
+    Some(match status.last_error {
+        Some(e) => format!("no {name}: {e}"),
+        None => format!("no {name} fetched yet"),
+    })
 }

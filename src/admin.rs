@@ -412,10 +412,17 @@ fn app_action<'p>(path: &'p str, action: &str) -> Option<&'p str> {
         .strip_suffix('/')
 }
 
-fn ok(body: Value) -> Response<ProxyBody> {
+/// An admin endpoint's answer: `body`, 200, not marked as the proxy's own
+/// (it is the answer asked for, not a stand-in for WeChat's).
+pub(crate) fn ok(body: Value) -> Response<ProxyBody> {
     let mut response = json_response(StatusCode::OK, "admin", &body);
     response.headers_mut().remove(crate::error::LOCAL_ANSWER);
     response
+}
+
+/// An admin request refused with `status`, saying why.
+pub(crate) fn refused(status: StatusCode, errmsg: String) -> Response<ProxyBody> {
+    json_response(status, "error", &json!({"errcode": -1, "errmsg": errmsg}))
 }
 
 /// One app's entry on the status page: never the token or the secret.

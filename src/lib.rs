@@ -238,50 +238,46 @@ pub async fn run(
             &platform.app,
             metrics.failovers(&platform.app.name),
         )?;
-        if platform.suite.is_some() {
-            let suite = Arc::new(suite::Suite::new(
-                platform,
-                &config.upstream,
-                client.clone(),
-                store.clone(),
-                env.clone(),
-                metrics.clone(),
-            ));
+        // On the request path a platform or suite is an app whose
+        // credential depends on the path (its own token, or an account's);
+        // metrics and access logs name it.
+        let wiring = accounts::Wiring {
+            upstream: config.upstream.clone(),
+            client: client.clone(),
+            store: store.clone(),
+            env: env.clone(),
+            metrics: metrics.clone(),
+        };
+        let (served, tokens, served_platform, served_suite) = if platform.suite.is_some() {
+            let suite = Arc::new(suite::Suite::new(platform, &wiring));
             suite.clone().start(stop_rx.clone()).await;
-            // Like a platform: an app whose credential depends on the path.
-            apps.push(App {
-                metrics: metrics.app(suite.name()),
-                config: suite.app().clone(),
-                tokens: suite.suite().clone(),
-                client,
-                tickets: Arc::new(ticket::Tickets::none()),
-                platform: None,
-                suite: Some(suite.clone()),
-            });
-            suites.push(suite);
-            continue;
-        }
-        let platform = Arc::new(platform::Platform::new(
-            platform,
-            &config.upstream,
-            client.clone(),
-            store.clone(),
-            env.clone(),
-            metrics.clone(),
-        ));
-        platform.clone().start(stop_rx.clone()).await;
-        // On the request path a platform is an app whose credential depends
-        // on the path; metrics and access logs name the platform.
+            suites.push(suite.clone());
+            (
+                suite.app().clone(),
+                suite.suite().clone(),
+                None,
+                Some(suite),
+            )
+        } else {
+            let platform = Arc::new(platform::Platform::new(platform, &wiring));
+            platform.clone().start(stop_rx.clone()).await;
+            platforms.push(platform.clone());
+            (
+                platform.app().clone(),
+                platform.component().clone(),
+                Some(platform),
+                None,
+            )
+        };
         apps.push(App {
-            metrics: metrics.app(platform.name()),
-            config: platform.app().clone(),
-            tokens: platform.component().clone(),
+            metrics: metrics.app(&served.name),
+            config: served,
+            tokens,
             client,
             tickets: Arc::new(ticket::Tickets::none()),
-            platform: Some(platform.clone()),
-            suite: None,
+            platform: served_platform,
+            suite: served_suite,
         });
-        platforms.push(platform);
     }
     let managers: Vec<Arc<TokenManager>> = apps.iter().map(|a| a.tokens.clone()).collect();
     let draining = Arc::new(AtomicBool::new(false));

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::admin::{ok, refused};
 use crate::error::json_response;
 use crate::forward::body::ProxyBody;
 use crate::store::{Registered, StoreError};
@@ -198,7 +199,7 @@ impl Platform {
     /// Whether `appid` is registered, here or (shared store) by another
     /// replica.
     async fn is_registered(&self, appid: &str) -> bool {
-        self.read().contains_key(appid)
+        self.authorizers.read().contains_key(appid)
             || matches!(
                 self.store.authorizer(&self.app.appid, appid).await,
                 Ok(Some(_))
@@ -282,7 +283,7 @@ impl Platform {
             return Ok(false);
         }
         self.store.unregister(&self.app.appid, appid).await?;
-        self.write().remove(appid);
+        self.authorizers.write().remove(appid);
         tracing::info!(platform = %self.name(), authorizer = %appid, "authorizer removed");
         Ok(true)
     }
@@ -291,7 +292,7 @@ impl Platform {
     /// last error.
     fn authorizers_status(&self) -> Value {
         let mut entries: Vec<Value> = self
-            .read()
+            .authorizers.read()
             .iter()
             .map(|(appid, a)| {
                 let revoked = a.grant.revoked.load(Ordering::Relaxed);
@@ -319,6 +320,7 @@ impl Platform {
         let component = self.component.status();
         let (registered, in_use, tickets) = self.authorizers.counts();
         let revoked = self
+            .authorizers
             .read()
             .values()
             .filter(|a| a.grant.revoked.load(Ordering::Relaxed) != 0)
@@ -362,14 +364,4 @@ fn unix_s() -> u64 {
 /// `wx` and 16 hex digits, like the config's appids.
 fn appid_shaped(id: &str) -> bool {
     id.len() == 18 && id.starts_with("wx") && id.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
-}
-
-fn ok(body: Value) -> Response<ProxyBody> {
-    let mut response = json_response(StatusCode::OK, "admin", &body);
-    response.headers_mut().remove(crate::error::LOCAL_ANSWER);
-    response
-}
-
-fn refused(status: StatusCode, errmsg: String) -> Response<ProxyBody> {
-    json_response(status, "error", &json!({"errcode": -1, "errmsg": errmsg}))
 }

@@ -38,11 +38,10 @@ use arc_swap::ArcSwapOption;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::accounts::{Account, Accounts, Served, Shared};
-use crate::config::{AppConfig, Environment, PlatformConfig, Secret, UpstreamSettings};
+use crate::accounts::{Account, Accounts, Served, Wiring};
+use crate::config::{AppConfig, PlatformConfig, Secret, UpstreamSettings};
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
-use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{Key, Registered, Saved, Store};
 use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
@@ -60,8 +59,6 @@ const START_PUSH_INTERVAL: Duration = Duration::from_secs(600);
 const TICK: Duration = Duration::from_secs(1);
 /// `api_get_authorizer_list` page size (WeChat's maximum).
 const PAGE: u64 = 500;
-/// Longer path segments are not appids: not worth a store lookup.
-const MAX_APPID: usize = 64;
 
 /// One authorizer: cheap while idle.
 pub type Authorizer = Account<AuthorizerGrant>;
@@ -108,14 +105,14 @@ pub struct Platform {
 
 impl Platform {
     /// A platform holding nothing yet; [`Platform::start`] loads and runs it.
-    pub fn new(
-        config: &PlatformConfig,
-        upstream: &UpstreamSettings,
-        client: HttpClient,
-        store: Arc<Store>,
-        env: Arc<dyn Environment + Send + Sync>,
-        metrics: Arc<Metrics>,
-    ) -> Platform {
+    pub fn new(config: &PlatformConfig, wiring: &Wiring) -> Platform {
+        let Wiring {
+            upstream,
+            client,
+            store,
+            env,
+            metrics,
+        } = wiring;
         let app = Arc::new(config.app.clone());
         let component_grant = Arc::new(ComponentGrant {
             name: app.name.clone(),
@@ -136,16 +133,9 @@ impl Platform {
             config: config.clone(),
             component_grant,
             component: Arc::new(component),
-            authorizers: Accounts::new(Shared {
-                parent: config.app.appid.clone(),
-                client: client.clone(),
-                upstream: upstream.clone(),
-                env,
-                observer: Arc::new(AuthorizerObserver::new(metrics, &config.app.name)),
-                store: store.clone(),
-            }),
-            store,
-            client,
+            authorizers: wiring.accounts(&config.app),
+            store: store.clone(),
+            client: client.clone(),
             upstream: upstream.clone(),
             last_start_push: Mutex::new(None),
             exchanges: seal::Exchanges::default(),
@@ -199,15 +189,7 @@ impl Platform {
 
     /// How many authorizers are registered.
     fn registered(&self) -> usize {
-        self.read().len()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<Authorizer>>> {
-        self.authorizers.read()
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<Authorizer>>> {
-        self.authorizers.write()
+        self.authorizers.read().len()
     }
 
     /// The authorizer `appid` (a path segment as sent) and its token, for a
@@ -278,16 +260,7 @@ impl Platform {
         appid: &str,
         current: Option<&Secret>,
     ) -> Option<Arc<Authorizer>> {
-        if appid.is_empty() || appid.len() > MAX_APPID {
-            return None;
-        }
-        let refresh_token = match self.store.authorizer(&self.app.appid, appid).await {
-            Ok(found) => found?,
-            Err(e) => {
-                tracing::warn!(platform = %self.name(), error = %e, "cannot look the authorizer up in the store");
-                return None;
-            }
-        };
+        let refresh_token = self.authorizers.registered_elsewhere(appid).await?;
         if current.is_some_and(|c| c.expose() == refresh_token) {
             return None;
         }
@@ -296,11 +269,11 @@ impl Platform {
             appid: appid.to_owned(),
             refresh_token,
         }]);
-        self.read().get(appid).cloned()
+        self.authorizers.read().get(appid).cloned()
     }
 
-    fn new_authorizer(&self, appid: &str, refresh_token: String) -> Arc<Authorizer> {
-        Arc::new(Account::new(AuthorizerGrant {
+    fn new_authorizer(&self, appid: &str, refresh_token: String) -> Authorizer {
+        Account::new(AuthorizerGrant {
             label: format!("{}/{appid}", self.name()),
             appid: appid.to_owned(),
             store_kind: format!("authorizer_token@{}", self.app.appid),
@@ -310,29 +283,18 @@ impl Platform {
             refresh: Mutex::new(Secret::new(refresh_token)),
             revoked: AtomicI64::new(0),
             store: self.store.clone(),
-        }))
+        })
     }
 
     /// Adds or updates authorizers in memory. A known one gets the new
     /// refresh token and loses its revoked mark, keeping its token.
     fn insert_all(&self, entries: Vec<Registered>) {
-        let mut map = self.write();
-        for entry in entries {
-            match map.get(entry.appid.as_str()) {
-                Some(held) => {
-                    *held.grant.refresh.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Secret::new(entry.refresh_token);
-                    held.grant.revoked.store(0, Ordering::Relaxed);
-                    if let Some(tokens) = held.tokens() {
-                        tokens.end_backoff();
-                    }
-                }
-                None => {
-                    let authorizer = self.new_authorizer(&entry.appid, entry.refresh_token);
-                    map.insert(entry.appid.into_boxed_str(), authorizer);
-                }
-            }
-        }
+        let renew = |grant: &AuthorizerGrant, refresh_token| {
+            *grant.refresh.lock().unwrap_or_else(|e| e.into_inner()) = Secret::new(refresh_token);
+            grant.revoked.store(0, Ordering::Relaxed);
+        };
+        let make = |appid: &str, refresh_token| self.new_authorizer(appid, refresh_token);
+        self.authorizers.insert_all(entries, renew, make);
     }
 
     /// Keeps a ticket pushed at `pushed_at` (Unix seconds): in memory, in
@@ -503,7 +465,7 @@ impl Platform {
             .take()
             .unwrap_or_default();
         {
-            let held = self.read();
+            let held = self.authorizers.read();
             found.retain(|e| !removed.contains(&e.appid) && !held.contains_key(e.appid.as_str()));
         }
         if let Err(e) = self.store.register(&found).await {
@@ -530,18 +492,11 @@ impl Platform {
 
     /// Why the platform cannot serve yet, if it cannot.
     pub fn not_ready(&self) -> Option<String> {
-        // A component token another replica fetched (found in the store)
-        // serves without this replica ever having seen the ticket.
-        let status = self.component.status();
-        if status.expires_in.is_some() {
-            return None;
-        }
-        if self.component_grant.ticket.load().is_none() {
-            return Some("waiting for component_verify_ticket".into());
-        }
-        Some(match status.last_error {
-            Some(e) => format!("no component_access_token: {e}"),
-            None => "no component_access_token fetched yet".into(),
-        })
+        crate::accounts::not_ready(
+            &self.component,
+            "component_access_token",
+            self.component_grant.ticket.load().is_some(),
+            "waiting for component_verify_ticket",
+        )
     }
 }

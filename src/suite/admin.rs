@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::error::json_response;
+use crate::admin::{ok, refused};
 use crate::forward::body::ProxyBody;
 use crate::forward::query;
 use crate::platform::push::{self, PushError};
@@ -273,7 +273,7 @@ impl Suite {
             );
         };
         if corpid.is_empty()
-            || corpid.len() > super::MAX_CORPID
+            || corpid.len() > crate::accounts::MAX_ID
             || !corpid.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             return refused(
@@ -306,7 +306,7 @@ impl Suite {
     /// last error.
     fn corps_status(&self) -> Value {
         let mut entries: Vec<Value> = self
-            .read()
+            .corps.read()
             .iter()
             .map(|(corpid, c)| {
                 let status = c.tokens().map(|t| t.status());
@@ -330,16 +330,6 @@ fn json_text(body: &[u8], name: &str) -> Option<String> {
     let value = serde_json::from_slice::<Value>(body).ok()?;
     let text = value.get(name)?.as_str()?;
     (!text.is_empty()).then(|| text.to_owned())
-}
-
-fn ok(body: Value) -> Response<ProxyBody> {
-    let mut response = json_response(StatusCode::OK, "admin", &body);
-    response.headers_mut().remove(crate::error::LOCAL_ANSWER);
-    response
-}
-
-fn refused(status: StatusCode, errmsg: String) -> Response<ProxyBody> {
-    json_response(status, "error", &json!({"errcode": -1, "errmsg": errmsg}))
 }
 
 #[cfg(test)]

@@ -33,11 +33,10 @@ use arc_swap::ArcSwapOption;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::accounts::{Account, Accounts, Served, Shared};
-use crate::config::{AppConfig, Environment, PlatformConfig, Secret, TokenApi, UpstreamSettings};
+use crate::accounts::{Account, Accounts, Served, Wiring};
+use crate::config::{AppConfig, PlatformConfig, Secret, TokenApi};
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
-use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{unix_ms, Key, Registered, Saved, Store};
 use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
@@ -49,8 +48,6 @@ use self::grant::{CorpGrant, ProviderGrant, SuiteGrant, TICKET_KIND};
 const TICKET_LIFE: Duration = Duration::from_secs(30 * 60);
 /// The auth-code exchange WeCom recommends.
 pub const EXCHANGE: &str = "/cgi-bin/service/v2/get_permanent_code";
-/// Longer path segments are not corpids: not worth a store lookup.
-const MAX_CORPID: usize = 64;
 
 /// What SDKs get instead of the suite token.
 pub const SUITE_PLACEHOLDER: &str = "WECHAT_TOKEN_PROXY_SUITE_PLACEHOLDER";
@@ -93,14 +90,14 @@ pub struct Suite {
 
 impl Suite {
     /// A suite holding nothing yet; [`Suite::start`] loads and runs it.
-    pub fn new(
-        config: &PlatformConfig,
-        upstream: &UpstreamSettings,
-        client: HttpClient,
-        store: Arc<Store>,
-        env: Arc<dyn Environment + Send + Sync>,
-        metrics: Arc<Metrics>,
-    ) -> Suite {
+    pub fn new(config: &PlatformConfig, wiring: &Wiring) -> Suite {
+        let Wiring {
+            upstream,
+            client,
+            store,
+            env,
+            metrics,
+        } = wiring;
         let app = Arc::new(config.app.clone());
         let suite_config = config.suite.clone().unwrap_or(crate::config::SuiteConfig {
             customized: false,
@@ -154,16 +151,9 @@ impl Suite {
             ticket,
             suite: Arc::new(suite),
             provider,
-            corps: Accounts::new(Shared {
-                parent: app.appid.clone(),
-                client: client.clone(),
-                upstream: upstream.clone(),
-                env,
-                observer: Arc::new(AuthorizerObserver::new(metrics, &app.name)),
-                store: store.clone(),
-            }),
-            store,
-            client,
+            corps: wiring.accounts(&app),
+            store: store.clone(),
+            client: client.clone(),
             seen: Mutex::new(HashMap::new()),
             app,
         }
@@ -218,14 +208,6 @@ impl Suite {
         tokio::spawn(self.run_scheduler(shutdown));
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<Corp>>> {
-        self.corps.read()
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<Corp>>> {
-        self.corps.write()
-    }
-
     /// The corp `corpid` (a path segment as sent), its token and tickets,
     /// for a path the route table gave to a corp.
     pub async fn corp(&self, corpid: &str) -> Result<CorpHandle, LocalError> {
@@ -252,18 +234,9 @@ impl Suite {
     /// A corp another replica registered after this one loaded the
     /// registry: one store lookup, only for a corpid not served here.
     async fn registered_elsewhere(&self, corpid: &str) -> Option<Arc<Corp>> {
-        if corpid.is_empty() || corpid.len() > MAX_CORPID {
-            return None;
-        }
-        let code = match self.store.authorizer(&self.app.appid, corpid).await {
-            Ok(found) => found?,
-            Err(e) => {
-                tracing::warn!(platform = %self.name(), error = %e, "cannot look the corp up in the store");
-                return None;
-            }
-        };
+        let code = self.corps.registered_elsewhere(corpid).await?;
         self.insert_all(vec![self.entry(corpid.to_owned(), code)]);
-        self.read().get(corpid).cloned()
+        self.corps.read().get(corpid).cloned()
     }
 
     fn entry(&self, corpid: String, permanent_code: String) -> Registered {
@@ -274,13 +247,13 @@ impl Suite {
         }
     }
 
-    fn new_corp(&self, corpid: &str, code: String) -> Arc<Corp> {
+    fn new_corp(&self, corpid: &str, code: String) -> Corp {
         let corp = Arc::new(AppConfig {
             appid: corpid.to_owned(),
             token_api: TokenApi::Wecom,
             ..(*self.app).clone()
         });
-        Arc::new(Account::new(CorpGrant {
+        Account::new(CorpGrant {
             label: format!("{}/{corpid}", self.name()),
             corp,
             store_kind: format!("corp_token@{}", self.app.appid),
@@ -289,28 +262,17 @@ impl Suite {
             suite: self.suite.clone(),
             code: Mutex::new(Secret::new(code)),
             store: self.store.clone(),
-        }))
+        })
     }
 
     /// Adds or updates corps in memory. A known one gets the new code and
     /// keeps its token (a reset code does not end the token).
     fn insert_all(&self, entries: Vec<Registered>) {
-        let mut map = self.write();
-        for entry in entries {
-            match map.get(entry.appid.as_str()) {
-                Some(held) => {
-                    *held.grant.code.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Secret::new(entry.refresh_token);
-                    if let Some(tokens) = held.tokens() {
-                        tokens.end_backoff();
-                    }
-                }
-                None => {
-                    let corp = self.new_corp(&entry.appid, entry.refresh_token);
-                    map.insert(entry.appid.into_boxed_str(), corp);
-                }
-            }
-        }
+        let renew = |grant: &CorpGrant, code| {
+            *grant.code.lock().unwrap_or_else(|e| e.into_inner()) = Secret::new(code);
+        };
+        let make = |corpid: &str, code| self.new_corp(corpid, code);
+        self.corps.insert_all(entries, renew, make);
     }
 
     /// Saves, then holds, a corp and its permanent code.
@@ -327,7 +289,7 @@ impl Suite {
 
     /// Removes a corp here and from the store; false if it was unknown.
     async fn unregister(&self, corpid: &str) -> Result<bool, String> {
-        let known = self.read().contains_key(corpid)
+        let known = self.corps.read().contains_key(corpid)
             || matches!(
                 self.store.authorizer(&self.app.appid, corpid).await,
                 Ok(Some(_))
@@ -339,7 +301,7 @@ impl Suite {
             .unregister(&self.app.appid, corpid)
             .await
             .map_err(|e| format!("{}: the registry cannot be saved: {e}", self.name()))?;
-        self.write().remove(corpid);
+        self.corps.write().remove(corpid);
         tracing::info!(platform = %self.name(), corp = %corpid, "corp removed");
         Ok(true)
     }
@@ -449,17 +411,12 @@ impl Suite {
 
     /// Why the suite cannot serve yet, if it cannot.
     pub fn not_ready(&self) -> Option<String> {
-        let status = self.suite.status();
-        if status.expires_in.is_some() {
-            return None;
-        }
-        if self.ticket.ticket.load().is_none() {
-            return Some("waiting for suite_ticket: WeCom pushes one every 10 minutes (there is no API to ask for one)".into());
-        }
-        Some(match status.last_error {
-            Some(e) => format!("no suite_access_token: {e}"),
-            None => "no suite_access_token fetched yet".into(),
-        })
+        crate::accounts::not_ready(
+            &self.suite,
+            "suite_access_token",
+            self.ticket.ticket.load().is_some(),
+            "waiting for suite_ticket: WeCom pushes one every 10 minutes (there is no API to ask for one)",
+        )
     }
 
     /// The suite's entry on `GET /platforms` (and `/apps`).
