@@ -40,10 +40,12 @@
 //! - [`ticket`] holds JS-SDK tickets like tokens; [`platform`] holds a third-
 //!   party platform's ticket, component token and authorizers, and answers
 //!   the calls whose answers carry credentials itself (the route table sends
-//!   them there), with placeholders; an authorizer's or a suite's corp's
-//!   JS-SDK tickets are made on its first ask and go with it
-//!   ([`jssdk::OnDemand`]); [`quota`] keeps the token API's quota in sight
-//!   and resets it for the operator.
+//!   them there), with placeholders; [`quota`] keeps the token API's quota
+//!   in sight and resets it for the operator.
+//! - A platform's authorizers and a suite's corps are one kind of registry
+//!   ([`accounts`]): each account's token made on its first use, its JS-SDK
+//!   tickets on its first ask ([`jssdk::OnDemand`]), renewed ahead by one
+//!   scheduler per parent while used, gone when the account is removed.
 //! - A WeCom service provider's suite ([`suite`]) is served like a
 //!   platform: the `suite_ticket` pushed to the admin listener, the suite
 //!   and provider tokens, and each corp's token from its permanent code, all
