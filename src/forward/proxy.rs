@@ -235,32 +235,24 @@ impl Proxy {
                 return self.permanent_code(suite, path, body).await;
             }
             // An authorizer's or a corp's own tickets, made on this ask.
-            let answer = match (&corp, &authorizer, &app.platform, &app.suite) {
-                (Some(corp), _, _, Some(suite)) => {
-                    let signer = Signer {
-                        config: &corp.grant().corp,
-                        appid: &corp.grant().corp.appid,
-                        tickets: &|| suite.tickets(corp),
-                    };
-                    crate::jssdk::answer(&signer, parts, local).await
-                }
-                (_, Some(authorizer), Some(platform), _) => {
-                    let signer = Signer {
-                        config: &app.config,
-                        appid: &authorizer.grant().appid,
-                        tickets: &|| platform.tickets(authorizer),
-                    };
-                    crate::jssdk::answer(&signer, parts, local).await
-                }
-                _ => {
-                    let signer = Signer {
-                        config: &app.config,
-                        appid: &app.config.appid,
-                        tickets: &|| app.tickets.clone(),
-                    };
-                    crate::jssdk::answer(&signer, parts, local).await
-                }
+            let signer = match (&corp, &authorizer, &app.platform, &app.suite) {
+                (Some(corp), _, _, Some(suite)) => Signer {
+                    config: &corp.grant().corp,
+                    appid: &corp.grant().corp.appid,
+                    tickets: &|| suite.tickets(corp),
+                },
+                (_, Some(authorizer), Some(platform), _) => Signer {
+                    config: &app.config,
+                    appid: &authorizer.grant().appid,
+                    tickets: &|| platform.tickets(authorizer),
+                },
+                _ => Signer {
+                    config: &app.config,
+                    appid: &app.config.appid,
+                    tickets: &|| app.tickets.clone(),
+                },
             };
+            let answer = crate::jssdk::answer(&signer, parts, local).await;
             if let Some(answer) = answer {
                 return Ok(answer);
             }
