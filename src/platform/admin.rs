@@ -332,7 +332,7 @@ impl Platform {
             "base_url": self.app.base_url.to_string(),
             "fallback_base_urls": self.app.fallback_base_urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "upstream": self.client.upstream().unwrap_or(&self.app.base_url).to_string(),
-            "ticket": if self.component_grant.ticket.load().is_some() { "held" } else { "waiting for component_verify_ticket" },
+            "ticket": if self.ticket.is_held() { "held" } else { "waiting for component_verify_ticket" },
             "component_token": {
                 "state": component.state(),
                 "expires_in_s": component.expires_in.map(|d| d.as_secs()),

@@ -7,16 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
 use serde_json::{json, Value};
 
 use crate::config::{BaseUrl, Secret};
 use crate::forward::upstream::HttpClient;
-use crate::store::{Key, Registered, Store, StoreError};
+use crate::store::{Registered, Store};
 use crate::token::{Grantor, TokenManager};
 use crate::wechat::is_token_error;
+
+use super::pushed::PushedTicket;
 use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
 /// WeChat's path that renews an authorizer's token with the component token.
@@ -73,35 +73,8 @@ pub struct ComponentGrant {
     /// Where WeChat is.
     pub base_url: BaseUrl,
     /// The latest ticket pushed (here, or to another replica and found in
-    /// the store). A secret of sorts: never shown.
-    pub ticket: ArcSwapOption<Secret>,
-    /// WeChat refused the ticket (61005/61006) on the last fetch.
-    pub ticket_refused: AtomicI64,
-    /// Where the ticket is kept: the push may have reached another replica.
-    pub store: Arc<Store>,
-}
-
-impl ComponentGrant {
-    /// Takes the ticket kept in the store if it is still valid and not the
-    /// one held: WeChat's push reaches one replica, and the others find it
-    /// there. True if one was taken. A store error keeps the held ticket.
-    pub async fn take_stored_ticket(&self) -> Result<bool, StoreError> {
-        let key = Key {
-            appid: &self.appid,
-            kind: super::TICKET_KIND,
-        };
-        let Some(saved) = self.store.load(key).await? else {
-            return Ok(false);
-        };
-        let held = self.ticket.load();
-        if saved.life_left(SystemTime::now()).is_zero()
-            || held.as_ref().is_some_and(|t| t.expose() == saved.token)
-        {
-            return Ok(false);
-        }
-        self.ticket.store(Some(Arc::new(Secret::new(saved.token))));
-        Ok(true)
-    }
+    /// the store).
+    pub ticket: Arc<PushedTicket>,
 }
 
 impl Grantor for ComponentGrant {
@@ -123,15 +96,10 @@ impl Grantor for ComponentGrant {
         secret: &'a Secret,
     ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
         Box::pin(async move {
-            if let Err(e) = self.take_stored_ticket().await {
-                tracing::warn!(platform = %self.name, error = %e, "cannot read the component_verify_ticket from the store");
-            }
-            let Some(ticket) = self.ticket.load_full() else {
-                return Err(FetchError::NotReady(format!(
-                    "waiting for component_verify_ticket: WeChat pushes one every 10 minutes; forward it to POST /platforms/{}/ticket",
-                    self.name
-                )));
-            };
+            let ticket = self.ticket.for_fetch(|| format!(
+                "waiting for component_verify_ticket: WeChat pushes one every 10 minutes; forward it to POST /platforms/{}/ticket",
+                self.name
+            )).await?;
             let body = json!({
                 "component_appid": self.appid,
                 "component_appsecret": secret.expose(),
@@ -151,7 +119,7 @@ impl Grantor for ComponentGrant {
                 ..
             }) = &answer
             {
-                self.ticket_refused.store(*code, Ordering::Relaxed);
+                self.ticket.refused_with(*code);
             }
             grant_from(&answer?, "component_access_token")
         })

@@ -24,17 +24,17 @@
 mod admin;
 mod grant;
 pub(crate) mod push;
+pub(crate) mod pushed;
 mod seal;
 
 pub use self::admin::answer;
 pub use self::seal::Local;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -42,11 +42,12 @@ use crate::accounts::{Account, Accounts, Served, Wiring};
 use crate::config::{AppConfig, PlatformConfig, Secret, UpstreamSettings};
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
-use crate::store::{Key, Registered, Saved, Store};
+use crate::store::{Registered, Store};
 use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
 
 use self::grant::{AuthorizerGrant, ComponentGrant};
+use self::pushed::PushedTicket;
 
 /// How long WeChat's ticket stays valid.
 const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
@@ -73,8 +74,8 @@ pub struct Platform {
     app: Arc<AppConfig>,
     /// The push keys.
     config: PlatformConfig,
-    /// The component token's source, holding the ticket.
-    component_grant: Arc<ComponentGrant>,
+    /// The component_verify_ticket, which the component token is made from.
+    ticket: Arc<PushedTicket>,
     /// The component token.
     component: Arc<TokenManager>,
     /// The authorizers by appid.
@@ -89,9 +90,6 @@ pub struct Platform {
     last_start_push: Mutex<Option<Instant>>,
     /// Authorization codes exchanged lately: each reaches WeChat once.
     exchanges: seal::Exchanges,
-    /// When the ticket held was pushed (Unix seconds): an older push, even a
-    /// genuine one, does not replace it.
-    ticket_pushed_at: AtomicU64,
     /// The `msg_signature` of each push taken in the last
     /// [`push::MAX_AGE_S`], with its timestamp: a replay is refused.
     seen_pushes: Mutex<HashMap<String, u64>>,
@@ -114,24 +112,29 @@ impl Platform {
             metrics,
         } = wiring;
         let app = Arc::new(config.app.clone());
+        let ticket = Arc::new(PushedTicket::new(
+            TICKET_KIND,
+            &app.appid,
+            &app.name,
+            TICKET_LIFE,
+            store.clone(),
+        ));
         let component_grant = Arc::new(ComponentGrant {
             name: app.name.clone(),
             appid: app.appid.clone(),
             base_url: app.base_url.clone(),
-            ticket: ArcSwapOption::empty(),
-            ticket_refused: AtomicI64::new(0),
-            store: store.clone(),
+            ticket: ticket.clone(),
         });
         // The component token counts like an app's, under the platform's name.
         let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
         let component =
             TokenManager::new(app.clone(), upstream, client.clone(), observer, env.clone())
                 .with_store(store.clone())
-                .with_grantor(component_grant.clone());
+                .with_grantor(component_grant);
         Platform {
             app,
             config: config.clone(),
-            component_grant,
+            ticket,
             component: Arc::new(component),
             authorizers: wiring.accounts(&config.app),
             store: store.clone(),
@@ -139,7 +142,6 @@ impl Platform {
             upstream: upstream.clone(),
             last_start_push: Mutex::new(None),
             exchanges: seal::Exchanges::default(),
-            ticket_pushed_at: AtomicU64::new(0),
             seen_pushes: Mutex::new(HashMap::new()),
             registry_writes: tokio::sync::Mutex::new(()),
             recovering: Mutex::new(None),
@@ -165,8 +167,8 @@ impl Platform {
     /// refresher and the renewal scheduler until `shutdown`.
     pub async fn start(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let started = Instant::now();
-        self.load_ticket().await;
-        if self.component_grant.ticket.load().is_none() {
+        self.ticket.load().await;
+        if !self.ticket.is_held() {
             self.ask_for_push().await;
         }
         match self.store.authorizers(&self.app.appid).await {
@@ -302,38 +304,9 @@ impl Platform {
     /// with it now. False, and nothing changed, when the ticket held here
     /// or in the store was pushed later: a late push never rolls it back.
     pub async fn keep_ticket(&self, ticket: String, pushed_at: u64) -> bool {
-        let expires_at_ms = pushed_at
-            .saturating_mul(1000)
-            .saturating_add(TICKET_LIFE.as_millis() as u64);
-        let key = Key {
-            appid: &self.app.appid,
-            kind: TICKET_KIND,
-        };
-        let newer_in_store = matches!(
-            self.store.load(key).await,
-            Ok(Some(saved)) if saved.expires_at_ms > expires_at_ms
-        );
-        if newer_in_store || self.ticket_pushed_at.load(Ordering::Relaxed) > pushed_at {
-            tracing::warn!(platform = %self.name(), "a component_verify_ticket older than the one held was not kept");
+        if !self.ticket.keep(ticket, pushed_at).await {
             return false;
         }
-        self.ticket_pushed_at.store(pushed_at, Ordering::Relaxed);
-        let saved = Saved {
-            appid: self.app.appid.clone(),
-            api: TICKET_KIND.to_owned(),
-            token: ticket.clone(),
-            expires_at_ms,
-        };
-        self.component_grant
-            .ticket
-            .store(Some(Arc::new(Secret::new(ticket))));
-        self.component_grant
-            .ticket_refused
-            .store(0, Ordering::Relaxed);
-        if let Err(e) = self.store.save(key, saved).await {
-            tracing::warn!(platform = %self.name(), error = %e, "cannot save the component_verify_ticket");
-        }
-        tracing::info!(platform = %self.name(), "component_verify_ticket received");
         if self.component.current().is_none() {
             self.component.end_backoff();
         }
@@ -346,21 +319,6 @@ impl Platform {
         // Older ones are refused by age anyway.
         seen.retain(|_, at| at.abs_diff(now) <= push::MAX_AGE_S);
         seen.insert(signature.to_owned(), timestamp).is_none()
-    }
-
-    /// The ticket an earlier run or another replica kept, if still valid.
-    async fn load_ticket(&self) -> bool {
-        match self.component_grant.take_stored_ticket().await {
-            Ok(true) => {
-                tracing::info!(platform = %self.name(), store = self.store.kind(), "component_verify_ticket taken from the store");
-                true
-            }
-            Ok(false) => false,
-            Err(e) => {
-                tracing::warn!(platform = %self.name(), error = %e, "cannot read the component_verify_ticket from the store");
-                false
-            }
-        }
     }
 
     /// `api_start_push_ticket`, at most once per [`START_PUSH_INTERVAL`].
@@ -481,7 +439,7 @@ impl Platform {
     async fn run_scheduler(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let renewable = |grant: &AuthorizerGrant| grant.revoked.load(Ordering::Relaxed) == 0;
         let each_tick = || async {
-            if self.component_grant.ticket_refused.load(Ordering::Relaxed) != 0 {
+            if self.ticket.refused() != 0 {
                 self.ask_for_push().await;
             }
         };
@@ -495,7 +453,7 @@ impl Platform {
         crate::accounts::not_ready(
             &self.component,
             "component_access_token",
-            self.component_grant.ticket.load().is_some(),
+            self.ticket.is_held(),
             "waiting for component_verify_ticket",
         )
     }

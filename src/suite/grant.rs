@@ -5,16 +5,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
 use serde_json::{json, Value};
 
 use crate::config::{AppConfig, BaseUrl, Secret};
 use crate::forward::upstream::HttpClient;
-use crate::store::{Key, Store, StoreError};
+use crate::platform::pushed::PushedTicket;
+use crate::store::Store;
 use crate::token::{Grantor, TokenManager};
 use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
@@ -70,46 +68,8 @@ pub struct SuiteGrant {
     /// Where WeCom is.
     pub base_url: BaseUrl,
     /// The newest ticket pushed, here or to another replica (found in the
-    /// store). Never shown.
-    pub ticket: ArcSwapOption<Secret>,
-    /// When WeCom issued the held ticket (the push's `TimeStamp`, seconds):
-    /// an older push never replaces it.
-    pub ticket_issued: std::sync::atomic::AtomicU64,
-    /// WeCom refused the ticket (40085) on the last fetch.
-    pub ticket_refused: AtomicI64,
-    /// Where the ticket is kept.
-    pub store: Arc<Store>,
-}
-
-impl SuiteGrant {
-    /// Takes the ticket kept in the store when it is newer than the one
-    /// held. True if one was taken.
-    pub async fn take_stored_ticket(&self) -> Result<bool, StoreError> {
-        let key = Key {
-            appid: &self.suite_id,
-            kind: TICKET_KIND,
-        };
-        let Some(saved) = self.store.load(key).await? else {
-            return Ok(false);
-        };
-        let issued = saved
-            .expires_at_ms
-            .saturating_sub(super::TICKET_LIFE.as_millis() as u64)
-            / 1000;
-        if saved.life_left(SystemTime::now()).is_zero()
-            || issued < self.ticket_issued.load(Ordering::Relaxed)
-            || self
-                .ticket
-                .load()
-                .as_ref()
-                .is_some_and(|t| t.expose() == saved.token)
-        {
-            return Ok(false);
-        }
-        self.ticket_issued.store(issued, Ordering::Relaxed);
-        self.ticket.store(Some(Arc::new(Secret::new(saved.token))));
-        Ok(true)
-    }
+    /// store).
+    pub ticket: Arc<PushedTicket>,
 }
 
 impl Grantor for SuiteGrant {
@@ -131,15 +91,10 @@ impl Grantor for SuiteGrant {
         secret: &'a Secret,
     ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
         Box::pin(async move {
-            if let Err(e) = self.take_stored_ticket().await {
-                tracing::warn!(platform = %self.name, error = %e, "cannot read the suite_ticket from the store");
-            }
-            let Some(ticket) = self.ticket.load_full() else {
-                return Err(FetchError::NotReady(format!(
-                    "waiting for suite_ticket: WeCom pushes one every 10 minutes to the 指令回调 URL and offers no way to ask for one; forward it to POST /platforms/{}/ticket",
-                    self.name
-                )));
-            };
+            let ticket = self.ticket.for_fetch(|| format!(
+                "waiting for suite_ticket: WeCom pushes one every 10 minutes to the 指令回调 URL and offers no way to ask for one; forward it to POST /platforms/{}/ticket",
+                self.name
+            )).await?;
             let body = json!({
                 "suite_id": self.suite_id,
                 "suite_secret": secret.expose(),
@@ -150,7 +105,7 @@ impl Grantor for SuiteGrant {
                 .await
                 .map_err(|e| redact(e, &[secret.expose(), ticket.expose()]));
             if let Err(FetchError::Refused { errcode: 40085, .. }) = &answer {
-                self.ticket_refused.store(40085, Ordering::Relaxed);
+                self.ticket.refused_with(40085);
             }
             grant_from(&answer?, "suite_access_token")
         })

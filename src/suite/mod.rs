@@ -25,11 +25,9 @@ pub use self::admin::answer;
 pub use self::grant::is_suite_token_error;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -37,10 +35,12 @@ use crate::accounts::{Account, Accounts, Served, Wiring};
 use crate::config::{AppConfig, PlatformConfig, Secret, TokenApi};
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
-use crate::store::{unix_ms, Key, Registered, Saved, Store};
+use crate::store::{Registered, Store};
 use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
 use crate::wechat::PLACEHOLDER_TOKEN;
+
+use crate::platform::pushed::PushedTicket;
 
 use self::grant::{CorpGrant, ProviderGrant, SuiteGrant, TICKET_KIND};
 
@@ -71,8 +71,8 @@ pub struct Suite {
     config: PlatformConfig,
     /// A customized-app (dk…) template.
     customized: bool,
-    /// The suite token's source, holding the ticket.
-    ticket: Arc<SuiteGrant>,
+    /// The suite_ticket, which the suite token is made from.
+    ticket: Arc<PushedTicket>,
     /// The suite token.
     suite: Arc<TokenManager>,
     /// The provider token, when configured.
@@ -103,14 +103,18 @@ impl Suite {
             customized: false,
             provider: None,
         });
-        let ticket = Arc::new(SuiteGrant {
+        let ticket = Arc::new(PushedTicket::new(
+            TICKET_KIND,
+            &app.appid,
+            &app.name,
+            TICKET_LIFE,
+            store.clone(),
+        ));
+        let grant = Arc::new(SuiteGrant {
             name: app.name.clone(),
             suite_id: app.appid.clone(),
             base_url: app.base_url.clone(),
-            ticket: ArcSwapOption::empty(),
-            ticket_issued: AtomicU64::new(0),
-            ticket_refused: AtomicI64::new(0),
-            store: store.clone(),
+            ticket: ticket.clone(),
         });
         let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
         let suite = TokenManager::new(
@@ -121,7 +125,7 @@ impl Suite {
             env.clone(),
         )
         .with_store(store.clone())
-        .with_grantor(ticket.clone());
+        .with_grantor(grant);
         let provider = suite_config.provider.map(|(corpid, secret)| {
             let provider_app = Arc::new(AppConfig {
                 appid: corpid.clone(),
@@ -182,15 +186,7 @@ impl Suite {
     /// Loads the ticket and the registry, then runs the refreshers and the
     /// renewal scheduler until `shutdown`.
     pub async fn start(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        match self.ticket.take_stored_ticket().await {
-            Ok(true) => {
-                tracing::info!(platform = %self.name(), store = self.store.kind(), "suite_ticket taken from the store")
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(platform = %self.name(), error = %e, "cannot read the suite_ticket from the store")
-            }
-        }
+        self.ticket.load().await;
         match self.store.authorizers(&self.app.appid).await {
             Ok(entries) => {
                 let n = entries.len();
@@ -371,32 +367,11 @@ impl Suite {
     }
 
     /// Keeps a ticket issued at `issued` (seconds) unless a newer one is
-    /// held: in memory, in the store, and ends the suite token's backoff.
+    /// held here or in the store, and ends the suite token's backoff.
     async fn keep_ticket(&self, ticket: String, issued: u64) {
-        if issued < self.ticket.ticket_issued.load(Ordering::Relaxed) {
-            tracing::info!(platform = %self.name(), "an older suite_ticket than the one held: ignored");
+        if !self.ticket.keep(ticket, issued).await {
             return;
         }
-        let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(issued);
-        let saved = Saved {
-            appid: self.app.appid.clone(),
-            api: TICKET_KIND.to_owned(),
-            token: ticket.clone(),
-            expires_at_ms: unix_ms(issued_at + TICKET_LIFE),
-        };
-        self.ticket.ticket_issued.store(issued, Ordering::Relaxed);
-        self.ticket
-            .ticket
-            .store(Some(Arc::new(Secret::new(ticket))));
-        self.ticket.ticket_refused.store(0, Ordering::Relaxed);
-        let key = Key {
-            appid: &self.app.appid,
-            kind: TICKET_KIND,
-        };
-        if let Err(e) = self.store.save(key, saved).await {
-            tracing::warn!(platform = %self.name(), error = %e, "cannot save the suite_ticket");
-        }
-        tracing::info!(platform = %self.name(), "suite_ticket received");
         if self.suite.current().is_none() {
             self.suite.end_backoff();
         }
@@ -414,7 +389,7 @@ impl Suite {
         crate::accounts::not_ready(
             &self.suite,
             "suite_access_token",
-            self.ticket.ticket.load().is_some(),
+            self.ticket.is_held(),
             "waiting for suite_ticket: WeCom pushes one every 10 minutes (there is no API to ask for one)",
         )
     }
@@ -430,10 +405,7 @@ impl Suite {
             })
         };
         let (registered, in_use, tickets) = self.corps.counts();
-        let ticket = match (
-            self.ticket.ticket.load().is_some(),
-            self.ticket.ticket_refused.load(Ordering::Relaxed),
-        ) {
+        let ticket = match (self.ticket.is_held(), self.ticket.refused()) {
             (false, _) => "waiting for suite_ticket",
             (true, 0) => "held",
             (true, _) => "refused by WeCom (40085): waiting for the next push",

@@ -1,0 +1,171 @@
+//! The ticket a parent's token is made from, pushed to the admin listener:
+//! WeChat's `component_verify_ticket` for a platform, WeCom's
+//! `suite_ticket` for a suite. The newest is held here and kept in the
+//! store, where an earlier run or another replica (the push reaches one)
+//! finds it; an older push never replaces a newer ticket.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+
+use crate::config::Secret;
+use crate::store::{unix_ms, Key, Saved, Store, StoreError};
+use crate::wechat::FetchError;
+
+/// One parent's pushed ticket.
+pub struct PushedTicket {
+    /// What it is: its kind in the store, and its name in logs.
+    kind: &'static str,
+    /// Whose it is: the component_appid or suite_id, the store's key.
+    owner: String,
+    /// The platform's name, for logs.
+    name: String,
+    /// How long a ticket works after it was issued.
+    life: Duration,
+    /// The newest ticket seen. A secret of sorts: never shown.
+    held: ArcSwapOption<Secret>,
+    /// When the held ticket was issued (Unix seconds; 0: none held).
+    issued: AtomicU64,
+    /// The errcode with which the token endpoint refused the held ticket on
+    /// the last fetch; 0 otherwise.
+    refused: AtomicI64,
+    /// Where tickets are shared.
+    store: Arc<Store>,
+}
+
+impl PushedTicket {
+    /// None held yet.
+    pub fn new(
+        kind: &'static str,
+        owner: &str,
+        name: &str,
+        life: Duration,
+        store: Arc<Store>,
+    ) -> PushedTicket {
+        PushedTicket {
+            kind,
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            life,
+            held: ArcSwapOption::empty(),
+            issued: AtomicU64::new(0),
+            refused: AtomicI64::new(0),
+            store,
+        }
+    }
+
+    /// Whether a ticket is held.
+    pub fn is_held(&self) -> bool {
+        self.held.load().is_some()
+    }
+
+    /// The errcode with which the held ticket was refused; 0 if it was not.
+    pub fn refused(&self) -> i64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Records that the token endpoint refused the held ticket.
+    pub fn refused_with(&self, errcode: i64) {
+        self.refused.store(errcode, Ordering::Relaxed);
+    }
+
+    fn key(&self) -> Key<'_> {
+        Key {
+            appid: &self.owner,
+            kind: self.kind,
+        }
+    }
+
+    /// When a saved ticket was issued (Unix seconds).
+    fn issued_of(&self, saved: &Saved) -> u64 {
+        saved
+            .expires_at_ms
+            .saturating_sub(self.life.as_millis() as u64)
+            / 1000
+    }
+
+    /// Takes the ticket kept in the store when it is still valid, not the
+    /// one held, and not issued before it. True if one was taken.
+    pub async fn take_stored(&self) -> Result<bool, StoreError> {
+        let Some(saved) = self.store.load(self.key()).await? else {
+            return Ok(false);
+        };
+        let issued = self.issued_of(&saved);
+        if saved.life_left(SystemTime::now()).is_zero()
+            || issued < self.issued.load(Ordering::Relaxed)
+            || self
+                .held
+                .load()
+                .as_ref()
+                .is_some_and(|t| t.expose() == saved.token)
+        {
+            return Ok(false);
+        }
+        self.issued.store(issued, Ordering::Relaxed);
+        self.held.store(Some(Arc::new(Secret::new(saved.token))));
+        Ok(true)
+    }
+
+    /// At start: the ticket an earlier run or another replica kept, if
+    /// still valid. True if one was taken.
+    pub async fn load(&self) -> bool {
+        match self.take_stored().await {
+            Ok(true) => {
+                tracing::info!(platform = %self.name, store = self.store.kind(), "{} taken from the store", self.kind);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(platform = %self.name, error = %e, "cannot read the {} from the store", self.kind);
+                false
+            }
+        }
+    }
+
+    /// The ticket to fetch a token with: a newer one another replica kept
+    /// (the fleet lease is held), else the one held; `waiting` says why
+    /// there is none.
+    pub async fn for_fetch(
+        &self,
+        waiting: impl FnOnce() -> String,
+    ) -> Result<Arc<Secret>, FetchError> {
+        if let Err(e) = self.take_stored().await {
+            tracing::warn!(platform = %self.name, error = %e, "cannot read the {} from the store", self.kind);
+        }
+        self.held
+            .load_full()
+            .ok_or_else(|| FetchError::NotReady(waiting()))
+    }
+
+    /// Keeps a ticket issued at `issued` (Unix seconds): held, no longer
+    /// refused, and saved. False, and nothing changed, when a ticket issued
+    /// later is held here or kept in the store: a late push never rolls it
+    /// back.
+    pub async fn keep(&self, ticket: String, issued: u64) -> bool {
+        let newer_in_store = matches!(
+            self.store.load(self.key()).await,
+            Ok(Some(saved)) if self.issued_of(&saved) > issued
+        );
+        if newer_in_store || self.issued.load(Ordering::Relaxed) > issued {
+            tracing::warn!(platform = %self.name, "a {} older than the one held was not kept", self.kind);
+            return false;
+        }
+        let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(issued);
+        let saved = Saved {
+            appid: self.owner.clone(),
+            api: self.kind.to_owned(),
+            token: ticket.clone(),
+            expires_at_ms: unix_ms(issued_at + self.life),
+        };
+        self.issued.store(issued, Ordering::Relaxed);
+        self.held.store(Some(Arc::new(Secret::new(ticket))));
+        self.refused.store(0, Ordering::Relaxed);
+        if let Err(e) = self.store.save(self.key(), saved).await {
+            tracing::warn!(platform = %self.name, error = %e, "cannot save the {}", self.kind);
+        }
+        tracing::info!(platform = %self.name, "{} received", self.kind);
+        true
+    }
+}
