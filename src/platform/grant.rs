@@ -16,7 +16,7 @@ use crate::store::{Registered, Store};
 use crate::token::{Grantor, TokenManager};
 use crate::wechat::is_token_error;
 
-use super::pushed::PushedTicket;
+use super::pushed::Exchange;
 use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
 /// WeChat's path that renews an authorizer's token with the component token.
@@ -63,68 +63,22 @@ pub(super) fn scrub(e: FetchError, secret: &str) -> FetchError {
     redact(e, &[secret])
 }
 
-/// The component token's source: the component_appsecret (the manager's
-/// secret) and the latest `component_verify_ticket`.
-pub struct ComponentGrant {
-    /// The platform's name, for logs and errors.
-    pub name: String,
-    /// The component_appid.
-    pub appid: String,
-    /// Where WeChat is.
-    pub base_url: BaseUrl,
-    /// The latest ticket pushed (here, or to another replica and found in
-    /// the store).
-    pub ticket: Arc<PushedTicket>,
-}
-
-impl Grantor for ComponentGrant {
-    fn appid(&self) -> &str {
-        &self.appid
-    }
-
-    fn store_kind(&self) -> &str {
-        "component_token"
-    }
-
-    fn label(&self) -> &str {
-        &self.name
-    }
-
-    fn grant<'a>(
-        &'a self,
-        client: &'a HttpClient,
-        secret: &'a Secret,
-    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
-        Box::pin(async move {
-            let ticket = self.ticket.for_fetch(|| format!(
-                "waiting for component_verify_ticket: WeChat pushes one every 10 minutes; forward it to POST /platforms/{}/ticket",
-                self.name
-            )).await?;
-            let body = json!({
-                "component_appid": self.appid,
-                "component_appsecret": secret.expose(),
-                "component_verify_ticket": ticket.expose(),
-            });
-            let answer = call(
-                client,
-                &self.base_url,
-                "/cgi-bin/component/api_component_token",
-                None,
-                body,
-            )
-            .await
-            .map_err(|e| redact(e, &[secret.expose(), ticket.expose()]));
-            if let Err(FetchError::Refused {
-                errcode: code @ (61005 | 61006),
-                ..
-            }) = &answer
-            {
-                self.ticket.refused_with(*code);
-            }
-            grant_from(&answer?, "component_access_token")
-        })
-    }
-}
+/// How the component token is made: `api_component_token` with the
+/// component_appsecret and the newest `component_verify_ticket`.
+pub static COMPONENT: Exchange = Exchange {
+    store_kind: "component_token",
+    path: "/cgi-bin/component/api_component_token",
+    fields: [
+        "component_appid",
+        "component_appsecret",
+        "component_verify_ticket",
+    ],
+    token_field: "component_access_token",
+    ticket_refused: &[61005, 61006],
+    waiting: |name| {
+        format!("waiting for component_verify_ticket: WeChat pushes one every 10 minutes; forward it to POST /platforms/{name}/ticket")
+    },
+};
 
 /// One authorizer's token source: the platform's component token and the
 /// authorizer's refresh token.

@@ -4,7 +4,7 @@
 //!
 //! Who holds what:
 //! - The component token is a [`TokenManager`] like an app's, fetching
-//!   through [`grant::ComponentGrant`] (secret + latest ticket): renewed
+//!   through a [`pushed::TicketGrant`] (secret + latest ticket): renewed
 //!   ahead by its own refresher, shared through the store and fleet lease.
 //! - The ticket arrives at the admin listener ([`admin`], decrypted by
 //!   [`push`]), is kept in the store (12 h) so a restart or another replica
@@ -46,8 +46,8 @@ use crate::store::{Registered, Store};
 use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
 
-use self::grant::{AuthorizerGrant, ComponentGrant};
-use self::pushed::PushedTicket;
+use self::grant::AuthorizerGrant;
+use self::pushed::{PushedTicket, TicketGrant};
 
 /// How long WeChat's ticket stays valid.
 const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
@@ -119,11 +119,12 @@ impl Platform {
             TICKET_LIFE,
             store.clone(),
         ));
-        let component_grant = Arc::new(ComponentGrant {
+        let component_grant = Arc::new(TicketGrant {
             name: app.name.clone(),
-            appid: app.appid.clone(),
+            id: app.appid.clone(),
             base_url: app.base_url.clone(),
             ticket: ticket.clone(),
+            exchange: &grant::COMPONENT,
         });
         // The component token counts like an app's, under the platform's name.
         let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);

@@ -2,17 +2,24 @@
 //! WeChat's `component_verify_ticket` for a platform, WeCom's
 //! `suite_ticket` for a suite. The newest is held here and kept in the
 //! store, where an earlier run or another replica (the push reaches one)
-//! finds it; an older push never replaces a newer ticket.
+//! finds it; an older push never replaces a newer ticket. The parent's
+//! token is made from it ([`TicketGrant`]), each kind by its own endpoint
+//! ([`Exchange`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use serde_json::json;
 
-use crate::config::Secret;
+use crate::config::{BaseUrl, Secret};
+use crate::forward::upstream::HttpClient;
 use crate::store::{unix_ms, Key, Saved, Store, StoreError};
-use crate::wechat::FetchError;
+use crate::token::Grantor;
+use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
 /// One parent's pushed ticket.
 pub struct PushedTicket {
@@ -167,5 +174,81 @@ impl PushedTicket {
         }
         tracing::info!(platform = %self.name, "{} received", self.kind);
         true
+    }
+}
+
+/// How one kind of parent turns its ticket into its token: WeChat's
+/// `api_component_token`, WeCom's `get_suite_token`.
+pub struct Exchange {
+    /// Its kind in the store.
+    pub store_kind: &'static str,
+    /// The endpoint.
+    pub path: &'static str,
+    /// The body's names for the parent's id, its secret and the ticket.
+    pub fields: [&'static str; 3],
+    /// The answer's name for the token.
+    pub token_field: &'static str,
+    /// Errcodes that mean the ticket was refused.
+    pub ticket_refused: &'static [i64],
+    /// Why there is no token yet without a ticket, given the platform's name.
+    pub waiting: fn(&str) -> String,
+}
+
+/// A parent's token source: its secret (the manager's) and the newest
+/// pushed ticket.
+pub struct TicketGrant {
+    /// The platform's name, for logs and errors.
+    pub name: String,
+    /// The parent's id: the component_appid or suite_id.
+    pub id: String,
+    /// Where WeChat or WeCom is.
+    pub base_url: BaseUrl,
+    /// The newest ticket pushed, here or to another replica (found in the
+    /// store).
+    pub ticket: Arc<PushedTicket>,
+    /// How the ticket becomes a token.
+    pub exchange: &'static Exchange,
+}
+
+impl Grantor for TicketGrant {
+    fn appid(&self) -> &str {
+        &self.id
+    }
+
+    fn store_kind(&self) -> &str {
+        self.exchange.store_kind
+    }
+
+    fn label(&self) -> &str {
+        &self.name
+    }
+
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
+        Box::pin(async move {
+            let exchange = self.exchange;
+            let ticket = self
+                .ticket
+                .for_fetch(|| (exchange.waiting)(&self.name))
+                .await?;
+            let [id, secret_field, ticket_field] = exchange.fields;
+            let body = json!({
+                id: self.id,
+                secret_field: secret.expose(),
+                ticket_field: ticket.expose(),
+            });
+            let answer = wechat::post_json(client, &self.base_url, exchange.path, None, body)
+                .await
+                .map_err(|e| redact(e, &[secret.expose(), ticket.expose()]));
+            if let Err(FetchError::Refused { errcode, .. }) = &answer {
+                if exchange.ticket_refused.contains(errcode) {
+                    self.ticket.refused_with(*errcode);
+                }
+            }
+            grant_from(&answer?, exchange.token_field)
+        })
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::config::{AppConfig, BaseUrl, Secret};
 use crate::forward::upstream::HttpClient;
-use crate::platform::pushed::PushedTicket;
+use crate::platform::pushed::Exchange;
 use crate::store::Store;
 use crate::token::{Grantor, TokenManager};
 use crate::wechat::{self, grant_from, redact, FetchError, Grant};
@@ -58,59 +58,18 @@ pub async fn with_suite_token(
     }
 }
 
-/// The suite token's source: the suite_secret (the manager's secret) and
-/// the newest suite_ticket.
-pub struct SuiteGrant {
-    /// The platform's name, for logs and errors.
-    pub name: String,
-    /// The suite_id.
-    pub suite_id: String,
-    /// Where WeCom is.
-    pub base_url: BaseUrl,
-    /// The newest ticket pushed, here or to another replica (found in the
-    /// store).
-    pub ticket: Arc<PushedTicket>,
-}
-
-impl Grantor for SuiteGrant {
-    fn appid(&self) -> &str {
-        &self.suite_id
-    }
-
-    fn store_kind(&self) -> &str {
-        "suite_token"
-    }
-
-    fn label(&self) -> &str {
-        &self.name
-    }
-
-    fn grant<'a>(
-        &'a self,
-        client: &'a HttpClient,
-        secret: &'a Secret,
-    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
-        Box::pin(async move {
-            let ticket = self.ticket.for_fetch(|| format!(
-                "waiting for suite_ticket: WeCom pushes one every 10 minutes to the 指令回调 URL and offers no way to ask for one; forward it to POST /platforms/{}/ticket",
-                self.name
-            )).await?;
-            let body = json!({
-                "suite_id": self.suite_id,
-                "suite_secret": secret.expose(),
-                "suite_ticket": ticket.expose(),
-            });
-            let path = "/cgi-bin/service/get_suite_token";
-            let answer = wechat::post_json(client, &self.base_url, path, None, body)
-                .await
-                .map_err(|e| redact(e, &[secret.expose(), ticket.expose()]));
-            if let Err(FetchError::Refused { errcode: 40085, .. }) = &answer {
-                self.ticket.refused_with(40085);
-            }
-            grant_from(&answer?, "suite_access_token")
-        })
-    }
-}
+/// How the suite token is made: `get_suite_token` with the suite_secret
+/// and the newest suite_ticket.
+pub static SUITE: Exchange = Exchange {
+    store_kind: "suite_token",
+    path: "/cgi-bin/service/get_suite_token",
+    fields: ["suite_id", "suite_secret", "suite_ticket"],
+    token_field: "suite_access_token",
+    ticket_refused: &[40085],
+    waiting: |name| {
+        format!("waiting for suite_ticket: WeCom pushes one every 10 minutes to the 指令回调 URL and offers no way to ask for one; forward it to POST /platforms/{name}/ticket")
+    },
+};
 
 /// The provider token's source: the provider's corpid (the manager's
 /// appid) and provider_secret (its secret).

@@ -5,7 +5,7 @@
 //!
 //! Who holds what:
 //! - The suite token is a [`TokenManager`] fetching through
-//!   [`grant::SuiteGrant`] (suite_secret + newest ticket); the provider
+//!   a [`TicketGrant`] (suite_secret + newest ticket); the provider
 //!   token one through [`grant::ProviderGrant`]. Both renew ahead with their
 //!   own refresher, shared through the store and fleet lease.
 //! - The ticket and the corps' events arrive at the admin listener
@@ -40,9 +40,9 @@ use crate::ticket::Tickets;
 use crate::token::{RefreshObserver, TokenManager};
 use crate::wechat::PLACEHOLDER_TOKEN;
 
-use crate::platform::pushed::PushedTicket;
+use crate::platform::pushed::{PushedTicket, TicketGrant};
 
-use self::grant::{CorpGrant, ProviderGrant, SuiteGrant, TICKET_KIND};
+use self::grant::{CorpGrant, ProviderGrant, TICKET_KIND};
 
 /// How long WeCom's suite_ticket stays valid.
 const TICKET_LIFE: Duration = Duration::from_secs(30 * 60);
@@ -110,11 +110,12 @@ impl Suite {
             TICKET_LIFE,
             store.clone(),
         ));
-        let grant = Arc::new(SuiteGrant {
+        let grant = Arc::new(TicketGrant {
             name: app.name.clone(),
-            suite_id: app.appid.clone(),
+            id: app.appid.clone(),
             base_url: app.base_url.clone(),
             ticket: ticket.clone(),
+            exchange: &grant::SUITE,
         });
         let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
         let suite = TokenManager::new(
