@@ -18,8 +18,13 @@
 //!   caller that disconnects or gives up; the caller waits at most
 //!   `token_timeout_ms` for it.
 
+pub(crate) mod admission;
 pub(crate) mod backoff;
+pub(crate) mod cell;
 pub(crate) mod fleet;
+
+pub use admission::{Decision, Reason};
+pub use cell::{Ask, Cell, CellError, Credential, Grant};
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
@@ -52,34 +57,6 @@ impl Limits {
     }
 }
 
-/// Why a caller of [`detached`] got no answer from the work.
-pub(crate) enum Unanswered {
-    /// The work did not finish while the caller could wait; it goes on.
-    StillRunning(Duration),
-    /// The work ended without an answer (it panicked): never expected, but a
-    /// request must still get one.
-    Stopped(FetchError),
-}
-
-/// Runs `work` in a task of its own, started now, and waits for it at most
-/// `wait`. `noun` names the credential in the error should the task stop
-/// unexpectedly. Not an `async fn`: the caller's future holds the task's
-/// handle, never the work itself, so a request's future stays small.
-pub(crate) fn detached<T: Send + 'static>(
-    noun: &'static str,
-    wait: Duration,
-    work: impl Future<Output = T> + Send + 'static,
-) -> impl Future<Output = Result<T, Unanswered>> {
-    let flight = tokio::spawn(work);
-    async move {
-        match tokio::time::timeout(wait, flight).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(Unanswered::Stopped(stopped(noun))),
-            Err(_) => Err(Unanswered::StillRunning(wait)),
-        }
-    }
-}
-
 /// The error of a fetch task that ended without an answer.
 pub(crate) fn stopped(noun: &str) -> FetchError {
     FetchError::Transport(format!("the {noun} fetch stopped unexpectedly"))
@@ -90,23 +67,6 @@ pub(crate) fn stopped(noun: &str) -> FetchError {
 /// is ignored.
 pub(crate) fn lock<S>(state: &Mutex<S>) -> MutexGuard<'_, S> {
     state.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What a credential's admission rules decide about a wish for a new one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The held credential serves: no fetch.
-    UseHeld,
-    /// The last fetch failed and its backoff has not passed: answer its error.
-    FailWithLastError,
-    /// Too soon (token errors in a flood): wait until then, look again, and
-    /// fetch if nobody did meanwhile. Delays callers instead of failing them.
-    WaitUntil(Instant),
-    /// An operator's refresh is not made; the next may be at this time.
-    /// Sixty posts must never make sixty fetches.
-    Decline(Instant),
-    /// Go ahead and fetch.
-    Fetch,
 }
 
 /// The single flight every credential runs. Under `gate`, `decide` (the
