@@ -11,7 +11,7 @@
 //!   it wanted replaced is already gone, it takes the new one and leaves. So
 //!   N requests that want a new value cause one fetch.
 //! - Fetches run in a task of their own, never in a request's future
-//!   ([`super::detached`]): a client that disconnects stops waiting, but the
+//!   ([`Cell::refresh_detached`]): a client that disconnects stops waiting, but the
 //!   fetch it started finishes and its value serves everyone after. A
 //!   request waits at most `token_timeout_ms`, whoever holds the fleet lease
 //!   and whatever the flood guard makes the fetch wait for.

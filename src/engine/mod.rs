@@ -1,22 +1,29 @@
 //! The credential engine: what every credential the proxy holds shares,
-//! whatever its kind (app tokens in [`crate::token`], the platform's
-//! component and authorizer tokens through a [`crate::token::Grantor`],
-//! JS-SDK tickets in [`crate::ticket`]).
+//! whatever its kind.
 //!
+//! - [`cell`]: one credential, a [`Cell`]: the lock-free slot requests read,
+//!   a single flight whose fetch outlives its caller, backoff, the store and
+//!   fleet lease, renewal ahead of expiry, and its status. What differs per
+//!   kind is its [`Grant`]: how to fetch, its key in the store, how expiry
+//!   is read (first sight for tickets), its own bookkeeping and logs. The
+//!   kinds: the token's grant ([`crate::token::TokenGrant`]: app tokens, and
+//!   through a [`crate::token::Grantor`] a platform's component and
+//!   authorizer tokens, a suite's suite, provider and corp tokens) and the
+//!   ticket's ([`crate::ticket::TicketGrant`]: JS-SDK tickets). A new kind
+//!   is a grant and its config.
+//! - [`admission`]: the rules, a pure `decide` over why a fetch is wanted
+//!   and what the cell knows, with their unit tests.
 //! - [`backoff`]: when to fetch again, after a success (renewal ahead of
 //!   expiry) and after a failure (capped exponential backoff, never sooner
 //!   than WeChat's errcode demands).
 //! - [`fleet`]: the store-and-lease protocol, so a fleet makes one fetch per
 //!   credential per lifetime.
 //! - [`Limits`]: the `[upstream]` bounds on one fetch and on the backoff.
-//! - [`single_flight`]: under one gate per credential, its rules (a pure
-//!   `decide` per kind) say whether to serve the held one, answer the last
-//!   error, wait, or fetch; N callers that want a new one cause one fetch.
+//! - [`single_flight`]: under one gate per credential, the rules say
+//!   whether to serve the held one, answer the last error, wait, or fetch;
+//!   N callers that want a new one cause one fetch.
 //! - [`renew`]: the background task that renews ahead of expiry and
 //!   retries after a failure, on the schedule the credential's state names.
-//! - [`detached`]: a fetch runs in a task of its own, so it outlives a
-//!   caller that disconnects or gives up; the caller waits at most
-//!   `token_timeout_ms` for it.
 
 pub(crate) mod admission;
 pub(crate) mod backoff;

@@ -28,20 +28,14 @@ impl Grant for TokenGrant {
     const FETCHES_PER_ATTEMPT: u32 = 2;
 
     fn key(&self) -> Key<'_> {
-        match &self.grantor {
-            Some(g) => Key {
-                appid: g.appid(),
-                kind: g.store_kind(),
-            },
-            None => Key::token(&self.app),
+        Key {
+            appid: self.grantor.appid(),
+            kind: self.grantor.store_kind(),
         }
     }
 
     fn label(&self) -> &str {
-        match &self.grantor {
-            Some(g) => g.label(),
-            None => &self.app.name,
-        }
+        self.grantor.label()
     }
 
     fn lead(&self) -> Duration {
@@ -58,6 +52,7 @@ impl Grant for TokenGrant {
         let same_as_rejected = |o: &Result<wechat::Grant, FetchError>| matches!((o, &ask.rejected), (Ok(g), Some(r)) if *g.token == *r.value());
         let mut sent_at = Instant::now();
         let mut outcome = self.fetch_once(cell, false).await;
+        // Only apps have the stable API (platforms and suites do not).
         if same_as_rejected(&outcome)
             && self.app.token_api == TokenApi::Stable
             && may_force_refresh(&mut cell.book().extra)
@@ -192,9 +187,10 @@ impl TokenGrant {
         let secret = self.secret.load_full();
         count_fetch(&mut cell.book().extra);
         let fetch = async {
-            match &self.grantor {
-                Some(grantor) => grantor.grant(&self.client, &secret).await,
-                None => wechat::fetch(&self.client, &self.app, &secret, force).await,
+            if force {
+                wechat::fetch(&self.client, &self.app, &secret, true).await
+            } else {
+                self.grantor.grant(&self.client, &secret).await
             }
         };
         let timeout = cell.limits.timeout;

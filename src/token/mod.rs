@@ -198,10 +198,11 @@ pub trait RefreshObserver: Send + Sync {
     fn failed(&self, _app: &str, _error: &FetchError) {}
 }
 
-/// Where a token other than an app's own comes from (a platform's component
-/// token, an authorizer's token, a suite's, a provider's, a corp's): the
-/// token's grant asks this for the fetch itself, and for its key in the
-/// store.
+/// Where a token comes from: the app's own token endpoint
+/// ([`AppEndpoint`]), or a platform's or suite's call (component,
+/// authorizer, suite, provider and corp tokens). The token's grant keeps
+/// everything else the same for all of them; this is the fetch itself and
+/// the token's key in the store.
 pub(crate) trait Grantor: Send + Sync {
     /// The appid the token is for (the store's key, logs).
     fn appid(&self) -> &str;
@@ -210,12 +211,54 @@ pub(crate) trait Grantor: Send + Sync {
     /// The name in logs and errors (`platform` or `platform/appid`).
     fn label(&self) -> &str;
     /// One fetch from WeChat. `secret` is the cell's current secret (the
-    /// component_appsecret, re-read on rotation).
+    /// AppSecret, the component_appsecret, re-read on rotation).
     fn grant<'a>(
         &'a self,
         client: &'a HttpClient,
         secret: &'a Secret,
     ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>>;
+    /// What to do when WeChat rejects a token with life left: which calls
+    /// of another system fetch tokens for this appid.
+    fn fight_advice(&self) -> &'static str {
+        // A platform's token: no stable token API to move to.
+        "WeChat rejected a token with life left: another system is probably fetching this platform's tokens \
+         for this appid (api_component_token, api_authorizer_token). Route that system through this proxy: \
+         it answers those calls with placeholders"
+    }
+}
+
+/// An app's own token endpoint (classic, stable or WeCom's `gettoken`).
+struct AppEndpoint {
+    /// The app.
+    app: Arc<AppConfig>,
+}
+
+impl Grantor for AppEndpoint {
+    fn appid(&self) -> &str {
+        &self.app.appid
+    }
+
+    fn store_kind(&self) -> &str {
+        self.app.token_api.as_str()
+    }
+
+    fn label(&self) -> &str {
+        &self.app.name
+    }
+
+    fn grant<'a>(
+        &'a self,
+        client: &'a HttpClient,
+        secret: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, FetchError>> + Send + 'a>> {
+        Box::pin(crate::wechat::fetch(client, &self.app, secret, false))
+    }
+
+    fn fight_advice(&self) -> &'static str {
+        "WeChat rejected a token with life left: another system is probably fetching tokens for this appid \
+         (each classic /cgi-bin/token call kills the previous token; a stable_token force_refresh kills it at once). \
+         Route that system through this proxy, or move every system to the stable token API (token_api = \"stable\")"
+    }
 }
 
 /// A token's grant: the app it belongs to, its secret, and where the token
@@ -231,8 +274,9 @@ pub struct TokenGrant {
     observer: Option<Arc<dyn RefreshObserver>>,
     /// Where a rotated secret is re-read from.
     env: Arc<dyn Environment + Send + Sync>,
-    /// Fetches the token when it is not the app's own; `None` for apps.
-    grantor: Option<Arc<dyn Grantor>>,
+    /// Where the token comes from: the app's endpoint unless a platform or
+    /// suite said otherwise.
+    grantor: Arc<dyn Grantor>,
 }
 
 impl TokenManager {
@@ -247,24 +291,24 @@ impl TokenManager {
     ) -> TokenManager {
         let grant = TokenGrant {
             secret: ArcSwap::from_pointee(app.secret.clone()),
+            grantor: Arc::new(AppEndpoint { app: app.clone() }),
             app,
             client,
             observer,
             env,
-            grantor: None,
         };
         Cell::of(grant, Limits::of(upstream))
     }
 
     /// Fetches through `grantor` instead of the app's token endpoint.
     pub(crate) fn with_grantor(mut self, grantor: Arc<dyn Grantor>) -> TokenManager {
-        self.grant.grantor = Some(grantor);
+        self.grant.grantor = grantor;
         self
     }
 
     /// The name in logs and errors: the app's, or the grantor's.
     pub(crate) fn label(&self) -> &str {
-        engine::Grant::label(&self.grant)
+        self.grant.grantor.label()
     }
 
     /// The app this token belongs to.
@@ -422,27 +466,13 @@ impl TokenManager {
         if let Some(observer) = &self.grant.observer {
             observer.fight(&self.app().name);
         }
-        let appid = engine::Grant::key(&self.grant).appid;
-        if self.grant.grantor.is_some() {
-            // A platform's token: no stable token API to move to.
-            tracing::warn!(
-                app = %self.label(),
-                appid = %appid,
-                life_left_s = life_left.as_secs(),
-                "WeChat rejected a token with life left: another system is probably fetching this platform's tokens \
-                 for this appid (api_component_token, api_authorizer_token). Route that system through this proxy: \
-                 it answers those calls with placeholders"
-            );
-        } else {
-            tracing::warn!(
-                app = %self.label(),
-                appid = %appid,
-                life_left_s = life_left.as_secs(),
-                "WeChat rejected a token with life left: another system is probably fetching tokens for this appid \
-                 (each classic /cgi-bin/token call kills the previous token; a stable_token force_refresh kills it at once). \
-                 Route that system through this proxy, or move every system to the stable token API (token_api = \"stable\")"
-            );
-        }
+        tracing::warn!(
+            app = %self.label(),
+            appid = %self.grant.grantor.appid(),
+            life_left_s = life_left.as_secs(),
+            "{}",
+            self.grant.grantor.fight_advice()
+        );
     }
 
     /// Fetches at start, renews ahead of expiry, retries after failures;
