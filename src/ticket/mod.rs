@@ -242,15 +242,17 @@ impl Grant for TicketGrant {
     // The fetch may first wait for a token, then try twice.
     const FETCHES_PER_ATTEMPT: u32 = 3;
 
+    /// Under the appid the token is for: an authorizer's ticket is its own,
+    /// not its platform's.
     fn key(&self) -> Key<'_> {
         Key {
-            appid: &self.tokens.app().appid,
+            appid: self.tokens.appid(),
             kind: self.kind.store_kind(),
         }
     }
 
     fn label(&self) -> &str {
-        &self.tokens.app().name
+        self.tokens.label()
     }
 
     fn lead(&self) -> Duration {
@@ -304,5 +306,70 @@ impl Grant for TicketGrant {
     fn unshared(&self, _: &Ask<Ticket>, e: &StoreError) {
         tracing::warn!(app = %self.label(), ticket = self.kind.as_str(), error = %e,
             "token store unreachable; fetching the ticket without the fleet lock");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use super::*;
+    use crate::config::{Config, Environment, Secret};
+    use crate::forward::upstream::HttpClient;
+    use crate::token::Grantor;
+    use crate::wechat::FetchError;
+
+    struct Env;
+
+    impl Environment for Env {
+        fn var(&self, _: &str) -> Option<String> {
+            Some("0123456789abcdef0123456789abcdef".into())
+        }
+    }
+
+    /// An Open Platform authorizer's token source, as the platform has one.
+    struct Authorizer;
+
+    impl Grantor for Authorizer {
+        fn appid(&self) -> &str {
+            "wxauthorizer00001"
+        }
+
+        fn store_kind(&self) -> &str {
+            "authorizer_token@wx0123456789abcdef"
+        }
+
+        fn label(&self) -> &str {
+            "saas/wxauthorizer00001"
+        }
+
+        fn grant<'a>(
+            &'a self,
+            _: &'a HttpClient,
+            _: &'a Secret,
+        ) -> Pin<Box<dyn Future<Output = Result<crate::wechat::Grant, FetchError>> + Send + 'a>>
+        {
+            Box::pin(async { Err(FetchError::NotReady("not fetched here".into())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_fetched_with_an_authorizers_token_is_kept_under_the_authorizers_appid() {
+        let toml = "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                    [apps.saas]\nkind = \"mp\"\nappid = \"wx0123456789abcdef\"\nsecret_env = \"S\"\n";
+        let config = Config::parse(std::path::Path::new("test"), toml, &Env).unwrap();
+        let app = Arc::new(config.apps[0].clone());
+        let client =
+            crate::forward::upstream::client(&config.upstream, &app, Default::default()).unwrap();
+        let tokens = TokenManager::new(app, &config.upstream, client, None, Arc::new(Env))
+            .with_grantor(Arc::new(Authorizer));
+        let limits = Limits::of(&config.upstream);
+        let (_, shutdown) = watch::channel(false);
+        let tickets = Tickets::new(Arc::new(tokens), Arc::new(Store::Memory), limits, shutdown);
+        let jsapi = tickets.get(Kind::Jsapi).unwrap();
+        let key = jsapi.grant.key();
+        assert_eq!((key.appid, key.kind), ("wxauthorizer00001", "ticket_jsapi"));
+        assert_eq!(jsapi.grant.label(), "saas/wxauthorizer00001");
     }
 }

@@ -311,6 +311,12 @@ impl TokenManager {
         self.grant.grantor.label()
     }
 
+    /// The appid the token is for: the app's, or an authorizer's or corp's
+    /// (not the platform's or suite's whose config the token shares).
+    pub(crate) fn appid(&self) -> &str {
+        self.grant.grantor.appid()
+    }
+
     /// The app this token belongs to.
     pub fn app(&self) -> &AppConfig {
         &self.grant.app
