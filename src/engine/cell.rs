@@ -246,9 +246,9 @@ impl CellError {
 
 /// A fetch's outcome as [`Grant::report`] sees it.
 pub enum Outcome<'a, C> {
-    /// It brought `0`; `repeated` when WeChat handed back a value seen before.
+    /// It brought this value; `true` when WeChat handed back one seen before.
     Fetched(&'a C, bool),
-    /// It failed; `retry_in` is the backoff it earned, if it earned one.
+    /// It failed, and earned this backoff if it earned one.
     Failed(&'a CellError, Option<Duration>),
 }
 

@@ -43,7 +43,7 @@ use crate::engine::{self, Ask, Cell, CellError, Credential, Limits};
 use crate::forward::upstream::HttpClient;
 use crate::wechat::{FetchError, Grant};
 
-pub use crate::engine::cell::Source;
+use crate::engine::cell::Source;
 use crate::engine::cell::{Noun, Stamp};
 pub use crate::engine::Reason;
 
