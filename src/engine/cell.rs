@@ -35,6 +35,7 @@ use tokio::sync::{watch, Notify};
 use super::admission::{self, Facts, Reason};
 use super::fleet::{Obtained, Shared, LEASE, MIN_ADOPT_LIFE};
 use super::{backoff, Limits, Next};
+use crate::config::AppConfig;
 use crate::store::{unix_ms, Key, Saved, Store, StoreError};
 use crate::wechat::FetchError;
 
@@ -273,10 +274,6 @@ pub trait Grant: Send + Sync + Sized + 'static {
     fn key(&self) -> Key<'_>;
     /// The name in logs and errors.
     fn label(&self) -> &str;
-    /// Renew this long before expiry.
-    fn lead(&self) -> Duration;
-    /// At most one token-error fetch, and one operator fetch, per this.
-    fn min_refresh_interval(&self) -> Duration;
 
     /// One fetch from WeChat. Gate held. A token error the grant met on the
     /// way (a ticket's token) is the grant's to handle.
@@ -368,13 +365,19 @@ pub struct Cell<G: Grant> {
     installed: watch::Sender<u64>,
     /// Limits for one fetch and the backoff between failed ones.
     pub(crate) limits: Limits,
+    /// Renew this long before expiry (the app's `refresh_before_expiry`).
+    lead: Duration,
+    /// At most one token-error fetch, and one operator fetch, per this (the
+    /// app's `min_refresh_interval`).
+    min_refresh_interval: Duration,
     /// Where values are shared with earlier runs or other replicas.
     store: Arc<Store>,
 }
 
 impl<G: Grant> Cell<G> {
-    /// A cell holding nothing yet, sharing through memory only.
-    pub fn of(grant: G, limits: Limits) -> Cell<G> {
+    /// A cell holding nothing yet, sharing through memory only, on the
+    /// schedule of `app` (the app or platform whose credential it is).
+    pub fn of(grant: G, limits: Limits, app: &AppConfig) -> Cell<G> {
         Cell {
             grant,
             slot: ArcSwapOption::empty(),
@@ -394,6 +397,8 @@ impl<G: Grant> Cell<G> {
             wake: Notify::new(),
             installed: watch::Sender::new(0),
             limits,
+            lead: app.refresh_before_expiry,
+            min_refresh_interval: app.min_refresh_interval,
             store: Arc::new(Store::Memory),
         }
     }
@@ -458,7 +463,7 @@ impl<G: Grant> Cell<G> {
             last_success: book.last_success,
             last_admin_fetch: book.last_admin_fetch,
             backoff_cut_by_operator: book.failures.cut_by_operator(),
-            min_refresh_interval: self.grant.min_refresh_interval(),
+            min_refresh_interval: self.min_refresh_interval,
         }
     }
 
@@ -577,7 +582,7 @@ impl<G: Grant> Cell<G> {
     /// Whether a stored value may replace ours for `ask`.
     fn usable(&self, ask: &Ask<G::Credential>, saved: &Saved) -> bool {
         let left = saved.life_left(SystemTime::now());
-        let lead = self.grant.lead();
+        let lead = self.lead;
         let differs =
             |c: Option<&G::Credential>| c.is_none_or(|c| *c.stamp().value != *saved.token);
         match ask.reason {
@@ -715,12 +720,7 @@ impl<G: Grant> Cell<G> {
         };
         let credential = Arc::new(self.grant.hold(fresh, &mut book.extra));
         self.slot.store(Some(credential.clone()));
-        book.renew_at = Some(backoff::renew_at(
-            now,
-            expires_at,
-            self.grant.lead(),
-            repeated,
-        ));
+        book.renew_at = Some(backoff::renew_at(now, expires_at, self.lead, repeated));
         book.installed_at = Some(now);
         book.failures.clear();
         book.last_refresh = Some(SystemTime::now());

@@ -152,7 +152,7 @@ impl Tickets {
                     tokens: tokens.clone(),
                     shutdown: shutdown.clone(),
                 };
-                Arc::new(Cell::of(grant, limits).with_store(store.clone()))
+                Arc::new(Cell::of(grant, limits, tokens.app()).with_store(store.clone()))
             })
             .collect();
         Tickets { holders }
@@ -253,14 +253,6 @@ impl Grant for TicketGrant {
 
     fn label(&self) -> &str {
         self.tokens.label()
-    }
-
-    fn lead(&self) -> Duration {
-        self.tokens.app().refresh_before_expiry
-    }
-
-    fn min_refresh_interval(&self) -> Duration {
-        self.tokens.app().min_refresh_interval
     }
 
     async fn fetch(&self, cell: &Holder, _ask: &Ask<Ticket>) -> Result<Issued, CellError> {

@@ -38,14 +38,6 @@ impl Grant for TokenGrant {
         self.grantor.label()
     }
 
-    fn lead(&self) -> Duration {
-        self.app.refresh_before_expiry
-    }
-
-    fn min_refresh_interval(&self) -> Duration {
-        self.app.min_refresh_interval
-    }
-
     /// Fetches, and for the stable API force-refreshes when WeChat hands
     /// back the rejected token.
     async fn fetch(&self, cell: &TokenManager, ask: &Ask<Token>) -> Result<Issued, CellError> {

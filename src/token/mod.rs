@@ -292,12 +292,12 @@ impl TokenManager {
         let grant = TokenGrant {
             secret: ArcSwap::from_pointee(app.secret.clone()),
             grantor: Arc::new(AppEndpoint { app: app.clone() }),
-            app,
+            app: app.clone(),
             client,
             observer,
             env,
         };
-        Cell::of(grant, Limits::of(upstream))
+        Cell::of(grant, Limits::of(upstream), &app)
     }
 
     /// Fetches through `grantor` instead of the app's token endpoint.
