@@ -144,7 +144,21 @@ impl Tickets {
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Tickets {
-        let holders = Kind::of(tokens.app().kind)
+        let kinds = Kind::of(tokens.app().kind);
+        Tickets::of_kinds(kinds, tokens, store, limits, shutdown)
+    }
+
+    /// Holders for `kinds`, fetched with `tokens` (an app's, an authorizer's,
+    /// a corp's) and kept under the appid that token is for; nothing is
+    /// fetched until asked for.
+    pub fn of_kinds(
+        kinds: &[Kind],
+        tokens: Arc<TokenManager>,
+        store: Arc<Store>,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Tickets {
+        let holders = kinds
             .iter()
             .map(|&kind| {
                 let grant = TicketGrant {
