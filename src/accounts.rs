@@ -28,7 +28,7 @@ use crate::forward::upstream::HttpClient;
 use crate::jssdk::OnDemand;
 use crate::metrics::{AuthorizerObserver, Metrics};
 use crate::store::{Registered, Store};
-use crate::ticket::Tickets;
+use crate::ticket::{Kind, Tickets};
 use crate::token::{Grantor, RefreshObserver, TokenManager};
 
 /// How often the scheduler looks for tokens due for renewal.
@@ -253,9 +253,9 @@ impl<G: Grantor + 'static> Accounts<G> {
     /// its token, stored under the parent.
     pub fn tickets(&self, served: &Served<G>) -> Arc<Tickets> {
         served.account.js_sdk.get_or_make(|stop| {
-            Tickets::under(
+            Tickets::of_kinds(
+                Kind::of(served.tokens.app().kind),
                 served.tokens.clone(),
-                served.account.grant.appid(),
                 Some(&self.shared.parent),
                 self.shared.store.clone(),
                 Limits::of(&self.shared.upstream),
