@@ -129,6 +129,23 @@ pub struct Wiring {
 }
 
 impl Wiring {
+    /// A parent's own token (a component, suite or provider token) from
+    /// `grant`, kept in the store and counted like an app's, under the
+    /// name in `app`.
+    pub fn manager(&self, app: Arc<AppConfig>, grant: Arc<dyn Grantor>) -> Arc<TokenManager> {
+        let observer = Some(self.metrics.clone() as Arc<dyn RefreshObserver>);
+        let manager = TokenManager::new(
+            app,
+            &self.upstream,
+            self.client.clone(),
+            observer,
+            self.env.clone(),
+        )
+        .with_store(self.store.clone())
+        .with_grantor(grant);
+        Arc::new(manager)
+    }
+
     /// The registry of the accounts `parent` (a platform's or suite's own
     /// config) serves; their fetches counted under its name.
     pub fn accounts<G: Grantor + 'static>(&self, parent: &AppConfig) -> Accounts<G> {

@@ -44,10 +44,10 @@ use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
 use crate::store::{Registered, Store};
 use crate::ticket::Tickets;
-use crate::token::{RefreshObserver, TokenManager};
+use crate::token::TokenManager;
 
 use self::grant::AuthorizerGrant;
-use self::pushed::{PushedTicket, TicketGrant};
+use self::pushed::PushedTicket;
 
 /// How long WeChat's ticket stays valid.
 const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
@@ -104,43 +104,18 @@ pub struct Platform {
 impl Platform {
     /// A platform holding nothing yet; [`Platform::start`] loads and runs it.
     pub fn new(config: &PlatformConfig, wiring: &Wiring) -> Platform {
-        let Wiring {
-            upstream,
-            client,
-            store,
-            env,
-            metrics,
-        } = wiring;
         let app = Arc::new(config.app.clone());
-        let ticket = Arc::new(PushedTicket::new(
-            TICKET_KIND,
-            &app.appid,
-            &app.name,
-            TICKET_LIFE,
-            store.clone(),
-        ));
-        let component_grant = Arc::new(TicketGrant {
-            name: app.name.clone(),
-            id: app.appid.clone(),
-            base_url: app.base_url.clone(),
-            ticket: ticket.clone(),
-            exchange: &grant::COMPONENT,
-        });
-        // The component token counts like an app's, under the platform's name.
-        let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
-        let component =
-            TokenManager::new(app.clone(), upstream, client.clone(), observer, env.clone())
-                .with_store(store.clone())
-                .with_grantor(component_grant);
+        let (ticket, component) =
+            pushed::parent_token(wiring, &app, TICKET_KIND, TICKET_LIFE, &grant::COMPONENT);
         Platform {
             app,
             config: config.clone(),
             ticket,
-            component: Arc::new(component),
+            component,
             authorizers: wiring.accounts(&config.app),
-            store: store.clone(),
-            client: client.clone(),
-            upstream: upstream.clone(),
+            store: wiring.store.clone(),
+            client: wiring.client.clone(),
+            upstream: wiring.upstream.clone(),
             last_start_push: Mutex::new(None),
             exchanges: seal::Exchanges::default(),
             seen_pushes: Mutex::new(HashMap::new()),

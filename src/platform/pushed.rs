@@ -15,10 +15,11 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use serde_json::json;
 
-use crate::config::{BaseUrl, Secret};
+use crate::accounts::Wiring;
+use crate::config::{AppConfig, BaseUrl, Secret};
 use crate::forward::upstream::HttpClient;
 use crate::store::{unix_ms, Key, Saved, Store, StoreError};
-use crate::token::Grantor;
+use crate::token::{Grantor, TokenManager};
 use crate::wechat::{self, grant_from, redact, FetchError, Grant};
 
 /// One parent's pushed ticket.
@@ -175,6 +176,32 @@ impl PushedTicket {
         tracing::info!(platform = %self.name, "{} received", self.kind);
         true
     }
+}
+
+/// A parent's ticket (`kind` in the store, living `life` after issue) and
+/// its token, made from it by `exchange`.
+pub fn parent_token(
+    wiring: &Wiring,
+    app: &Arc<AppConfig>,
+    kind: &'static str,
+    life: Duration,
+    exchange: &'static Exchange,
+) -> (Arc<PushedTicket>, Arc<TokenManager>) {
+    let ticket = Arc::new(PushedTicket::new(
+        kind,
+        &app.appid,
+        &app.name,
+        life,
+        wiring.store.clone(),
+    ));
+    let grant = Arc::new(TicketGrant {
+        name: app.name.clone(),
+        id: app.appid.clone(),
+        base_url: app.base_url.clone(),
+        ticket: ticket.clone(),
+        exchange,
+    });
+    (ticket, wiring.manager(app.clone(), grant))
 }
 
 /// How one kind of parent turns its ticket into its token: WeChat's

@@ -5,7 +5,7 @@
 //!
 //! Who holds what:
 //! - The suite token is a [`TokenManager`] fetching through
-//!   a [`TicketGrant`] (suite_secret + newest ticket); the provider
+//!   a [`pushed::TicketGrant`] (suite_secret + newest ticket); the provider
 //!   token one through [`grant::ProviderGrant`]. Both renew ahead with their
 //!   own refresher, shared through the store and fleet lease.
 //! - The ticket and the corps' events arrive at the admin listener
@@ -37,10 +37,10 @@ use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
 use crate::store::{Registered, Store};
 use crate::ticket::Tickets;
-use crate::token::{RefreshObserver, TokenManager};
+use crate::token::TokenManager;
 use crate::wechat::PLACEHOLDER_TOKEN;
 
-use crate::platform::pushed::{PushedTicket, TicketGrant};
+use crate::platform::pushed::{self, PushedTicket};
 
 use self::grant::{CorpGrant, ProviderGrant, TICKET_KIND};
 
@@ -91,42 +91,13 @@ pub struct Suite {
 impl Suite {
     /// A suite holding nothing yet; [`Suite::start`] loads and runs it.
     pub fn new(config: &PlatformConfig, wiring: &Wiring) -> Suite {
-        let Wiring {
-            upstream,
-            client,
-            store,
-            env,
-            metrics,
-        } = wiring;
         let app = Arc::new(config.app.clone());
         let suite_config = config.suite.clone().unwrap_or(crate::config::SuiteConfig {
             customized: false,
             provider: None,
         });
-        let ticket = Arc::new(PushedTicket::new(
-            TICKET_KIND,
-            &app.appid,
-            &app.name,
-            TICKET_LIFE,
-            store.clone(),
-        ));
-        let grant = Arc::new(TicketGrant {
-            name: app.name.clone(),
-            id: app.appid.clone(),
-            base_url: app.base_url.clone(),
-            ticket: ticket.clone(),
-            exchange: &grant::SUITE,
-        });
-        let observer = Some(metrics.clone() as Arc<dyn RefreshObserver>);
-        let suite = TokenManager::new(
-            app.clone(),
-            upstream,
-            client.clone(),
-            observer.clone(),
-            env.clone(),
-        )
-        .with_store(store.clone())
-        .with_grantor(grant);
+        let (ticket, suite) =
+            pushed::parent_token(wiring, &app, TICKET_KIND, TICKET_LIFE, &grant::SUITE);
         let provider = suite_config.provider.map(|(corpid, secret)| {
             let provider_app = Arc::new(AppConfig {
                 appid: corpid.clone(),
@@ -138,27 +109,17 @@ impl Suite {
                 corpid,
                 base_url: app.base_url.clone(),
             });
-            Arc::new(
-                TokenManager::new(
-                    provider_app,
-                    upstream,
-                    client.clone(),
-                    observer.clone(),
-                    env.clone(),
-                )
-                .with_store(store.clone())
-                .with_grantor(grant),
-            )
+            wiring.manager(provider_app, grant)
         });
         Suite {
             customized: suite_config.customized,
             config: config.clone(),
             ticket,
-            suite: Arc::new(suite),
+            suite,
             provider,
             corps: wiring.accounts(&app),
-            store: store.clone(),
-            client: client.clone(),
+            store: wiring.store.clone(),
+            client: wiring.client.clone(),
             seen: Mutex::new(HashMap::new()),
             app,
         }
