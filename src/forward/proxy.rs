@@ -2,6 +2,8 @@
 //! comes to, answer it locally or forward it with the credential the route
 //! names, read WeChat's errcode, refresh and retry once, scrub the answer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -454,14 +456,22 @@ impl Proxy {
     ) -> Result<Response<Incoming>, LocalError> {
         let client = &request.app.client;
         let sent = Instant::now();
-        let answer = client.request(request.build(placed, body)?);
-        let mut answer = self.wait(answer, ended).await;
+        // Pinned here and lent to `wait`, in a block of its own: a future
+        // passed by value would be held twice (as `wait`'s argument and
+        // pinned inside it), and this one is most of every request's size.
+        let mut answer = {
+            let answer = client.request(request.build(placed, body)?);
+            tokio::pin!(answer);
+            self.wait(answer, ended).await
+        };
         let stale = matches!(&answer, Ok(Err(e)) if e.reused() && closed_unanswered(e));
         if stale {
             if let Some(replay) = replay {
                 tracing::debug!(app = %request.app.config.name, "a pooled connection closed unanswered; sending again on a new one");
                 let again = request.build(placed, ProxyBody::full(replay.clone()))?;
-                answer = self.wait(client.request_fresh(again), None).await;
+                let again = client.request_fresh(again);
+                tokio::pin!(again);
+                answer = self.wait(again, None).await;
             }
         }
         request.app.metrics.upstream(sent.elapsed());
@@ -480,13 +490,12 @@ impl Proxy {
     /// when `ended` fires (a streamed body's last byte), or from now.
     async fn wait(
         &self,
-        answer: impl std::future::Future<Output = Result<Response<Incoming>, ClientError>>,
+        mut answer: Pin<&mut impl Future<Output = Result<Response<Incoming>, ClientError>>>,
         ended: Option<oneshot::Receiver<()>>,
     ) -> Result<Result<Response<Incoming>, ClientError>, tokio::time::error::Elapsed> {
-        tokio::pin!(answer);
         if let Some(ended) = ended {
             tokio::select! {
-                answer = &mut answer => return Ok(answer),
+                answer = answer.as_mut() => return Ok(answer),
                 // Sent, or dropped with the body: either way, nothing more
                 // is coming from the client.
                 _ = ended => {}
