@@ -191,7 +191,12 @@ impl Proxy {
         let app = &self.apps[index];
         guard::target(&app.config, parts)?;
         let (action, path, authorizer, corp) = match &app.suite {
-            Some(suite) => classify_suite(suite, path, parts.uri.query()).await?,
+            // The rarer paths' futures (a suite's corp lookup, the calls a
+            // platform or suite answers itself, a ticket, a token's
+            // replacement) are boxed: held inline they would make every
+            // request's future, and so every request's allocation, as large as
+            // the largest of them, and it is copied at each level above.
+            Some(suite) => Box::pin(classify_suite(suite, path, parts.uri.query())).await?,
             None => {
                 let (action, path, authorizer) = classify(app, path).await?;
                 (action, path, authorizer, None)
@@ -228,17 +233,19 @@ impl Proxy {
             let (_, Some(body), _) = self.prepare_body(body).await? else {
                 return Err(BodyTooLarge(self.max_replay as u64).into());
             };
-            return Ok(platform.answer_local(call, &body).await);
+            return Ok(Box::pin(platform.answer_local(call, &body)).await);
         }
         if let Action::Local(local) = action {
             if let (Local::PermanentCode, Some(suite)) = (local, &app.suite) {
-                return self.permanent_code(suite, path, body).await;
+                return Box::pin(self.permanent_code(suite, path, body)).await;
             }
             let (config, tickets) = match &corp {
                 Some(corp) => (&corp.config, &corp.tickets),
                 None => (&app.config, &app.tickets),
             };
-            if let Some(answer) = crate::jssdk::answer(config, tickets, parts, local).await {
+            if let Some(answer) =
+                Box::pin(crate::jssdk::answer(config, tickets, parts, local)).await
+            {
                 return Ok(answer);
             }
         }
@@ -286,10 +293,14 @@ impl Proxy {
         // A suite API that takes a corp's permanent code in its body gets
         // the real one in place of its placeholder; scrubbed from the answer.
         let (body, replay, code) = match (&app.suite, replay) {
-            (Some(suite), Some(bytes)) => match with_permanent_code(suite, &bytes).await {
-                Some((bytes, code)) => (ProxyBody::full(bytes.clone()), Some(bytes), Some(code)),
-                None => (body, Some(bytes), None),
-            },
+            (Some(suite), Some(bytes)) => {
+                match Box::pin(with_permanent_code(suite, &bytes)).await {
+                    Some((bytes, code)) => {
+                        (ProxyBody::full(bytes.clone()), Some(bytes), Some(code))
+                    }
+                    None => (body, Some(bytes), None),
+                }
+            }
             (_, replay) => (body, replay, None),
         };
         let request = Forward {
@@ -326,7 +337,7 @@ impl Proxy {
             tokio::spawn(async move { tokens.replace(&token, &path).await });
             return Ok(response);
         };
-        let fresh = match tokens.replace(&token, path).await {
+        let fresh = match Box::pin(tokens.replace(&token, path)).await {
             Ok(fresh) => fresh,
             // WeChat's own answer, at once: the client sees its errcode.
             Err(RefreshError::NotRenewed | RefreshError::RejectedByOneApi) => return Ok(response),
