@@ -48,11 +48,16 @@
 //!   grants on the same token engine; the route table sends `/NAME/cgi-bin/…`
 //!   out with the suite token and `/NAME/CORPID/…` with the corp's.
 //! - Every credential held (app tokens, a platform's component and
-//!   authorizer tokens, tickets) runs on the credential [`engine`]: a fetch
-//!   in a task of its own that a caller waits for at most
-//!   `token_timeout_ms`, backoff after failures, and the store-and-lease
-//!   protocol that makes a fleet fetch once. What differs per kind is how
-//!   it is fetched and when ([`token`]'s and [`ticket`]'s admission rules).
+//!   authorizer tokens, a suite's suite, provider and corp tokens, JS-SDK
+//!   tickets) is one generic cell of the credential [`engine`]
+//!   ([`engine::cell::Cell`]): a slot read lock-free, a fetch in a task of
+//!   its own that a caller waits for at most `token_timeout_ms`, one set of
+//!   admission rules ([`engine::admission`]), backoff after failures, and the
+//!   store-and-lease protocol that makes a fleet fetch once. What differs
+//!   per kind is its grant ([`engine::cell::Grant`]): [`token`]'s (where
+//!   the token comes from is a [`token::Grantor`]: the app's endpoint, or a
+//!   platform's or suite's call) and [`ticket`]'s (fetched with the token,
+//!   its life counted from first sight, renewed only while asked for).
 //! - [`admin`] serves health, readiness, status (JSON, and HTML for a
 //!   browser: [`status_page`]), [`metrics`] and "refresh now".
 //! - Before fetching, [`token`] asks the [`store`] for a token saved by an

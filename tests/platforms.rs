@@ -9,7 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::fake_wechat::FakeWeChat;
 use common::redis::RedisServer;
-use common::{wait_until, wait_until_async, write_temp, Http, Proxy};
+use common::{
+    assert_all_ok, metric_sum, spread_paths, start_ready, wait_ready, wait_until, write_temp, Http,
+    Proxy,
+};
 use http::{Method, Request};
 use http_body_util::Full;
 
@@ -120,15 +123,6 @@ async fn fake() -> FakeWeChat {
     fake
 }
 
-async fn wait_ready(http: &Http, proxy: &Proxy) {
-    let url = format!("{}/readyz", proxy.admin_url);
-    wait_until_async("the platform to be ready", Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.get(&url).await.status == 200 }
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_raw_push_is_accepted_a_forged_one_refused_and_component_calls_get_the_token() {
     let fake = fake().await;
@@ -164,7 +158,7 @@ async fn a_raw_push_is_accepted_a_forged_one_refused_and_component_calls_get_the
     let accepted = send(&http, Method::POST, &url, &body).await;
     assert_eq!(accepted.status, 200, "{}", accepted.text());
     assert_eq!(accepted.text(), "success");
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http).await;
     assert_eq!(fake.component_fetches(), 1);
 
     // A component API call: the client's component_access_token replaced.
@@ -217,7 +211,7 @@ async fn authorizers_are_fetched_on_first_use_renewed_on_a_token_error_and_revok
     )
     .await;
     assert_eq!(pushed.text(), "success");
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http).await;
 
     let unknown = http
         .get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
@@ -347,7 +341,7 @@ async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_t
     // A new process: no push, no registration, and the token is adopted.
     let (components, fetches) = (fake.component_fetches(), fake.authorizer_fetches(AUTH_A));
     let proxy = Proxy::start(&config(&fake, &store), &env());
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http).await;
     let call = http
         .get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
         .await;
@@ -368,11 +362,6 @@ async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_t
         .await
         .assert_ok();
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The `[store]` table for `redis`.
-fn redis_store(redis: &RedisServer) -> String {
-    format!("[store]\nkind = \"redis\"\nurl = {:?}", redis.url())
 }
 
 /// Writes `authorizers` (appid, refresh token) straight into the platform's
@@ -410,7 +399,7 @@ async fn forward(http: &Http, proxy: &Proxy, (body, query): &(String, String)) -
 async fn push_ticket(http: &Http, proxy: &Proxy, ticket: &str) {
     let pushed = forward(http, proxy, &encrypted_push(ticket, COMPONENT, PUSH_TOKEN)).await;
     assert_eq!(pushed.text(), "success");
-    wait_ready(http, proxy).await;
+    wait_ready(proxy, http).await;
 }
 
 /// A proxy in front of `fake` (no store), given `ticket` and ready.
@@ -438,34 +427,13 @@ async fn put_authorizer(http: &Http, proxy: &Proxy, appid: &str, refresh: &str) 
     .await
 }
 
-/// GETs each of `paths`, at most `width` at a time, request `i` to replica
-/// `i % len`; panics on any answer that is not WeChat's success.
-async fn spread(http: &Http, replicas: &[Proxy], paths: &[String], width: usize) {
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(width));
-    let tasks: Vec<_> = paths
-        .iter()
-        .enumerate()
-        .map(|(i, path)| {
-            let (http, limit) = (http.clone(), limit.clone());
-            let url = format!("{}{path}", replicas[i % replicas.len()].url);
-            tokio::spawn(async move {
-                let _permit = limit.acquire().await.expect("open");
-                http.get(&url).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("request task").assert_ok();
-    }
-}
-
 #[tokio::test]
 async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_redis() {
     let redis = RedisServer::start();
     let fake = fake().await;
     fake.set_rotate_refresh_tokens(true);
     fake.push_ticket(COMPONENT, "ticket-redis");
-    let text = config(&fake, &redis_store(&redis));
+    let text = config(&fake, &redis.store_table());
     let http = Http::new();
     {
         let proxy = Proxy::start(&text, &env());
@@ -492,7 +460,7 @@ async fn a_restart_keeps_the_ticket_the_registry_and_rotated_refresh_tokens_in_r
         fake.start_push_calls(),
     );
     let proxy = Proxy::start(&text, &env());
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http).await;
     http.get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", proxy.url))
         .await
         .assert_ok();
@@ -517,7 +485,7 @@ async fn three_replicas_sharing_redis_fetch_each_authorizers_token_once_under_co
     fake.push_ticket(COMPONENT, "ticket-fleet");
     let authorizers: Vec<(String, String)> = (0..4).map(nth_authorizer).collect();
     seed_registry(&redis, &fake, &authorizers);
-    let text = config(&fake, &redis_store(&redis));
+    let text = config(&fake, &redis.store_table());
     let http = Http::new();
     let first = Proxy::start(&text, &env());
     push_ticket(&http, &first, "ticket-fleet").await;
@@ -527,7 +495,7 @@ async fn three_replicas_sharing_redis_fetch_each_authorizers_token_once_under_co
         Proxy::start(&text, &env()),
     ];
     for proxy in &replicas {
-        wait_ready(&http, proxy).await;
+        wait_ready(proxy, &http).await;
     }
     // Slow fetches: the other replicas' requests arrive while one is under
     // way and must wait for it through the fleet lock and the store.
@@ -535,7 +503,7 @@ async fn three_replicas_sharing_redis_fetch_each_authorizers_token_once_under_co
     let paths: Vec<String> = (0..240)
         .map(|i| format!("/saas/{}/cgi-bin/user/get", authorizers[i % 4].0))
         .collect();
-    spread(&http, &replicas, &paths, 240).await;
+    assert_all_ok(&spread_paths(&http, &replicas, &paths, 240).await);
     for (appid, _) in &authorizers {
         assert_eq!(fake.authorizer_fetches(appid), 1, "{appid}");
     }
@@ -555,7 +523,7 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
     fake.push_ticket(COMPONENT, "ticket-scale");
     let authorizers: Vec<(String, String)> = (0..REGISTERED).map(nth_authorizer).collect();
     seed_registry(&redis, &fake, &authorizers);
-    let text = config(&fake, &redis_store(&redis));
+    let text = config(&fake, &redis.store_table());
     let http = Http::new();
 
     let started = std::time::Instant::now();
@@ -577,10 +545,8 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
     let mut ready = Vec::new();
     let mut replicas = vec![first];
     for _ in 0..2 {
-        let started = std::time::Instant::now();
-        let proxy = Proxy::start(&text, &env());
-        wait_ready(&http, &proxy).await;
-        ready.push(started.elapsed());
+        let (proxy, took) = start_ready(&text, &env(), &http).await;
+        ready.push(took);
         replicas.push(proxy);
     }
     let idle_rss: Vec<u64> = replicas.iter().map(Proxy::rss_kib).collect();
@@ -590,7 +556,7 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
         .map(|i| format!("/saas/{}/cgi-bin/user/get", authorizers[i / 3].0))
         .collect();
     let calls = std::time::Instant::now();
-    spread(&http, &replicas, &paths, 64).await;
+    assert_all_ok(&spread_paths(&http, &replicas, &paths, 64).await);
     let calls = calls.elapsed();
     let rss: Vec<u64> = replicas.iter().map(Proxy::rss_kib).collect();
     let peak: Vec<u64> = replicas.iter().map(Proxy::rss_peak_kib).collect();
@@ -626,11 +592,10 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
     let mut counted = 0.0;
     for proxy in &replicas {
         let text = admin_get(&http, proxy, "/metrics").await.text();
-        counted += samples(
+        counted += metric_sum(
             &text,
             "wechat_proxy_authorizer_token_refreshes_total",
-            "saas",
-            "ok",
+            &[("platform", "saas"), ("result", "ok")],
         );
         assert!(
             !authorizers[..USED]
@@ -642,29 +607,17 @@ async fn ten_thousand_authorizers_in_redis_three_replicas_one_fetch_per_authoriz
     assert_eq!(counted, USED as f64);
 }
 
-/// The sum of `metric`'s samples labelled with `platform` and `result`.
-fn samples(text: &str, metric: &str, platform: &str, result: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            l.contains(&format!("platform=\"{platform}\""))
-                && l.contains(&format!("result=\"{result}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_ticket_and_an_authorizer_given_to_one_replica_serve_on_the_others() {
     let redis = RedisServer::start();
     let fake = fake().await;
     fake.push_ticket(COMPONENT, "ticket-one");
-    let text = config(&fake, &redis_store(&redis));
+    let text = config(&fake, &redis.store_table());
     let http = Http::new();
     let replicas = [Proxy::start(&text, &env()), Proxy::start(&text, &env())];
     // WeChat's push reaches one replica (the load balancer picked it).
     push_ticket(&http, &replicas[0], "ticket-one").await;
-    wait_ready(&http, &replicas[1]).await;
+    wait_ready(&replicas[1], &http).await;
     let put = put_authorizer(&http, &replicas[0], AUTH_A, "REFRESH-A").await;
     assert_eq!(put.status, 200, "{}", put.text());
     http.get(&format!(
@@ -746,12 +699,12 @@ async fn a_refresh_token_rotated_by_one_replica_is_used_by_the_next_that_fetches
     fake.set_rotate_refresh_tokens(true);
     fake.push_ticket(COMPONENT, "ticket-rotate");
     seed_registry(&redis, &fake, &[(AUTH_A.into(), "REFRESH-A".into())]);
-    let text = config(&fake, &redis_store(&redis));
+    let text = config(&fake, &redis.store_table());
     let http = Http::new();
     let first = Proxy::start(&text, &env());
     push_ticket(&http, &first, "ticket-rotate").await;
     let replicas = [first, Proxy::start(&text, &env())];
-    wait_ready(&http, &replicas[1]).await;
+    wait_ready(&replicas[1], &http).await;
     let call = |i: usize| format!("{}/saas/{AUTH_A}/cgi-bin/user/get", replicas[i].url);
 
     // Replica 1 fetches; WeChat rotates the refresh token, and the old one
@@ -777,7 +730,7 @@ async fn renewal_ahead_is_one_fetch_per_lifetime_for_the_fleet_and_none_once_idl
     let redis = RedisServer::start();
     let (busy, once) = (nth_authorizer(1), nth_authorizer(2));
     seed_registry(&redis, &fake, &[busy.clone(), once.clone()]);
-    let text = config(&fake, &redis_store(&redis)).replace(
+    let text = config(&fake, &redis.store_table()).replace(
         "min_refresh_interval_ms = 0",
         "min_refresh_interval_ms = 0\nrefresh_before_expiry_s = 2",
     );
@@ -790,7 +743,7 @@ async fn renewal_ahead_is_one_fetch_per_lifetime_for_the_fleet_and_none_once_idl
         Proxy::start(&text, &env()),
     ];
     for proxy in &replicas {
-        wait_ready(&http, proxy).await;
+        wait_ready(proxy, &http).await;
     }
     let started = std::time::Instant::now();
     http.get(&format!(
@@ -907,7 +860,7 @@ async fn a_replayed_stale_or_older_push_is_refused_and_never_rolls_the_ticket_ba
     let current = encrypted_event(&ticket("ticket-new"), COMPONENT, PUSH_TOKEN, now, &nonce());
     let pushed = forward(&http, &proxy, &current).await;
     assert_eq!(pushed.text(), "success");
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http).await;
 
     // The same push again: a replay.
     let replay = forward(&http, &proxy, &current).await;
@@ -1294,11 +1247,11 @@ async fn an_authorization_code_pushed_to_one_replica_is_answered_on_another_with
     let fake = fake().await;
     fake.add_auth_code("CODE-A", AUTH_A);
     fake.push_ticket(COMPONENT, "ticket-fleet-code");
-    let text = config(&fake, &redis_store(&redis));
+    let text = config(&fake, &redis.store_table());
     let http = Http::new();
     let replicas = [Proxy::start(&text, &env()), Proxy::start(&text, &env())];
     push_ticket(&http, &replicas[0], "ticket-fleet-code").await;
-    wait_ready(&http, &replicas[1]).await;
+    wait_ready(&replicas[1], &http).await;
 
     // WeChat's push reaches replica 1, which exchanges the code...
     let fields = "<InfoType>authorized</InfoType><AuthorizerAppid>wx00000000000000a1</AuthorizerAppid><AuthorizationCode>CODE-A</AuthorizationCode>";

@@ -6,13 +6,16 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fake_wechat::{AppKind, FakeWeChat};
 use common::push::{encrypt, signed_query, unix_now};
 use common::redis::RedisServer;
-use common::{run_binary, wait_until_async, write_temp, Proxy};
+use common::{
+    assert_all_ok, metric_sum, run_binary, spread_paths, start_ready, wait_ready, wait_until_async,
+    write_temp, Proxy,
+};
 use http::{Method, Request};
 use http_body_util::Full;
 
@@ -169,20 +172,19 @@ async fn send(http: &Http, method: Method, url: &str, body: &str) -> common::Res
     http.send(request).await
 }
 
+/// `PUT /platforms/crm/authorizers/CORPID` on `proxy`: an operator
+/// registering a corp with its permanent code.
+async fn put_corp(http: &Http, proxy: &Proxy, corpid: &str, code: &str) -> common::Resp {
+    let url = format!("{}/platforms/crm/authorizers/{corpid}", proxy.admin_url);
+    let body = format!(r#"{{"permanent_code":"{code}"}}"#);
+    send(http, Method::PUT, &url, &body).await
+}
+
 /// Sends a genuine push of `xml` to the proxy's ticket endpoint.
 async fn deliver(http: &Http, proxy: &Proxy, xml: &str) -> common::Resp {
     let (body, query) = push(xml, SUITE, PUSH_TOKEN, unix_now());
     let url = format!("{}/platforms/crm/ticket?{query}", proxy.admin_url);
     http.post(&url, "text/xml", body).await
-}
-
-async fn wait_ready(http: &Http, proxy: &Proxy) {
-    let url = format!("{}/readyz", proxy.admin_url);
-    wait_until_async("the suite to be ready", Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.get(&url).await.status == 200 }
-    })
-    .await;
 }
 
 /// A started suite with a ticket pushed and both corps installed by PUT.
@@ -192,16 +194,9 @@ async fn ready_suite(fake: &FakeWeChat, proxy: &Proxy, http: &Http) {
     fake.install_corp(CORP_B, "unused-code-b", CODE_B);
     let pushed = deliver(http, proxy, &ticket_xml("ticket-1")).await;
     assert_eq!(pushed.text(), "success");
-    wait_ready(http, proxy).await;
+    wait_ready(proxy, &http.0).await;
     for (corpid, code) in [(CORP_A, CODE_A), (CORP_B, CODE_B)] {
-        let url = format!("{}/platforms/crm/authorizers/{corpid}", proxy.admin_url);
-        let put = send(
-            http,
-            Method::PUT,
-            &url,
-            &format!(r#"{{"permanent_code":"{code}"}}"#),
-        )
-        .await;
+        let put = put_corp(http, proxy, corpid, code).await;
         assert_eq!(put.status, 200, "{}", put.text());
     }
 }
@@ -230,7 +225,7 @@ async fn a_cold_suite_waits_for_the_pushed_ticket_then_serves_suite_calls_with_i
     let pushed = deliver(&http, &proxy, &ticket_xml("ticket@one")).await;
     assert_eq!(pushed.status, 200, "{}", pushed.text());
     assert_eq!(pushed.text(), "success");
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http.0).await;
     assert_eq!(fake.suite_fetches(), 1);
 
     // Platform-level paths carry the suite token, whatever the client sent.
@@ -305,7 +300,7 @@ async fn forged_stale_replayed_and_foreign_pushes_are_refused() {
     assert_eq!(replayed.status, 400, "{}", replayed.text());
     assert!(replayed.text().contains("replay"), "{}", replayed.text());
 
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http.0).await;
     assert_eq!(fake.suite_fetches(), 1, "only the genuine ticket was used");
     for line in proxy.logs() {
         assert!(!line.contains("t-good"), "the ticket was logged: {line}");
@@ -357,7 +352,7 @@ async fn an_install_push_is_answered_at_once_then_exchanged_and_the_corp_served_
         deliver(&http, &proxy, &ticket_xml("ticket-1")).await.text(),
         "success"
     );
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http.0).await;
 
     fake.install_corp(CORP_A, "AUTH-CODE-A", CODE_A);
     let pushed = deliver(&http, &proxy, &auth_xml("create_auth", "AUTH-CODE-A")).await;
@@ -667,14 +662,7 @@ async fn a_customized_app_gets_its_corp_token_from_gettoken_with_the_permanent_c
     fake.add_app(AppKind::WeCom, CORP_A, CODE_A);
     let proxy = Proxy::start(&config_for(&fake, DK_SUITE, ""), &env());
     let http = Http::new();
-    let url = format!("{}/platforms/crm/authorizers/{CORP_A}", proxy.admin_url);
-    let put = send(
-        &http,
-        Method::PUT,
-        &url,
-        &format!(r#"{{"permanent_code":"{CODE_A}"}}"#),
-    )
-    .await;
+    let put = put_corp(&http, &proxy, CORP_A, CODE_A).await;
     assert_eq!(put.status, 200, "{}", put.text());
     // No suite_ticket needed: a customized app's corp token comes from gettoken.
     let call = http
@@ -694,19 +682,152 @@ async fn a_customized_app_gets_its_corp_token_from_gettoken_with_the_permanent_c
 async fn replicas_sharing_redis_share_the_ticket_the_registry_and_one_corp_fetch() {
     let redis = RedisServer::start();
     let fake = fake().await;
-    let store = format!("[store]\nkind = \"redis\"\nurl = {:?}\n", redis.url());
+    let store = redis.store_table();
     let first = Proxy::start(&config_for(&fake, SUITE, &store), &env());
     let second = Proxy::start(&config_for(&fake, SUITE, &store), &env());
     let http = Http::new();
     ready_suite(&fake, &first, &http).await;
     // The push reached one replica; the other finds ticket and corps in Redis.
-    wait_ready(&http, &second).await;
+    wait_ready(&second, &http.0).await;
     for proxy in [&first, &second, &first, &second] {
         let url = format!("{}/crm/{CORP_A}/cgi-bin/user/list", proxy.url);
         http.get(&url).await.assert_ok();
     }
     assert_eq!(fake.corp_fetches(CORP_A), 1, "one fetch for the fleet");
     assert_eq!(fake.suite_fetches(), 1, "one suite token for the fleet");
+}
+
+/// The n-th corp of the scale test and its permanent code.
+fn nth_corp(n: usize) -> (String, String) {
+    (
+        format!("wwScale{n:010}"),
+        format!("PERMANENT-CODE-{n}-secret"),
+    )
+}
+
+/// The scale figures: 1,000 corps registered through the admin API, three
+/// replicas sharing Redis, 100 of the corps used with concurrent calls
+/// across them, then one replica killed and started again. Prints time to
+/// ready and RSS (measured, not asserted: CPU is shared) and asserts one
+/// corp token fetch per corp used, none for the rest, and none for the
+/// restarted replica.
+#[tokio::test]
+async fn a_thousand_corps_in_redis_three_replicas_one_corp_token_fetch_per_corp_used() {
+    const REGISTERED: usize = 1_000;
+    const USED: usize = 100;
+    const FETCHES: &str = "wechat_proxy_authorizer_token_refreshes_total";
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    let text = config_for(&fake, SUITE, &redis.store_table());
+    let http = Http::new();
+    let corps: Vec<(String, String)> = (0..REGISTERED).map(nth_corp).collect();
+    for (corpid, code) in &corps {
+        fake.install_corp(corpid, &format!("unused-{corpid}"), code);
+    }
+
+    // WeCom's push reaches the first replica, and an operator registers
+    // the corps through it.
+    let first = Proxy::start(&text, &env());
+    fake.push_suite_ticket(SUITE, "ticket-scale");
+    let pushed = deliver(&http, &first, &ticket_xml("ticket-scale")).await;
+    assert_eq!(pushed.text(), "success");
+    wait_ready(&first, &http.0).await;
+    let registering = Instant::now();
+    for (corpid, code) in &corps {
+        let put = put_corp(&http, &first, corpid, code).await;
+        assert_eq!(put.status, 200, "{}", put.text());
+    }
+    let registering = registering.elapsed();
+    // The others start on what Redis holds: ticket, suite token, registry.
+    let mut ready = Vec::new();
+    let mut replicas = vec![first];
+    for _ in 0..2 {
+        let (proxy, took) = start_ready(&text, &env(), &http.0).await;
+        let line = proxy.wait_for_log("corp registry loaded").await;
+        assert!(line.contains(&format!("corps={REGISTERED}")), "{line}");
+        ready.push(took);
+        replicas.push(proxy);
+    }
+    let idle_rss: Vec<u64> = replicas.iter().map(Proxy::rss_kib).collect();
+
+    // Each corp used is called twice on every replica, its six calls sent
+    // together; slow fetches make the other replicas' calls arrive while
+    // one is under way, so they wait for it through the fleet lease.
+    fake.set_token_delay(Duration::from_millis(200));
+    let call = |corpid: &str| format!("/crm/{corpid}/cgi-bin/user/get?userid=zhangsan");
+    let paths: Vec<String> = (0..USED * 6).map(|i| call(&corps[i / 6].0)).collect();
+    let started = Instant::now();
+    assert_all_ok(&spread_paths(&http.0, &replicas, &paths, 64).await);
+    let (calls, took) = (paths.len(), started.elapsed());
+    let used_rss: Vec<u64> = replicas.iter().map(Proxy::rss_kib).collect();
+
+    let fetched = || -> Vec<usize> { corps.iter().map(|(c, _)| fake.corp_fetches(c)).collect() };
+    let first_round = fetched();
+    assert!(
+        first_round[..USED].iter().all(|n| *n == 1),
+        "one fetch per corp used: {:?}",
+        &first_round[..USED]
+    );
+    assert!(
+        first_round[USED..].iter().all(|n| *n == 0),
+        "idle corps cost no fetch"
+    );
+    assert_eq!(fake.suite_fetches(), 1, "one suite token for the fleet");
+    // The replicas count the same, by platform, never naming a corp.
+    let mut counted = 0.0;
+    for proxy in &replicas {
+        let text = http
+            .get(&format!("{}/metrics", proxy.admin_url))
+            .await
+            .text();
+        counted += metric_sum(&text, FETCHES, &[("platform", "crm")]);
+        assert!(
+            !corps[..USED].iter().any(|(c, _)| text.contains(c.as_str())),
+            "a corp in /metrics"
+        );
+    }
+    assert_eq!(counted, USED as f64);
+
+    // kill -9 one replica and start it again: ready on the ticket, suite
+    // token and registry in Redis, and serving the corps used with the
+    // tokens the fleet fetched.
+    let mut killed = replicas.pop().expect("three replicas");
+    killed.signal("KILL");
+    killed.wait_exit(Duration::from_secs(5)).expect("killed");
+    drop(killed);
+    let (restarted, restart_ready) = start_ready(&text, &env(), &http.0).await;
+    let line = restarted.wait_for_log("corp registry loaded").await;
+    assert!(line.contains(&format!("corps={REGISTERED}")), "{line}");
+    assert!(restarted.has_log("suite_ticket taken from the store"));
+    let restarted_idle = restarted.rss_kib();
+    let paths: Vec<String> = corps[..USED].iter().map(|(c, _)| call(c)).collect();
+    let replica = std::slice::from_ref(&restarted);
+    assert_all_ok(&spread_paths(&http.0, replica, &paths, 64).await);
+    let restarted_used = restarted.rss_kib();
+    assert_eq!(fetched(), first_round, "the restarted replica fetched");
+    assert_eq!(fake.suite_fetches(), 1);
+    let text = http
+        .get(&format!("{}/metrics", restarted.admin_url))
+        .await
+        .text();
+    assert_eq!(metric_sum(&text, FETCHES, &[("platform", "crm")]), 0.0);
+    replicas.push(restarted);
+    let peak: Vec<u64> = replicas.iter().map(Proxy::rss_peak_kib).collect();
+
+    println!(
+        "wecom scale: {REGISTERED} corps in Redis, {USED} used across 3 replicas\n\
+         - {REGISTERED} corps registered by PUT through replica 1 in {registering:?}\n\
+         - replicas 2 and 3 (ticket, suite token, registry in Redis): ready {ready:?} after spawn\n\
+         - RSS idle {idle_rss:?} KiB, after {calls} calls {used_rss:?} KiB\n\
+         - {calls} calls in {took:?}\n\
+         - corp token fetches: {} ({} corps fetched more than once, {} idle ones fetched)\n\
+         - replica 3 killed (SIGKILL) and started again: ready {restart_ready:?} after spawn ({line}),\n  \
+           RSS {restarted_idle} KiB idle, {restarted_used} KiB after calling the {USED} corps; \
+           peak RSS of the three {peak:?} KiB",
+        first_round.iter().sum::<usize>(),
+        first_round[..USED].iter().filter(|n| **n > 1).count(),
+        first_round[USED..].iter().filter(|n| **n > 0).count(),
+    );
 }
 
 #[test]
@@ -791,15 +912,9 @@ async fn a_ticket_wecom_refuses_is_reported_and_metrics_name_no_corp() {
             .text(),
         "success"
     );
-    wait_ready(&http, &proxy).await;
+    wait_ready(&proxy, &http.0).await;
     fake.install_corp(CORP_A, "unused", CODE_A);
-    let put = send(
-        &http,
-        Method::PUT,
-        &format!("{}/platforms/crm/authorizers/{CORP_A}", proxy.admin_url),
-        &format!(r#"{{"permanent_code":"{CODE_A}"}}"#),
-    )
-    .await;
+    let put = put_corp(&http, &proxy, CORP_A, CODE_A).await;
     assert_eq!(put.status, 200, "{}", put.text());
     http.get(&format!("{}/crm/{CORP_A}/cgi-bin/user/list", proxy.url))
         .await

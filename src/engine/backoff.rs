@@ -1,6 +1,7 @@
 //! When to fetch again: after a success (renewal ahead of expiry) and after a
 //! failure (capped exponential backoff with jitter, never sooner than
-//! WeChat's errcode demands).
+//! WeChat's errcode demands); and how long a credential lives when WeChat
+//! hands back one it issued before (JS-SDK tickets).
 
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,41 @@ pub fn renew_after(lifetime: Duration, lead: Duration) -> Duration {
         .min(lifetime)
 }
 
+/// When a credential fetched again expires: as WeChat says (`fetched`),
+/// unless the same value was seen before (held, or saved by another
+/// replica), in which case the earliest expiry recorded for it stands. For
+/// tickets, whose `expires_in` WeChat repeats as 7200 for one it issued
+/// long ago: that never lengthens their life.
+pub fn first_sight(fetched: Instant, seen_before: impl IntoIterator<Item = Instant>) -> Instant {
+    seen_before.into_iter().fold(fetched, Instant::min)
+}
+
+/// When to try to renew a credential that ends at `expires_at`. A new value
+/// is renewed `lead` ahead ([`renew_after`]). A value WeChat handed back again
+/// (`repeated`: a ticket) is asked for again every [`retry_step`] until it
+/// ends: WeChat may hand out the old ticket until its last moments, and its
+/// successor must be had as soon as WeChat gives it, not when the old one is
+/// down to its last second. Once it has ended by our count (WeChat's clock
+/// may lag ours), ask again after a second.
+pub fn renew_at(now: Instant, expires_at: Instant, lead: Duration, repeated: bool) -> Instant {
+    let left = expires_at.saturating_duration_since(now);
+    if left.is_zero() {
+        return now + Duration::from_secs(1);
+    }
+    if repeated {
+        return (now + retry_step(lead)).min(expires_at);
+    }
+    now + renew_after(left, lead)
+}
+
+/// How often a value WeChat keeps handing back is asked for inside its
+/// renewal window: ten times in the window (every 30 s with the default
+/// five minutes), never more than once a second. WeCom allows 400 ticket
+/// fetches an hour per corp; this is about 20 per lifetime at most.
+pub fn retry_step(lead: Duration) -> Duration {
+    (lead / 10).max(Duration::from_secs(1))
+}
+
 /// Spreads retries of many proxies apart: ±20 %.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + fastrand::f64() * 0.4)
@@ -165,6 +201,38 @@ mod tests {
             ),
             (0, None, true)
         );
+    }
+
+    #[test]
+    fn a_repeated_ticket_keeps_its_first_expiry() {
+        let t = Instant::now();
+        // Fetched again 1000 s after it was first seen: WeChat says 7200.
+        let first = t + s(7200);
+        let said = t + s(1000) + s(7200);
+        assert_eq!(first_sight(said, [first]), first);
+        assert_eq!(first_sight(said, []), said);
+        // Another replica saved it even earlier.
+        assert_eq!(first_sight(said, [first, t + s(7000)]), t + s(7000));
+    }
+
+    #[test]
+    fn a_new_value_is_renewed_lead_ahead() {
+        let t = Instant::now();
+        assert_eq!(renew_at(t, t + s(7200), s(300), false), t + s(6900));
+    }
+
+    #[test]
+    fn a_repeated_ticket_is_asked_for_again_within_its_window_until_it_ends() {
+        let t = Instant::now();
+        assert_eq!(renew_at(t, t + s(200), s(300), true), t + s(30));
+        assert_eq!(renew_at(t, t + s(20), s(300), true), t + s(20));
+        assert_eq!(renew_at(t, t + s(5), s(4), true), t + s(1));
+    }
+
+    #[test]
+    fn a_ticket_wechat_still_hands_out_past_its_end_is_asked_for_in_a_second() {
+        let t = Instant::now();
+        assert_eq!(renew_at(t + s(5), t, s(300), true), t + s(6));
     }
 
     #[test]

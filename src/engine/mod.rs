@@ -1,25 +1,37 @@
 //! The credential engine: what every credential the proxy holds shares,
-//! whatever its kind (app tokens in [`crate::token`], the platform's
-//! component and authorizer tokens through a [`crate::token::Grantor`],
-//! JS-SDK tickets in [`crate::ticket`]).
+//! whatever its kind.
 //!
+//! - [`cell`]: one credential, a [`Cell`]: the lock-free slot requests read,
+//!   a single flight whose fetch outlives its caller, backoff, the store and
+//!   fleet lease, renewal ahead of expiry, and its status. What differs per
+//!   kind is its [`Grant`]: how to fetch, its key in the store, how expiry
+//!   is read (first sight for tickets), its own bookkeeping and logs. The
+//!   kinds: the token's grant ([`crate::token::TokenGrant`]: app tokens, and
+//!   through a [`crate::token::Grantor`] a platform's component and
+//!   authorizer tokens, a suite's suite, provider and corp tokens) and the
+//!   ticket's ([`crate::ticket::TicketGrant`]: JS-SDK tickets). A new kind
+//!   is a grant and its config.
+//! - [`admission`]: the rules, a pure `decide` over why a fetch is wanted
+//!   and what the cell knows, with their unit tests.
 //! - [`backoff`]: when to fetch again, after a success (renewal ahead of
 //!   expiry) and after a failure (capped exponential backoff, never sooner
 //!   than WeChat's errcode demands).
 //! - [`fleet`]: the store-and-lease protocol, so a fleet makes one fetch per
 //!   credential per lifetime.
 //! - [`Limits`]: the `[upstream]` bounds on one fetch and on the backoff.
-//! - [`single_flight`]: under one gate per credential, its rules (a pure
-//!   `decide` per kind) say whether to serve the held one, answer the last
-//!   error, wait, or fetch; N callers that want a new one cause one fetch.
+//! - [`single_flight`]: under one gate per credential, the rules say
+//!   whether to serve the held one, answer the last error, wait, or fetch;
+//!   N callers that want a new one cause one fetch.
 //! - [`renew`]: the background task that renews ahead of expiry and
 //!   retries after a failure, on the schedule the credential's state names.
-//! - [`detached`]: a fetch runs in a task of its own, so it outlives a
-//!   caller that disconnects or gives up; the caller waits at most
-//!   `token_timeout_ms` for it.
 
+pub(crate) mod admission;
 pub(crate) mod backoff;
+pub(crate) mod cell;
 pub(crate) mod fleet;
+
+pub use admission::{Decision, Reason};
+pub use cell::{Ask, Cell, CellError, Credential, Grant};
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
@@ -52,34 +64,6 @@ impl Limits {
     }
 }
 
-/// Why a caller of [`detached`] got no answer from the work.
-pub(crate) enum Unanswered {
-    /// The work did not finish while the caller could wait; it goes on.
-    StillRunning(Duration),
-    /// The work ended without an answer (it panicked): never expected, but a
-    /// request must still get one.
-    Stopped(FetchError),
-}
-
-/// Runs `work` in a task of its own, started now, and waits for it at most
-/// `wait`. `noun` names the credential in the error should the task stop
-/// unexpectedly. Not an `async fn`: the caller's future holds the task's
-/// handle, never the work itself, so a request's future stays small.
-pub(crate) fn detached<T: Send + 'static>(
-    noun: &'static str,
-    wait: Duration,
-    work: impl Future<Output = T> + Send + 'static,
-) -> impl Future<Output = Result<T, Unanswered>> {
-    let flight = tokio::spawn(work);
-    async move {
-        match tokio::time::timeout(wait, flight).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(Unanswered::Stopped(stopped(noun))),
-            Err(_) => Err(Unanswered::StillRunning(wait)),
-        }
-    }
-}
-
 /// The error of a fetch task that ended without an answer.
 pub(crate) fn stopped(noun: &str) -> FetchError {
     FetchError::Transport(format!("the {noun} fetch stopped unexpectedly"))
@@ -90,23 +74,6 @@ pub(crate) fn stopped(noun: &str) -> FetchError {
 /// is ignored.
 pub(crate) fn lock<S>(state: &Mutex<S>) -> MutexGuard<'_, S> {
     state.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What a credential's admission rules decide about a wish for a new one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The held credential serves: no fetch.
-    UseHeld,
-    /// The last fetch failed and its backoff has not passed: answer its error.
-    FailWithLastError,
-    /// Too soon (token errors in a flood): wait until then, look again, and
-    /// fetch if nobody did meanwhile. Delays callers instead of failing them.
-    WaitUntil(Instant),
-    /// An operator's refresh is not made; the next may be at this time.
-    /// Sixty posts must never make sixty fetches.
-    Decline(Instant),
-    /// Go ahead and fetch.
-    Fetch,
 }
 
 /// The single flight every credential runs. Under `gate`, `decide` (the

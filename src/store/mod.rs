@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AppConfig, StoreSettings};
+use crate::config::StoreSettings;
 
 /// Which credential an entry or a fleet lock is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +38,6 @@ pub struct Key<'a> {
     pub appid: &'a str,
     /// What it is: a token API's name, or a ticket kind (`ticket_jsapi`…).
     pub kind: &'a str,
-}
-
-impl Key<'_> {
-    /// The key of `app`'s access_token.
-    pub fn token(app: &AppConfig) -> Key<'_> {
-        Key {
-            appid: &app.appid,
-            kind: app.token_api.as_str(),
-        }
-    }
 }
 
 pub use self::file::FileStore;

@@ -1,10 +1,11 @@
 //! Getting a ticket from WeChat: with the app's access_token, and once more
 //! with a new token when WeChat says the token is no good.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Method;
 
+use crate::engine::cell::{Issued, Noun};
 use crate::forward::body::ProxyBody;
 use crate::forward::query::encode;
 use crate::token::{RefreshError, Token, TokenManager};
@@ -13,25 +14,27 @@ use crate::wechat::{self, FetchError};
 
 use super::{Kind, TicketError};
 
-/// A ticket as WeChat issued it.
-pub struct Issued {
-    /// The ticket itself. Never logged.
-    pub value: String,
-    /// The life WeChat stated (7200 even for a ticket issued long ago).
-    pub expires_in: Duration,
-}
-
 /// Fetches `kind` with the app's token; a token error makes the token engine
 /// replace the token (single-flight, its own limits) and the fetch is tried
-/// once more. Each attempt is bounded by `timeout`.
+/// once more. Each attempt is bounded by `timeout`. The ticket's life
+/// counts from before the token was asked for.
 pub async fn fetch(
     tokens: &std::sync::Arc<TokenManager>,
     kind: Kind,
     timeout: Duration,
 ) -> Result<Issued, TicketError> {
-    let token = tokens.token().await.map_err(TicketError::Token)?;
+    let sent_at = Instant::now();
+    let failed = |error| TicketError::Failed {
+        noun: Noun::Ticket,
+        error,
+    };
+    let no_token = |token| TicketError::NoToken {
+        noun: Noun::Ticket,
+        token: Box::new(token),
+    };
+    let token = tokens.token().await.map_err(no_token)?;
     let path = kind.endpoint().0;
-    match fetch_with(tokens, &token, kind, timeout).await {
+    let (value, expires_in) = match fetch_with(tokens, &token, kind, timeout).await {
         Err(refused @ FetchError::Refused { errcode, .. })
             if is_token_error(tokens.app().kind, errcode) =>
         {
@@ -39,24 +42,31 @@ pub async fn fetch(
                 Ok(fresh) => fresh,
                 // The ticket endpoint refuses every token: WeChat's answer.
                 Err(RefreshError::RejectedByOneApi | RefreshError::NotRenewed) => {
-                    return Err(TicketError::Failed(refused))
+                    return Err(failed(refused))
                 }
-                Err(e) => return Err(TicketError::Token(e)),
+                Err(e) => return Err(no_token(e)),
             };
             fetch_with(tokens, &fresh, kind, timeout)
                 .await
-                .map_err(TicketError::Failed)
+                .map_err(failed)?
         }
-        outcome => outcome.map_err(TicketError::Failed),
-    }
+        outcome => outcome.map_err(failed)?,
+    };
+    Ok(Issued {
+        value,
+        expires_in,
+        sent_at,
+    })
 }
 
+/// The ticket and the life WeChat stated (7200 even for a ticket issued
+/// long ago).
 async fn fetch_with(
     tokens: &TokenManager,
     token: &Token,
     kind: Kind,
     timeout: Duration,
-) -> Result<Issued, FetchError> {
+) -> Result<(String, Duration), FetchError> {
     let app = tokens.app();
     let (path, kind_query) = kind.endpoint();
     let uri = format!(
@@ -80,10 +90,7 @@ async fn fetch_with(
         (Some(ticket), Some(secs)) if !ticket.is_empty() => {
             // A token WeChat accepted is good, whatever the status page said.
             tokens.accepted(token, path);
-            Ok(Issued {
-                value: ticket.to_owned(),
-                expires_in: wechat::lifetime(secs)?,
-            })
+            Ok((ticket.to_owned(), wechat::lifetime(secs)?))
         }
         _ => Err(FetchError::BadAnswer("no ticket or expires_in".into())),
     }

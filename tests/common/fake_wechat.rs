@@ -572,7 +572,7 @@ impl FakeWeChat {
     }
 
     /// Every token answer waits this long after the token is issued
-    /// (`api_authorizer_token` and `api_query_auth`: before).
+    /// (`api_authorizer_token`, `api_query_auth` and `get_corp_token`: before).
     pub fn set_token_delay(&self, delay: Duration) {
         lock(&self.state).token_delay = delay;
     }

@@ -125,20 +125,65 @@ pub async fn wait_ready(proxy: &Proxy, http: &Http) {
     .await;
 }
 
+/// Starts the proxy and waits until it is ready: the proxy, and how long
+/// that took from spawn (a figure the scale tests print).
+pub async fn start_ready(
+    config_toml: &str,
+    env: &[(&str, &str)],
+    http: &Http,
+) -> (Proxy, Duration) {
+    let started = Instant::now();
+    let proxy = Proxy::start(config_toml, env);
+    wait_ready(&proxy, http).await;
+    (proxy, started.elapsed())
+}
+
 /// `n` concurrent GETs of `path`, request `i` to replica `i % len`.
 pub async fn spread(http: &Http, replicas: &[Proxy], n: usize, path: &str) -> Vec<Resp> {
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let http = http.clone();
+    spread_paths(http, replicas, &vec![path.to_owned(); n], n).await
+}
+
+/// GETs each of `paths`, at most `width` at a time, request `i` to replica
+/// `i % len`; their answers in order. The bound keeps thousands of calls
+/// from opening thousands of connections at once.
+pub async fn spread_paths(
+    http: &Http,
+    replicas: &[Proxy],
+    paths: &[String],
+    width: usize,
+) -> Vec<Resp> {
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(width));
+    let tasks: Vec<_> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let (http, limit) = (http.clone(), limit.clone());
             let url = format!("{}{path}", replicas[i % replicas.len()].url);
-            tokio::spawn(async move { http.get(&url).await })
+            tokio::spawn(async move {
+                let _permit = limit.acquire().await.expect("open");
+                http.get(&url).await
+            })
         })
         .collect();
-    let mut answers = Vec::with_capacity(n);
+    let mut answers = Vec::with_capacity(paths.len());
     for task in tasks {
         answers.push(task.await.expect("request task"));
     }
     answers
+}
+
+/// The sum of the `/metrics` samples of `name` whose labels include all of
+/// `labels`: a counter over the labels left out (reason, result …).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{')?.split_once("} "))
+        .filter(|(found, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| found.split(',').any(|pair| pair == format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Asserts every answer is a 200 with errcode 0.

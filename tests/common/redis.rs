@@ -116,6 +116,11 @@ impl RedisServer {
         }
     }
 
+    /// The proxy's `[store]` table for keeping its state here.
+    pub fn store_table(&self) -> String {
+        format!("[store]\nkind = \"redis\"\nurl = {:?}\n", self.url())
+    }
+
     /// The PEM file of the CA that signed a TLS server's certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")

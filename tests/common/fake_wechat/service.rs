@@ -82,6 +82,12 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
     let method = req.method().clone();
     let raw = collect(req).await;
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    if path == "/cgi-bin/service/get_corp_token" {
+        // Slow when the test asks, so that a corp's calls on other replicas
+        // arrive while one fetch is under way.
+        let delay = lock(state).token_delay;
+        tokio::time::sleep(delay).await;
+    }
     let text = |name: &str| {
         body.get(name)
             .and_then(Value::as_str)

@@ -1,21 +1,63 @@
-//! Whether a refresh may happen: a pure function of why it is asked for, what
-//! the manager knows, and the time. No I/O, no clock: the manager takes a
+//! Whether a credential may be fetched: a pure function of why it is asked
+//! for, what its cell knows, and the time. No I/O, no clock: the cell takes a
 //! [`Facts`] snapshot under its state lock and acts on the [`Decision`].
+//!
+//! One rule set for every kind. A kind that never asks for a reason (JS-SDK
+//! tickets are never rejected by an API, nor refreshed by an operator) never
+//! meets its rules; tickets are also never fetched at start, only on demand.
 
 use std::time::{Duration, Instant};
 
-pub use crate::engine::Decision;
+/// What asked for a fetch; decides which shortcuts and limits apply, and
+/// labels logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The first fetch, or a retry before any credential was held.
+    Startup,
+    /// Renewal ahead of expiry, or a retry after a failed renewal.
+    Ahead,
+    /// A request found no valid credential.
+    OnDemand,
+    /// WeChat rejected the token a request used.
+    TokenError,
+    /// The admin refresh endpoint.
+    Admin,
+}
 
-use super::Reason;
+impl Reason {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "startup",
+            Reason::Ahead => "ahead",
+            Reason::OnDemand => "on_demand",
+            Reason::TokenError => "token_error",
+            Reason::Admin => "admin",
+        }
+    }
+}
 
-/// A token rejected with at least this much life left was not rejected for
-/// its age: somebody else replaced it.
-pub const FIGHT_MIN_LIFE: Duration = Duration::from_secs(60);
+/// What a credential's admission rules decide about a wish for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The held credential serves: no fetch.
+    UseHeld,
+    /// The last fetch failed and its backoff has not passed: answer its error.
+    FailWithLastError,
+    /// Too soon (token errors in a flood): wait until then, look again, and
+    /// fetch if nobody did meanwhile. Delays callers instead of failing them.
+    WaitUntil(Instant),
+    /// An operator's refresh is not made; the next may be at this time.
+    /// Sixty posts must never make sixty fetches.
+    Decline(Instant),
+    /// Go ahead and fetch.
+    Fetch,
+}
 
-/// The held token as the rules see it.
+/// The held credential as the rules see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
-    /// Its place in the sequence of tokens the app has held.
+    /// Its place in the sequence of values the cell has held.
     pub generation: u64,
     /// Not expired.
     pub valid: bool,
@@ -23,7 +65,7 @@ pub struct Held {
     pub rejected: bool,
 }
 
-/// What the manager knows when a refresh is asked for.
+/// What the cell knows when a fetch is asked for.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts {
     /// The token in the slot, if any.
@@ -35,7 +77,7 @@ pub struct Facts {
     pub renew_at: Option<Instant>,
     /// The last fetch made because WeChat rejected a token.
     pub last_token_error_fetch: Option<Instant>,
-    /// The last fetch that brought a token.
+    /// The last fetch that brought a credential.
     pub last_success: Option<Instant>,
     /// The last fetch an operator's refresh made, successful or not.
     pub last_admin_fetch: Option<Instant>,
@@ -104,15 +146,6 @@ fn decide_admin(good: bool, facts: &Facts, now: Instant) -> Decision {
         Some(at) if now < at && facts.backoff_cut_by_operator => Decision::Decline(at),
         _ => Decision::Fetch,
     }
-}
-
-/// Whether a rejection means another system is fetching tokens for the same
-/// appid. Only Official Account / Mini Program tokens die that way (WeCom
-/// hands every caller the same token, and may end one early by itself); and
-/// a token rejected near its end, or replaced from this proxy's own fleet
-/// store, is no fight.
-pub fn is_fight(mp: bool, life_left: Duration, replaced_by_fleet: bool) -> bool {
-    mp && life_left >= FIGHT_MIN_LIFE && !replaced_by_fleet
 }
 
 #[cfg(test)]
@@ -410,18 +443,5 @@ mod tests {
             decide(Reason::Admin, None, &facts, now + s(4)),
             Decision::Fetch
         );
-    }
-
-    #[test]
-    fn a_young_mp_token_rejected_outside_the_fleet_is_a_fight() {
-        assert!(is_fight(true, s(7000), false));
-        assert!(is_fight(true, FIGHT_MIN_LIFE, false));
-    }
-
-    #[test]
-    fn rejections_near_expiry_from_the_fleet_or_on_wecom_are_no_fight() {
-        assert!(!is_fight(true, s(59), false));
-        assert!(!is_fight(true, s(7000), true));
-        assert!(!is_fight(false, s(7000), false));
     }
 }
