@@ -29,6 +29,10 @@ use crate::forward::route::Place;
 /// Query parameters that carry an AppSecret in WeChat's APIs.
 const SECRET_PARAMS: [&str; 4] = ["secret", "corpsecret", "appsecret", "component_appsecret"];
 
+/// Named once: a name given as a string is parsed on every lookup, and
+/// every request is looked at for it.
+const SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
 /// Refuses a `CONNECT`, before anything else looks at the request.
 pub fn method(parts: &Parts) -> Result<(), LocalError> {
     if parts.method == Method::CONNECT {
@@ -76,8 +80,12 @@ pub fn secrets(app: &AppConfig, place: Place, parts: &Parts) -> Result<(), Local
 /// `Sec-Fetch-Site` other than `none` (a URL typed in). SDKs and servers send
 /// neither, and a page on any site must not spend the app's token.
 pub fn browser(parts: &Parts) -> Result<(), LocalError> {
-    let site = parts.headers.get("sec-fetch-site");
-    if parts.headers.contains_key(header::ORIGIN) || site.is_some_and(|v| v != "none") {
+    // One pass over the few headers a request has, rather than two hashed
+    // lookups: every request is looked at.
+    let from_browser = parts.headers.iter().any(|(name, value)| {
+        *name == header::ORIGIN || (*name == SEC_FETCH_SITE && value != "none")
+    });
+    if from_browser {
         return Err(LocalError::Browser);
     }
     Ok(())
@@ -89,7 +97,13 @@ pub fn browser(parts: &Parts) -> Result<(), LocalError> {
 fn secret_param(query: &str, dropped: Option<&str>) -> Option<&'static str> {
     query.split('&').find_map(|part| {
         let name = part.split_once('=').map_or(part, |(n, _)| n);
-        let decoded = |want: &str| name.contains('%') && query::decoded_eq(name, want.as_bytes());
+        let escaped = name.contains('%');
+        // Unescaped, only a name as long as a secret's can be one: most
+        // names end here.
+        if !escaped && !SECRET_PARAMS.iter().any(|want| want.len() == name.len()) {
+            return None;
+        }
+        let decoded = |want: &str| escaped && query::decoded_eq(name, want.as_bytes());
         SECRET_PARAMS.into_iter().find(|want| {
             let spelled = name.eq_ignore_ascii_case(want) || decoded(want);
             let rewritten = Some(*want) == dropped && (name == *want || decoded(want));

@@ -2,6 +2,8 @@
 //! comes to, answer it locally or forward it with the credential the route
 //! names, read WeChat's errcode, refresh and retry once, scrub the answer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,7 +193,12 @@ impl Proxy {
         let app = &self.apps[index];
         guard::target(&app.config, parts)?;
         let (action, path, authorizer, corp) = match &app.suite {
-            Some(suite) => classify_suite(suite, path, parts.uri.query()).await?,
+            // The rarer paths' futures (a suite's corp lookup, the calls a
+            // platform or suite answers itself, a ticket, a token's
+            // replacement) are boxed: held inline they would make every
+            // request's future, and so every request's allocation, as large as
+            // the largest of them, and it is copied at each level above.
+            Some(suite) => Box::pin(classify_suite(suite, path, parts.uri.query())).await?,
             None => {
                 let (action, path, authorizer) = classify(app, path).await?;
                 (action, path, authorizer, None)
@@ -228,11 +235,11 @@ impl Proxy {
             let (_, Some(body), _) = self.prepare_body(body).await? else {
                 return Err(BodyTooLarge(self.max_replay as u64).into());
             };
-            return Ok(platform.answer_local(call, &body).await);
+            return Ok(Box::pin(platform.answer_local(call, &body)).await);
         }
         if let Action::Local(local) = action {
             if let (Local::PermanentCode, Some(suite)) = (local, &app.suite) {
-                return self.permanent_code(suite, path, body).await;
+                return Box::pin(self.permanent_code(suite, path, body)).await;
             }
             // An authorizer's or a corp's own tickets, made on this ask.
             let signer = match (&corp, &authorizer, &app.platform, &app.suite) {
@@ -252,8 +259,7 @@ impl Proxy {
                     tickets: &|| app.tickets.clone(),
                 },
             };
-            let answer = crate::jssdk::answer(&signer, parts, local).await;
-            if let Some(answer) = answer {
+            if let Some(answer) = Box::pin(crate::jssdk::answer(&signer, parts, local)).await {
                 return Ok(answer);
             }
         }
@@ -305,10 +311,14 @@ impl Proxy {
         // A suite API that takes a corp's permanent code in its body gets
         // the real one in place of its placeholder; scrubbed from the answer.
         let (body, replay, code) = match (&app.suite, replay) {
-            (Some(suite), Some(bytes)) => match with_permanent_code(suite, &bytes).await {
-                Some((bytes, code)) => (ProxyBody::full(bytes.clone()), Some(bytes), Some(code)),
-                None => (body, Some(bytes), None),
-            },
+            (Some(suite), Some(bytes)) => {
+                match Box::pin(with_permanent_code(suite, &bytes)).await {
+                    Some((bytes, code)) => {
+                        (ProxyBody::full(bytes.clone()), Some(bytes), Some(code))
+                    }
+                    None => (body, Some(bytes), None),
+                }
+            }
             (_, replay) => (body, replay, None),
         };
         let request = Forward {
@@ -345,7 +355,7 @@ impl Proxy {
             tokio::spawn(async move { tokens.replace(&token, &path).await });
             return Ok(response);
         };
-        let fresh = match tokens.replace(&token, path).await {
+        let fresh = match Box::pin(tokens.replace(&token, path)).await {
             Ok(fresh) => fresh,
             // WeChat's own answer, at once: the client sees its errcode.
             Err(RefreshError::NotRenewed | RefreshError::RejectedByOneApi) => return Ok(response),
@@ -475,14 +485,22 @@ impl Proxy {
     ) -> Result<Response<Incoming>, LocalError> {
         let client = &request.app.client;
         let sent = Instant::now();
-        let answer = client.request(request.build(placed, body)?);
-        let mut answer = self.wait(answer, ended).await;
+        // Pinned here and lent to `wait`, in a block of its own: a future
+        // passed by value would be held twice (as `wait`'s argument and
+        // pinned inside it), and this one is most of every request's size.
+        let mut answer = {
+            let answer = client.request(request.build(placed, body)?);
+            tokio::pin!(answer);
+            self.wait(answer, ended).await
+        };
         let stale = matches!(&answer, Ok(Err(e)) if e.reused() && closed_unanswered(e));
         if stale {
             if let Some(replay) = replay {
                 tracing::debug!(app = %request.app.config.name, "a pooled connection closed unanswered; sending again on a new one");
                 let again = request.build(placed, ProxyBody::full(replay.clone()))?;
-                answer = self.wait(client.request_fresh(again), None).await;
+                let again = client.request_fresh(again);
+                tokio::pin!(again);
+                answer = self.wait(again, None).await;
             }
         }
         request.app.metrics.upstream(sent.elapsed());
@@ -501,13 +519,12 @@ impl Proxy {
     /// when `ended` fires (a streamed body's last byte), or from now.
     async fn wait(
         &self,
-        answer: impl std::future::Future<Output = Result<Response<Incoming>, ClientError>>,
+        mut answer: Pin<&mut impl Future<Output = Result<Response<Incoming>, ClientError>>>,
         ended: Option<oneshot::Receiver<()>>,
     ) -> Result<Result<Response<Incoming>, ClientError>, tokio::time::error::Elapsed> {
-        tokio::pin!(answer);
         if let Some(ended) = ended {
             tokio::select! {
-                answer = &mut answer => return Ok(answer),
+                answer = answer.as_mut() => return Ok(answer),
                 // Sent, or dropped with the body: either way, nothing more
                 // is coming from the client.
                 _ = ended => {}

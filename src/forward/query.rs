@@ -67,10 +67,28 @@ const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHA
     .remove(b'~');
 
 /// Percent-encodes `value` onto `out`. WeChat's tokens are plain
-/// `[A-Za-z0-9_-]`, so this usually copies one run.
+/// `[A-Za-z0-9_-]`, and one goes into every request: a table look at each
+/// byte, then one copy, is half the work of the general encoder.
 fn encode_into(value: &str, out: &mut String) {
+    if value.bytes().all(|b| UNRESERVED[usize::from(b)]) {
+        out.push_str(value);
+        return;
+    }
     out.extend(percent_encoding::utf8_percent_encode(value, NOT_UNRESERVED));
 }
+
+/// The bytes [`NOT_UNRESERVED`] leaves as they are (RFC 3986's unreserved
+/// set), as a table.
+static UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// Percent-encodes a query value (for token fetch URLs).
 pub fn encode(value: &str) -> String {
@@ -105,6 +123,23 @@ pub fn param(query: Option<&str>, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unreserved_table_agrees_with_the_encoder_on_every_byte() {
+        for b in 0..=255u8 {
+            let bytes = [b];
+            let encoded: String =
+                percent_encoding::percent_encode(&bytes, NOT_UNRESERVED).collect();
+            let kept = encoded.len() == 1;
+            assert_eq!(UNRESERVED[usize::from(b)], kept, "byte {b:#04x}");
+        }
+    }
+
+    #[test]
+    fn values_are_encoded_only_where_needed() {
+        assert_eq!(encode("AbZ09-_.~"), "AbZ09-_.~");
+        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
 
     #[test]
     fn a_parameter_is_found_and_decoded() {

@@ -314,18 +314,10 @@ struct Idle {
 impl Pool {
     /// Sends `request`; hands it back unwritten when no connection could be
     /// made or the one used died before writing it. A pooled connection
-    /// that died so is replaced, once, by a fresh one.
-    async fn send(self: &Arc<Self>, request: Request<ProxyBody>, fresh: bool) -> Attempt {
-        match self.send_once(request, fresh).await {
-            Attempt::NotSent(e, request) if e.reused() => {
-                tracing::debug!(error = %crate::error::with_causes(&e), "a pooled connection died before the request was written; sending it on a new one");
-                Box::pin(self.send_once(request, true)).await
-            }
-            attempt => attempt,
-        }
-    }
-
-    async fn send_once(self: &Arc<Self>, mut request: Request<ProxyBody>, fresh: bool) -> Attempt {
+    /// that died so is replaced, once, by a fresh one: a loop here rather
+    /// than a second call, since every level of future on this path is
+    /// copied on every request.
+    async fn send(self: &Arc<Self>, mut request: Request<ProxyBody>, mut fresh: bool) -> Attempt {
         let uri = request.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Attempt::Failed(Error::NoHost);
@@ -346,63 +338,72 @@ impl Pool {
             None => Uri::from_static("/"),
         };
         let dst = std::mem::replace(request.uri_mut(), origin);
-
-        // The common case, an idle connection, needs no await; the others
-        // are boxed so that every request's future (and so every busy
-        // client connection) does not carry the size of a connect.
         let first = request.extensions().get::<FirstInLine>().is_some();
-        let connected = match self.reserve(&key, fresh, first) {
-            Reserved::Idle(sender) => Ok((sender, true)),
-            Reserved::Permit(permit) => Box::pin(self.connect(dst.clone(), permit))
-                .await
-                .map(|s| (s, false)),
-            Reserved::Fresh => {
-                let connect = async {
-                    let permit = self
-                        .open
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed");
-                    self.connect(dst.clone(), permit).await
-                };
-                Box::pin(connect).await.map(|s| (s, false))
-            }
-            Reserved::Wait(waiting) => Box::pin(self.wait(&key, dst.clone(), waiting)).await,
-        };
-        let (mut sender, reused) = match connected {
-            Ok(connected) => connected,
-            Err(e) => {
-                *request.uri_mut() = dst;
-                return Attempt::NotSent(e, request);
-            }
-        };
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                if !fresh {
-                    // Back to the pool once the answer's body has been read;
-                    // a connection the server closes (or whose body is
-                    // abandoned) never comes back.
-                    let pool = self.clone();
-                    tokio::spawn(async move {
-                        if sender.ready().await.is_ok() {
-                            pool.put(key, sender);
-                        }
-                    });
+        loop {
+            // The common case, an idle connection, needs no await; the
+            // others are boxed so that every request's future (and so every
+            // busy client connection) does not carry the size of a connect.
+            let connected = match self.reserve(&key, fresh, first) {
+                Reserved::Idle(sender) => Ok((sender, true)),
+                Reserved::Permit(permit) => Box::pin(self.connect(dst.clone(), permit))
+                    .await
+                    .map(|s| (s, false)),
+                Reserved::Fresh => {
+                    let connect = async {
+                        let permit = self
+                            .open
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("never closed");
+                        self.connect(dst.clone(), permit).await
+                    };
+                    Box::pin(connect).await.map(|s| (s, false))
                 }
-                Attempt::Answered(response)
-            }
-            Err(mut e) => match e.take_message() {
-                Some(mut request) => {
+                Reserved::Wait(waiting) => Box::pin(self.wait(&key, dst.clone(), waiting)).await,
+            };
+            let (mut sender, reused) = match connected {
+                Ok(connected) => connected,
+                Err(e) => {
                     *request.uri_mut() = dst;
-                    let source = e.into_error();
-                    Attempt::NotSent(Error::Send { source, reused }, request)
+                    return Attempt::NotSent(e, request);
                 }
-                None => Attempt::Failed(Error::Send {
-                    source: e.into_error(),
-                    reused,
-                }),
-            },
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    if !fresh {
+                        // Back to the pool once the answer's body has been
+                        // read; a connection the server closes (or whose
+                        // body is abandoned) never comes back.
+                        let pool = self.clone();
+                        tokio::spawn(async move {
+                            if sender.ready().await.is_ok() {
+                                pool.put(key, sender);
+                            }
+                        });
+                    }
+                    return Attempt::Answered(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => {
+                        let e = e.into_error();
+                        tracing::debug!(error = %crate::error::with_causes(&e), "a pooled connection died before the request was written; sending it on a new one");
+                        request = back;
+                        fresh = true;
+                    }
+                    Some(mut back) => {
+                        *back.uri_mut() = dst;
+                        let source = e.into_error();
+                        return Attempt::NotSent(Error::Send { source, reused }, back);
+                    }
+                    None => {
+                        return Attempt::Failed(Error::Send {
+                            source: e.into_error(),
+                            reused,
+                        })
+                    }
+                },
+            }
         }
     }
 

@@ -42,6 +42,11 @@ impl Hosts {
 /// Whether `host` (a `Host` value: name or address, maybe a port) names
 /// this machine: `localhost` and names under it, 127.0.0.0/8, `[::1]`.
 fn is_loopback(host: &str) -> bool {
+    // The spellings nearly every client sends, without parsing an address.
+    let bare = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    if bare == "127.0.0.1" || bare == "localhost" {
+        return true;
+    }
     let name = match host.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
             Some((addr, port)) if port.is_empty() || port.starts_with(':') => addr,
