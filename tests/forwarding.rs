@@ -257,3 +257,34 @@ async fn json_larger_than_64_kib_streams_unread() {
     );
     assert_eq!(h.fake.requests().len(), 1, "a streamed body was retried");
 }
+
+/// An SDK's POST token call is answered by the proxy, which has no use for
+/// its body; python's http.client sends that body in a write of its own,
+/// after the head. Answered before the body came, the connection was
+/// closed under the client, which was already reusing it for the next call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_placeholder_answered_before_its_body_came_keeps_the_connection() {
+    let h = two_apps(Some("mp")).await;
+    let body = r#"{"grant_type":"client_credential","appid":"wx1","secret":"dummy"}"#;
+    let mut conn = common::raw::RawConn::connect(h.proxy.addr).await;
+    let head = format!(
+        "POST /cgi-bin/stable_token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.send(head.as_bytes()).await.unwrap();
+    // Long enough for an answer that does not wait for the body to be sent.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    conn.send(body.as_bytes()).await.unwrap();
+    let first = conn.read_response().await;
+    assert_eq!(first.status, 200, "{}", first.head);
+    assert_eq!(first.header("x-wechat-token-proxy"), Some("placeholder"));
+    assert_ne!(first.header("connection"), Some("close"), "{}", first.head);
+
+    // The same connection serves the next call.
+    conn.send(&common::raw::get("/cgi-bin/user/info?openid=o1", ""))
+        .await
+        .unwrap();
+    let second = conn.read_response().await;
+    assert_eq!(second.status, 200, "{}", second.head);
+    assert_eq!(h.fake.requests().len(), 1);
+}

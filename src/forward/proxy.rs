@@ -124,7 +124,16 @@ impl Proxy {
         };
         let mut body = Some(body);
         let response = match self.serve(&parts, &mut body, &mut outcome).await {
-            Ok(response) => response,
+            Ok(response) => match body.take() {
+                // Answered here before the body was read (a placeholder for
+                // an SDK's POST token call): read it first. A body not yet
+                // arrived when the answer goes would make hyper close the
+                // connection, under a client already reusing it.
+                Some(unread) if !unread.is_end_stream() => {
+                    Box::pin(self.read_unused(unread, response)).await
+                }
+                _ => response,
+            },
             Err(e) => {
                 // Answered before the client finished sending: the rest of
                 // its body must be read before closing, or the client may
@@ -429,6 +438,25 @@ impl Proxy {
         };
         let (_, answer) = suite.exchange(path, &auth_code).await?;
         Ok(json_response(StatusCode::OK, "exchanged", &answer))
+    }
+
+    /// Reads and drops the body of a request answered without it, so the
+    /// connection stays open for the client's next call; one larger than
+    /// the bodies kept for a retry, or not all in within `idle_timeout`, is
+    /// left and the connection closed after `answer`.
+    async fn read_unused(
+        &self,
+        body: Incoming,
+        mut answer: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let keep = self
+            .max_replay
+            .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
+        let read = tokio::time::timeout(self.body_timeout, buffer_up_to(body, keep));
+        if !matches!(read.await, Ok(Ok(Buffered::Complete(_)))) {
+            Linger::mark(&mut answer);
+        }
+        answer
     }
 
     /// Reads a request body of up to `max_replay` bytes into memory so it can
