@@ -13,6 +13,7 @@
 //! - Removing an account drops its token and tickets; the tickets' renewal
 //!   ends with them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -354,4 +355,52 @@ pub fn not_ready(
         Some(e) => format!("no {name}: {e}"),
         None => format!("no {name} fetched yet"),
     })
+}
+
+/// `path` for the access log under the parent `name` (a platform's or a
+/// suite's prefix): an account's id, the segment after the parent's unless
+/// the path is one of the parent's own (under `own`), becomes `stand_in`.
+/// Taken in normal form where it has one, so no spelling shows the id.
+pub fn loggable(name: &str, path: &str, own: &[&str], stand_in: &str) -> String {
+    let normal = crate::forward::route::normalize(path).unwrap_or(Cow::Borrowed(path));
+    let after = normal
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(name))
+        .unwrap_or("");
+    match after.strip_prefix('/') {
+        Some(rest) if !rest.is_empty() && !own.iter().any(|p| rest.starts_with(p)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            format!("/{name}/{stand_in}{}", &rest[end..])
+        }
+        _ => normal.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable;
+
+    #[test]
+    fn an_accounts_id_never_shows_in_a_logged_path_however_spelled() {
+        let platform = |path| loggable("saas", path, &["cgi-bin/component/", "sns/"], "{a}");
+        assert_eq!(
+            platform("/saas/wxAPP/cgi-bin/user/get"),
+            "/saas/{a}/cgi-bin/user/get"
+        );
+        assert_eq!(platform("//saas//wxAPP/./cgi-bin"), "/saas/{a}/cgi-bin");
+        assert_eq!(platform("/saas/wx%41PP"), "/saas/{a}");
+        assert_eq!(platform("/saas/wxAPP/%2F"), "/saas/{a}/%2F");
+        assert_eq!(
+            platform("/saas/cgi-bin/component/api_query_auth"),
+            "/saas/cgi-bin/component/api_query_auth"
+        );
+        assert_eq!(platform("/saas/sns/oauth2/x"), "/saas/sns/oauth2/x");
+        assert_eq!(platform("/other/wxAPP/x"), "/other/wxAPP/x");
+        let suite = |path| loggable("crm", path, &["cgi-bin/"], "{corp}");
+        assert_eq!(
+            suite("/crm/wwCorp/cgi-bin/user/get"),
+            "/crm/{corp}/cgi-bin/user/get"
+        );
+        assert_eq!(suite("/crm/cgi-bin/service/x"), "/crm/cgi-bin/service/x");
+    }
 }

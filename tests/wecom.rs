@@ -470,6 +470,47 @@ async fn corps_are_registered_by_the_admin_and_their_tokens_renewed_on_a_token_e
     assert_eq!(http.get(&url_a).await.status, 404);
 }
 
+/// A corp is a service provider's customer: access lines name the suite,
+/// never the corp, whether it is registered or not.
+#[tokio::test]
+async fn access_lines_name_the_suite_never_the_corp() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&config(&fake), &env());
+    let http = Http::new();
+    ready_suite(&fake, &proxy, &http).await;
+    let unknown = "wwNotInstalled000003";
+
+    http.get(&format!(
+        "{}/crm/{CORP_A}/cgi-bin/department/list",
+        proxy.url
+    ))
+    .await
+    .assert_ok();
+    let refused = http
+        .get(&format!(
+            "{}/crm/{unknown}/cgi-bin/department/list",
+            proxy.url
+        ))
+        .await;
+    assert_eq!(refused.status, 404);
+    let line = proxy
+        .wait_for_log("path=\"/crm/{corp}/cgi-bin/department/list\" status=404")
+        .await;
+    assert!(line.contains("app=\"crm\""), "{line}");
+    let access: Vec<String> = proxy
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("wechat_token_proxy::access") && l.contains("/crm/"))
+        .collect();
+    assert_eq!(access.len(), 2, "{access:#?}");
+    for line in &access {
+        assert!(
+            !line.contains(CORP_A) && !line.contains(unknown),
+            "an access line names a corp: {line}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_suite_call_refused_with_40082_gets_a_new_suite_token_and_one_retry() {
     let fake = fake().await;

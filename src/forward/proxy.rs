@@ -155,12 +155,18 @@ impl Proxy {
             None => self.metrics.unrouted(status),
         }
         if self.access_log {
-            // A platform's authorizer is its customer: the line names the
-            // platform only.
-            let platform = outcome.app.and_then(|i| self.apps[i].platform.as_ref());
-            let path = match platform {
-                Some(platform) => std::borrow::Cow::Owned(platform.loggable(parts.uri.path())),
-                None => std::borrow::Cow::Borrowed(parts.uri.path()),
+            // A platform's authorizer, a suite's corp, is its customer: the
+            // line names the platform or suite only.
+            let raw = parts.uri.path();
+            let path = match outcome.app.map(|i| &self.apps[i]) {
+                Some(App {
+                    platform: Some(platform),
+                    ..
+                }) => std::borrow::Cow::Owned(platform.loggable(raw)),
+                Some(App {
+                    suite: Some(suite), ..
+                }) => std::borrow::Cow::Owned(suite.loggable(raw)),
+                _ => std::borrow::Cow::Borrowed(raw),
             };
             tracing::info!(
                 target: "wechat_token_proxy::access",

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::accounts::{Account, Accounts, Served, Wiring};
+use crate::accounts::{self, Account, Accounts, Served, Wiring};
 use crate::config::{AppConfig, PlatformConfig, Secret, UpstreamSettings};
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
@@ -213,21 +213,12 @@ impl Platform {
     /// `path` (the platform's prefix included) for the access log: an
     /// authorizer's appid becomes `{authorizer}`.
     pub fn loggable(&self, path: &str) -> String {
-        let after = path
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(self.name()))
-            .unwrap_or("");
-        match after.strip_prefix('/') {
-            Some(rest)
-                if !rest.is_empty()
-                    && !rest.starts_with("cgi-bin/component/")
-                    && !rest.starts_with("sns/") =>
-            {
-                let end = rest.find('/').unwrap_or(rest.len());
-                format!("/{}/{{authorizer}}{}", self.name(), &rest[end..])
-            }
-            _ => path.to_owned(),
-        }
+        accounts::loggable(
+            self.name(),
+            path,
+            &["cgi-bin/component/", "sns/"],
+            "{authorizer}",
+        )
     }
 
     /// The authorizer as the store has it, when another replica registered

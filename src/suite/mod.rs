@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::accounts::{Account, Accounts, Served, Wiring};
+use crate::accounts::{self, Account, Accounts, Served, Wiring};
 use crate::config::{AppConfig, PlatformConfig, Secret, TokenApi};
 use crate::error::LocalError;
 use crate::forward::upstream::HttpClient;
@@ -128,6 +128,12 @@ impl Suite {
     /// The platform's name (its path prefix).
     pub fn name(&self) -> &str {
         &self.app.name
+    }
+
+    /// `path` (the suite's prefix included) for the access log: a corp's id
+    /// becomes `{corp}`.
+    pub fn loggable(&self, path: &str) -> String {
+        accounts::loggable(self.name(), path, &["cgi-bin/"], "{corp}")
     }
 
     /// The suite as the request path sees it.
