@@ -274,11 +274,61 @@ const TABLE: &[Entry] = &[
 /// `None` when no entry names it: [`FORWARD`], or for a platform, a path
 /// that names an authorizer.
 pub fn classify(scope: Scope, path: &str) -> Option<Action> {
-    TABLE
-        .iter()
-        .find(|e| e.scopes & scope.bit() != 0 && matches(e.path, path))
-        .map(|e| e.action)
+    let bit = scope.bit();
+    let len = path.len();
+    KEYS.iter()
+        .zip(TABLE)
+        .find(|(key, e)| key.admits(bit, len) && matches(e.path, path))
+        .map(|(_, e)| e.action)
 }
+
+/// What [`classify`] looks at first for each row, packed apart from the
+/// rows: every request walks the whole table, and this way it reads two
+/// cache lines, not thirty, before the one or two rows it compares.
+#[derive(Clone, Copy)]
+struct RowKey {
+    /// [`Entry::scopes`].
+    scopes: u8,
+    /// The rule's length in bytes.
+    len: u8,
+    /// The rule ends in `/`: longer paths under it match.
+    prefix: bool,
+}
+
+impl RowKey {
+    /// Whether a path of `len` bytes in the scope of `bit` may match.
+    fn admits(self, bit: u8, len: usize) -> bool {
+        self.scopes & bit != 0
+            && if self.prefix {
+                len > usize::from(self.len)
+            } else {
+                len == usize::from(self.len)
+            }
+    }
+}
+
+const KEYS: [RowKey; TABLE.len()] = {
+    let mut keys = [RowKey {
+        scopes: 0,
+        len: 0,
+        prefix: false,
+    }; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        let path = TABLE[i].path.as_bytes();
+        assert!(
+            path.len() <= u8::MAX as usize,
+            "a route longer than 255 bytes"
+        );
+        keys[i] = RowKey {
+            scopes: TABLE[i].scopes,
+            len: path.len() as u8,
+            prefix: path[path.len() - 1] == b'/',
+        };
+        i += 1;
+    }
+    keys
+};
 
 /// Whether `path` is `rule`, or under it when `rule` ends in `/`; ASCII
 /// case ignored.
@@ -404,6 +454,37 @@ fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, BadPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_packed_keys_pick_the_row_a_plain_walk_would() {
+        let scopes = [
+            Scope::Mp,
+            Scope::Wecom,
+            Scope::Platform,
+            Scope::Authorizer,
+            Scope::Suite,
+        ];
+        let mut paths: Vec<String> = vec!["/".into(), "/cgi-bin/user/info".into()];
+        for e in TABLE {
+            let p = e.path;
+            paths.extend([
+                p.to_owned(),
+                p.to_ascii_uppercase(),
+                format!("{p}x"),
+                format!("{p}/x"),
+                p[..p.len() - 1].to_owned(),
+            ]);
+        }
+        for scope in scopes {
+            for path in &paths {
+                let plain = TABLE
+                    .iter()
+                    .find(|e| e.scopes & scope.bit() != 0 && matches(e.path, path))
+                    .map(|e| e.action);
+                assert_eq!(classify(scope, path), plain, "{scope:?} {path}");
+            }
+        }
+    }
 
     fn normal(path: &str) -> Result<String, BadPath> {
         normalize(path).map(Cow::into_owned)
