@@ -11,8 +11,13 @@ use common::setup::APP_TOML as APP;
 const PASSWORD: &str = "redis-password-never-shown-9b2e";
 
 /// Runs `check` on `APP` plus `store`; returns (accepted, stdout + stderr).
+/// `check` binds the listeners to prove them free: on port 0, so this file's
+/// tests, which run at once, never race for the default 8080.
 fn check(store: &str, extra_env: &[(&str, &str)]) -> (bool, String) {
-    let path = write_temp("store.toml", &format!("{APP}\n[store]\n{store}\n"));
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{APP}\n[store]\n{store}\n"
+    );
+    let path = write_temp("store.toml", &config);
     let mut env = vec![(SECRET_VAR, SECRET)];
     env.extend_from_slice(extra_env);
     let (status, out, err) = run_binary(&["check", "--config", path.to_str().unwrap()], &env);
