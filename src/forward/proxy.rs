@@ -446,6 +446,13 @@ impl Proxy {
         Ok(json_response(StatusCode::OK, "exchanged", &answer))
     }
 
+    /// The most of a request body read into memory: the bodies kept for a
+    /// retry, never past the body limit.
+    fn replay_limit(&self) -> usize {
+        self.max_replay
+            .min(usize::try_from(self.max_body).unwrap_or(usize::MAX))
+    }
+
     /// Reads and drops the body of a request answered without it, so the
     /// connection stays open for the client's next call; one larger than
     /// the bodies kept for a retry, or not all in within `idle_timeout`, is
@@ -455,9 +462,7 @@ impl Proxy {
         body: Incoming,
         mut answer: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
-        let keep = self
-            .max_replay
-            .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
+        let keep = self.replay_limit();
         let read = tokio::time::timeout(self.body_timeout, buffer_up_to(body, keep));
         if !matches!(read.await, Ok(Ok(Buffered::Complete(_)))) {
             Linger::mark(&mut answer);
@@ -473,9 +478,7 @@ impl Proxy {
         &self,
         body: Incoming,
     ) -> Result<(ProxyBody, Option<Bytes>, Option<oneshot::Receiver<()>>), LocalError> {
-        let keep = self
-            .max_replay
-            .min(usize::try_from(self.max_body).unwrap_or(usize::MAX));
+        let keep = self.replay_limit();
         let buffered = tokio::time::timeout(self.body_timeout, buffer_up_to(body, keep))
             .await
             .map_err(|_| LocalError::ClientTimeout {
