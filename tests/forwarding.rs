@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::fake_wechat::{AppKind, FakeWeChat};
+use common::fake_wechat::{AppKind, FakeOptions, FakeWeChat};
 use common::setup::{ConfigBuilder, Harness, CORP_ID, MP_APPID, SECRET};
 use http::Request;
 use http_body_util::Full;
@@ -86,6 +86,37 @@ async fn query_keeps_every_other_parameter_byte_exact_and_gets_exactly_one_token
         seen.query.as_deref(),
         Some(format!("b=2&a=%E4%B8%AD%20x&flag&z=a%2Bb&access_token={token}").as_str())
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_with_bytes_a_query_cannot_hold_goes_percent_encoded_and_works() {
+    let fake = Harness::fake_with(FakeOptions {
+        token_suffix: "+/=&é",
+        ..FakeOptions::default()
+    })
+    .await;
+    let config = ConfigBuilder::new(&fake).mp("stable");
+    let h = Harness::start(fake, config).await;
+
+    for _ in 0..2 {
+        let r = h.http.get(&h.url("/cgi-bin/user/info?openid=o1")).await;
+        assert_eq!(r.json()["errcode"], 0, "{}", r.text());
+    }
+
+    let token = h.fake.current_token(MP_APPID).unwrap();
+    assert!(token.ends_with("+/=&é"), "{token}");
+    let encoded = token
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let encoded = encoded.replace('&', "%26").replace('é', "%C3%A9");
+    for seen in h.fake.requests() {
+        assert!(seen.token_ok);
+        assert_eq!(
+            seen.query.as_deref(),
+            Some(format!("openid=o1&access_token={encoded}").as_str())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -703,6 +703,14 @@ impl Placed<'_> {
             (None, None) => "",
         }
     }
+
+    /// The credential as it goes into the query: a token comes encoded.
+    fn in_query(&self) -> std::borrow::Cow<'_, str> {
+        match self.token {
+            Some(token) => std::borrow::Cow::Borrowed(token.in_query()),
+            None => query::encoded(self.value()),
+        }
+    }
 }
 
 impl Forward<'_> {
@@ -724,14 +732,14 @@ impl Forward<'_> {
     fn uri(&self, placed: Placed<'_>) -> Result<Uri, LocalError> {
         let base = &self.app.config.base_url;
         let query = self.parts.uri.query();
-        let value = placed.value();
+        let value = placed.in_query();
+        let value = &*value;
         let mut pq = String::with_capacity(
             base.path.len() + self.path.len() + query.map_or(0, str::len) + value.len() + 64,
         );
         pq.push_str(&base.path);
         pq.push_str(self.path);
         pq.push('?');
-        let appid = self.app.config.appid.as_str();
         match self.place {
             Place::AccessToken => query::with_param(query, "access_token", value, &mut pq),
             Place::ComponentToken => {
@@ -741,7 +749,7 @@ impl Forward<'_> {
                 query,
                 &["component_appid", "component_access_token"],
                 &[
-                    ("component_appid", appid),
+                    ("component_appid", &query::encoded(&self.app.config.appid)),
                     ("component_access_token", value),
                 ],
                 &mut pq,
@@ -752,7 +760,7 @@ impl Forward<'_> {
                 query,
                 &["appid", "secret", "grant_type", "access_token"],
                 &[
-                    ("appid", appid),
+                    ("appid", &query::encoded(&self.app.config.appid)),
                     ("secret", value),
                     ("grant_type", "authorization_code"),
                 ],
@@ -776,15 +784,17 @@ impl Forward<'_> {
         if pq.ends_with('?') {
             pq.pop();
         }
-        Uri::builder()
-            .scheme(base.scheme.clone())
-            .authority(base.authority.clone())
-            .path_and_query(pq)
-            .build()
-            // Only a token with bytes a URI cannot hold gets here, and those
-            // are percent-encoded; so this is a path hyper let in but `http`
-            // refuses. Do not echo it: it may carry a credential.
-            .map_err(|_| LocalError::ClientBody("the request path cannot be forwarded".into()))
+        // Only a token with bytes a URI cannot hold fails here, and those
+        // are percent-encoded; so this is a path hyper let in but `http`
+        // refuses. Do not echo it: it may carry a credential.
+        fn unfit<E>(_: E) -> LocalError {
+            LocalError::ClientBody("the request path cannot be forwarded".into())
+        }
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(base.scheme.clone());
+        uri.authority = Some(base.authority.clone());
+        uri.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).map_err(unfit)?);
+        Uri::from_parts(uri).map_err(unfit)
     }
 }
 

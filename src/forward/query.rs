@@ -1,21 +1,19 @@
 //! The query rewrite: drop every `access_token` the client sent, keep every
 //! other parameter byte for byte and in order, append the real token.
 
-/// Appends to `out` the query `query` without its `access_token` parameters,
-/// followed by `access_token=<token>` (percent-encoded where needed).
-pub fn with_token(query: Option<&str>, token: &str, out: &mut String) {
-    with_param(query, "access_token", token, out);
-}
+use std::borrow::Cow;
 
-/// [`with_token`] for another parameter (`component_access_token`).
+/// Appends to `out` the query `query` without its `param` parameters,
+/// followed by `param=<token>`; `token` comes percent-encoded (a token
+/// encodes itself once, when it arrives, not on every request).
 pub fn with_param(query: Option<&str>, param: &str, token: &str, out: &mut String) {
     rewrite(query, &[param], &[(param, token)], out);
 }
 
 /// Appends to `out` the query `query` without the parameters named in
-/// `drop` (however percent-encoded), followed by the pairs of `add` (values
-/// percent-encoded where needed). Every other parameter is kept byte for
-/// byte and in order.
+/// `drop` (however percent-encoded), followed by the pairs of `add`, whose
+/// values come percent-encoded ([`encoded`]). Every other parameter is kept
+/// byte for byte and in order.
 pub fn rewrite(query: Option<&str>, drop: &[&str], add: &[(&str, &str)], out: &mut String) {
     let mut first = true;
     let mut separate = |out: &mut String| {
@@ -36,7 +34,7 @@ pub fn rewrite(query: Option<&str>, drop: &[&str], add: &[(&str, &str)], out: &m
         separate(out);
         out.push_str(name);
         out.push('=');
-        encode_into(value, out);
+        out.push_str(value);
     }
 }
 
@@ -66,15 +64,13 @@ const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHA
     .remove(b'.')
     .remove(b'~');
 
-/// Percent-encodes `value` onto `out`. WeChat's tokens are plain
-/// `[A-Za-z0-9_-]`, and one goes into every request: a table look at each
-/// byte, then one copy, is half the work of the general encoder.
-fn encode_into(value: &str, out: &mut String) {
+/// `value` percent-encoded for a query: borrowed when nothing in it needs
+/// encoding, as in WeChat's tokens (`[A-Za-z0-9_-]`) and appids.
+pub fn encoded(value: &str) -> Cow<'_, str> {
     if value.bytes().all(|b| UNRESERVED[usize::from(b)]) {
-        out.push_str(value);
-        return;
+        return Cow::Borrowed(value);
     }
-    out.extend(percent_encoding::utf8_percent_encode(value, NOT_UNRESERVED));
+    Cow::Owned(percent_encoding::utf8_percent_encode(value, NOT_UNRESERVED).collect())
 }
 
 /// The bytes [`NOT_UNRESERVED`] leaves as they are (RFC 3986's unreserved
@@ -92,9 +88,7 @@ static UNRESERVED: [bool; 256] = {
 
 /// Percent-encodes a query value (for token fetch URLs).
 pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    encode_into(value, &mut out);
-    out
+    encoded(value).into_owned()
 }
 
 /// The first value of `name` in `query`, percent-decoded (`+` is a space, as
@@ -153,7 +147,7 @@ mod tests {
 
     fn rewrite(q: Option<&str>) -> String {
         let mut s = String::new();
-        with_token(q, "TOK", &mut s);
+        with_param(q, "access_token", "TOK", &mut s);
         s
     }
 
@@ -188,7 +182,7 @@ mod tests {
         super::rewrite(
             Some("appid=x&js_code=C&secr%65t=s&grant_type=g&a"),
             &["appid", "secret", "grant_type"],
-            &[("appid", "wx1"), ("secret", "s+/")],
+            &[("appid", "wx1"), ("secret", "s%2B%2F")],
             &mut s,
         );
         assert_eq!(s, "js_code=C&a&appid=wx1&secret=s%2B%2F");
@@ -202,15 +196,12 @@ mod tests {
 
     #[test]
     fn encodes_non_ascii_byte_by_byte() {
-        let mut s = String::new();
-        with_token(None, "a中b", &mut s);
-        assert_eq!(s, "access_token=a%E4%B8%ADb");
+        assert_eq!(encoded("a中b"), "a%E4%B8%ADb");
     }
 
     #[test]
-    fn encodes_unusual_token_bytes() {
-        let mut s = String::new();
-        with_token(None, "a+b/c=", &mut s);
-        assert_eq!(s, "access_token=a%2Bb%2Fc%3D");
+    fn encodes_unusual_token_bytes_and_borrows_plain_ones() {
+        assert_eq!(encoded("a+b/c="), "a%2Bb%2Fc%3D");
+        assert!(matches!(encoded("AbZ09-_.~"), Cow::Borrowed("AbZ09-_.~")));
     }
 }

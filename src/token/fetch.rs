@@ -4,7 +4,6 @@
 //! count against the daily quota, and what a token keeps of each fetch
 //! (the API it was fetched for, a suspected fight).
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,14 +73,9 @@ impl Grant for TokenGrant {
         if let Some(life_left) = candidate {
             st.pending_fight = Some((fresh.stamp.generation(), life_left));
         }
-        Token {
-            stamp: fresh.stamp,
-            // Still rejected if WeChat handed back the one it rejected.
-            rejected: AtomicBool::new(fresh.same.is_some_and(|t| t.is_rejected())),
-            fetched_for: st.trigger.take(),
-            accepted_by_trigger: AtomicBool::new(false),
-            refusal_told: AtomicBool::new(false),
-        }
+        // Still rejected if WeChat handed back the one it rejected.
+        let rejected = fresh.same.is_some_and(|t| t.is_rejected());
+        Token::new(fresh.stamp, rejected, st.trigger.take())
     }
 
     /// A token error's API and fight suspicion, for the token that replaces

@@ -62,6 +62,10 @@ pub struct Token {
     /// The token, its expiry (measured from when the fetch was sent, so it
     /// errs early) and its generation.
     stamp: Stamp,
+    /// The value percent-encoded for a query, when that differs from the
+    /// value (never, for WeChat's own tokens): made once here rather than
+    /// checked byte by byte on every request.
+    in_query: Option<Box<str>>,
     /// WeChat rejected it: shown on the status page, fails readiness.
     rejected: AtomicBool,
     /// The API path whose rejection of the previous token caused this
@@ -78,9 +82,30 @@ pub struct Token {
 }
 
 impl Token {
-    /// The token, for the one place that writes it into an upstream URL.
+    /// The token itself: what answers are scrubbed of.
     pub fn value(&self) -> &str {
         self.stamp.value()
+    }
+
+    /// The token as it goes into an upstream URL's query.
+    pub fn in_query(&self) -> &str {
+        self.in_query.as_deref().unwrap_or(self.stamp.value())
+    }
+
+    /// A token held as `stamp` says, not yet rejected or accepted anywhere.
+    fn new(stamp: Stamp, rejected: bool, fetched_for: Option<Box<str>>) -> Token {
+        let in_query = match crate::forward::query::encoded(stamp.value()) {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(encoded) => Some(encoded.into_boxed_str()),
+        };
+        Token {
+            stamp,
+            in_query,
+            rejected: AtomicBool::new(rejected),
+            fetched_for,
+            accepted_by_trigger: AtomicBool::new(false),
+            refusal_told: AtomicBool::new(false),
+        }
     }
 }
 

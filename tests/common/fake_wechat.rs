@@ -73,6 +73,9 @@ pub struct FakeOptions {
     /// (the old one works until its end): WeChat handing out the old ticket
     /// until its last moments. Zero, the default: only once it has ended.
     pub ticket_renew_within: Duration,
+    /// Appended to every token issued: bytes a query must carry
+    /// percent-encoded (WeChat's own tokens are `[A-Za-z0-9_-]`).
+    pub token_suffix: &'static str,
 }
 
 impl Default for FakeOptions {
@@ -86,6 +89,7 @@ impl Default for FakeOptions {
             force_min_interval: Duration::ZERO,
             ticket_lifetime: Duration::from_secs(7200),
             ticket_renew_within: Duration::ZERO,
+            token_suffix: "",
         }
     }
 }

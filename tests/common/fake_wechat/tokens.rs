@@ -420,9 +420,10 @@ impl Tokens {
     fn issue(&mut self, appid: &str, now: Instant) -> String {
         self.counter += 1;
         let string = format!(
-            "TOK-{appid}-{:06}-{:032x}",
+            "TOK-{appid}-{:06}-{:032x}{}",
             self.counter,
-            self.random.u128(..)
+            self.random.u128(..),
+            self.opts.token_suffix
         );
         let kind = self.app(appid).kind;
         self.tokens.insert(
