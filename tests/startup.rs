@@ -192,6 +192,15 @@ async fn the_first_log_lines_say_what_runs_with_which_config() {
             .all(|parts| logs.iter().any(|l| parts.iter().all(|p| l.contains(p))))
     })
     .await;
+    // The allocator's built-in settings are read before main: one it does
+    // not take is only a line of its own on stderr, and silently ignored.
+    let refused: Vec<String> = h
+        .proxy
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("<jemalloc>"))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
