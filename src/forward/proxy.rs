@@ -478,6 +478,10 @@ impl Proxy {
         &self,
         body: Incoming,
     ) -> Result<(ProxyBody, Option<Bytes>, Option<oneshot::Receiver<()>>), LocalError> {
+        // Most calls are GETs: nothing to wait for, no timer to arm.
+        if body.is_end_stream() {
+            return Ok((ProxyBody::empty(), Some(Bytes::new()), None));
+        }
         let keep = self.replay_limit();
         let buffered = tokio::time::timeout(self.body_timeout, buffer_up_to(body, keep))
             .await
