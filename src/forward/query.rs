@@ -3,6 +3,14 @@
 
 use std::borrow::Cow;
 
+/// Appends to `out` the query `query` without its `access_token` parameters,
+/// followed by `access_token=<token>`, percent-encoded where needed: the
+/// whole rewrite in one call. The proxy itself encodes a token once, when it
+/// arrives, and calls [`with_param`].
+pub fn with_token(query: Option<&str>, token: &str, out: &mut String) {
+    with_param(query, "access_token", &encoded(token), out);
+}
+
 /// Appends to `out` the query `query` without its `param` parameters,
 /// followed by `param=<token>`; `token` comes percent-encoded (a token
 /// encodes itself once, when it arrives, not on every request).
