@@ -1323,6 +1323,79 @@ async fn recovery_reads_pages_of_wechats_size_and_undoes_no_removal_or_registrat
 }
 
 #[tokio::test]
+async fn a_recovery_undoes_no_removal_or_registration_made_through_another_replica() {
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    let authorizers = authorizers_of_wechats_size(1200);
+    for (appid, refresh) in &authorizers {
+        fake.add_authorizer(appid, refresh);
+    }
+    fake.push_ticket(COMPONENT, "ticket-fleet");
+    // Slow pages: the second replica starts, removes and registers while
+    // the first still reads the list.
+    fake.set_list_delay(Duration::from_millis(800));
+    let text = config(&fake, &redis.store_table());
+    let http = Http::new();
+    let first = Proxy::start(&text, &env());
+    push_ticket(&http, &first, "ticket-fleet").await;
+    wait_until("the list to be read", Duration::from_secs(10), || {
+        fake.authorizer_list_calls() >= 1
+    })
+    .await;
+    let second = Proxy::start(&text, &env());
+    wait_ready(&second, &http).await;
+    let (removed, _) = &authorizers[7];
+    let deleted = send(
+        &http,
+        Method::DELETE,
+        &format!("{}/platforms/saas/authorizers/{removed}", second.admin_url),
+        "",
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    // Authorized again and registered through the second replica: the
+    // first page the first replica read holds its old refresh token.
+    let (again, _) = &authorizers[3];
+    fake.reauthorize(again, "REFRESH-AGAIN");
+    let put = put_authorizer(&http, &second, again, "REFRESH-AGAIN").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    for proxy in [&first, &second] {
+        proxy.wait_for_log("authorizer registry recovered").await;
+    }
+
+    let registry = |appid: &str| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(format!("wechat-token-proxy:{COMPONENT}:authorizers"))
+            .arg(appid)
+            .query(&mut redis.connection())
+            .expect("HGET")
+    };
+    assert_eq!(registry(removed), None, "the removal was undone");
+    assert_eq!(registry(again).as_deref(), Some("REFRESH-AGAIN"));
+    assert!(registry(&authorizers[1199].0).is_some());
+    for proxy in [&first, &second] {
+        let gone = http
+            .get(&format!("{}/saas/{removed}/cgi-bin/user/get", proxy.url))
+            .await;
+        assert_eq!(gone.status, 404, "{}", gone.text());
+        for (appid, _) in [&authorizers[1199], &authorizers[3]] {
+            http.get(&format!("{}/saas/{appid}/cgi-bin/user/get", proxy.url))
+                .await
+                .assert_ok();
+        }
+    }
+    // Registered again, it is no longer removed: a later recovery keeps it.
+    let put = put_authorizer(&http, &first, removed, &authorizers[7].1).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let tombstone: bool = redis::cmd("HEXISTS")
+        .arg(format!("wechat-token-proxy:{COMPONENT}:removed"))
+        .arg(removed)
+        .query(&mut redis.connection())
+        .expect("HEXISTS");
+    assert!(!tombstone);
+}
+
+#[tokio::test]
 async fn access_lines_name_the_platform_never_the_authorizer() {
     let fake = fake().await;
     let http = Http::new();

@@ -389,12 +389,25 @@ impl Platform {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_default();
-        {
+        let fresh = |found: &mut Vec<Registered>| {
             let held = self.authorizers.read();
             found.retain(|e| !removed.contains(&e.appid) && !held.contains_key(e.appid.as_str()));
-        }
-        if let Err(e) = self.store.register(&found).await {
+        };
+        fresh(&mut found);
+        if let Err(e) = self.store.recover(&found).await {
             tracing::warn!(platform = %self.name(), error = %e, "cannot save the recovered authorizers");
+        } else if self.store.is_shared() {
+            // Other replicas may have removed or registered some meanwhile:
+            // the shared registry, as the store kept it, is the truth.
+            match self.store.authorizers(&self.app.appid).await {
+                Ok(mut all) => {
+                    fresh(&mut all);
+                    found = all;
+                }
+                Err(e) => {
+                    tracing::warn!(platform = %self.name(), error = %e, "cannot read the recovered authorizers back")
+                }
+            }
         }
         tracing::info!(platform = %self.name(), authorizers = found.len(), left_out = removed.len(), "authorizer registry recovered from api_get_authorizer_list");
         self.insert_all(found);

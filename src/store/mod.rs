@@ -240,6 +240,18 @@ impl Store {
         }
     }
 
+    /// Registers what a recovery from WeChat's list found, but for the
+    /// authorizers registered or removed meanwhile through another replica
+    /// (Redis): the list's refresh tokens are older than theirs. A file or
+    /// memory is this process's own: the platform leaves those out itself.
+    pub async fn recover(&self, entries: &[Registered]) -> Result<(), StoreError> {
+        match self {
+            Store::Memory => Ok(()),
+            Store::File(file) => file.register(entries).await,
+            Store::Redis(redis) => redis.recover(entries).await,
+        }
+    }
+
     /// Removes an authorizer from the registry.
     pub async fn unregister(&self, component_appid: &str, appid: &str) -> Result<(), StoreError> {
         match self {

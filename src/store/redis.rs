@@ -45,6 +45,25 @@ const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return red
 /// now held by another replica is not taken back.
 const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
 
+/// Removes an authorizer and leaves a tombstone for it (KEYS: the registry,
+/// the removed set; ARGV: the appid, the tombstone's life in seconds).
+const UNREGISTER: &str = r#"redis.call("HDEL", KEYS[1], ARGV[1]) redis.call("HSET", KEYS[2], ARGV[1], "1") return redis.call("EXPIRE", KEYS[2], ARGV[2])"#;
+
+/// Registers recovered authorizers (ARGV: appid, refresh token, …), each only
+/// if no replica registered it meanwhile (its refresh token is newer than
+/// the list's) or removed it lately (a tombstone in KEYS[2]).
+const RECOVER: &str = r#"local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call("HEXISTS", KEYS[2], ARGV[i]) == 0 then
+    n = n + redis.call("HSETNX", KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return n"#;
+
+/// How long a removed authorizer's tombstone keeps a recovery, on any
+/// replica, from bringing it back: longer than any recovery takes.
+const TOMBSTONE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// A Redis server shared by the replicas.
 pub struct RedisStore {
     /// How commands reach the server.
@@ -288,14 +307,36 @@ impl RedisStore {
         .await
     }
 
-    /// One `HSET` per platform for all of `entries`.
+    /// One `HSET` per platform for all of `entries`, then their tombstones
+    /// cleared: one registered again is no longer removed.
     pub async fn register(&self, entries: &[Registered]) -> Result<(), StoreError> {
-        let mut platforms: Vec<&str> = entries.iter().map(|e| e.component_appid.as_str()).collect();
-        platforms.dedup();
-        for platform in platforms {
+        for (platform, entries) in by_platform(entries) {
             let mut cmd = redis::cmd("HSET");
             cmd.arg(self.registry(platform));
-            for e in entries.iter().filter(|e| e.component_appid == platform) {
+            for e in &entries {
+                cmd.arg(&e.appid).arg(&e.refresh_token);
+            }
+            self.run::<i64>(&mut cmd).await?;
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(self.removed(platform));
+            for e in &entries {
+                cmd.arg(&e.appid);
+            }
+            self.run::<i64>(&mut cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// What a recovery found, registered but for the authorizers another
+    /// replica registered or removed meanwhile: one script per platform.
+    pub async fn recover(&self, entries: &[Registered]) -> Result<(), StoreError> {
+        for (platform, entries) in by_platform(entries) {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(RECOVER)
+                .arg(2)
+                .arg(self.registry(platform))
+                .arg(self.removed(platform));
+            for e in &entries {
                 cmd.arg(&e.appid).arg(&e.refresh_token);
             }
             self.run::<i64>(&mut cmd).await?;
@@ -303,15 +344,24 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `HDEL`.
+    /// `HDEL`, and a tombstone a recovery on any replica reads.
     pub async fn unregister(&self, component_appid: &str, appid: &str) -> Result<(), StoreError> {
         self.run::<i64>(
-            redis::cmd("HDEL")
+            redis::cmd("EVAL")
+                .arg(UNREGISTER)
+                .arg(2)
                 .arg(self.registry(component_appid))
-                .arg(appid),
+                .arg(self.removed(component_appid))
+                .arg(appid)
+                .arg(TOMBSTONE.as_secs()),
         )
         .await
         .map(drop)
+    }
+
+    /// The authorizers removed lately, for recoveries.
+    fn removed(&self, component_appid: &str) -> String {
+        format!("{}{component_appid}:removed", self.prefix)
     }
 
     fn registry(&self, component_appid: &str) -> String {
@@ -383,4 +433,16 @@ fn millis(d: Duration) -> u64 {
 /// An id no other lock holder uses: the pid and 64 random bits.
 fn owner_id() -> String {
     format!("{}-{:016x}", std::process::id(), fastrand::u64(..))
+}
+
+/// `entries` by platform, in the order they came.
+fn by_platform(entries: &[Registered]) -> Vec<(&str, Vec<&Registered>)> {
+    let mut platforms: Vec<(&str, Vec<&Registered>)> = Vec::new();
+    for e in entries {
+        match platforms.iter_mut().find(|(p, _)| *p == e.component_appid) {
+            Some((_, these)) => these.push(e),
+            None => platforms.push((&e.component_appid, vec![e])),
+        }
+    }
+    platforms
 }
