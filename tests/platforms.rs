@@ -1396,6 +1396,61 @@ async fn a_recovery_undoes_no_removal_or_registration_made_through_another_repli
 }
 
 #[tokio::test]
+async fn a_refresh_token_rotated_after_another_replica_removed_the_authorizer_brings_it_not_back() {
+    let redis = RedisServer::start();
+    let fake = fake().await;
+    fake.push_ticket(COMPONENT, "ticket-rotate");
+    let text = config(&fake, &redis.store_table());
+    let http = Http::new();
+    let first = Proxy::start(&text, &env());
+    push_ticket(&http, &first, "ticket-rotate").await;
+    let put = put_authorizer(&http, &first, AUTH_A, "REFRESH-A").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let second = Proxy::start(&text, &env());
+    wait_ready(&second, &http).await;
+    // The first replica's fetch of A's token is under way, and will come
+    // back with a new refresh token, when the second removes A.
+    fake.set_rotate_refresh_tokens(true);
+    fake.set_token_delay(Duration::from_millis(1500));
+    let sent = fake.authorizer_token_arrivals();
+    let call = {
+        // A client of its own: the removal must not queue behind the call.
+        let calls = Http::new();
+        let url = format!("{}/saas/{AUTH_A}/cgi-bin/user/get", first.url);
+        tokio::spawn(async move { calls.get(&url).await })
+    };
+    wait_until(
+        "the token fetch to be sent",
+        Duration::from_secs(10),
+        || fake.authorizer_token_arrivals() > sent,
+    )
+    .await;
+    remove_authorizer(&http, &second, AUTH_A).await;
+    let answered = call.await.expect("the call");
+    assert_ne!(answered.status, 200, "{}", answered.text());
+
+    let registered: Option<String> = redis::cmd("HGET")
+        .arg(format!("wechat-token-proxy:{COMPONENT}:authorizers"))
+        .arg(AUTH_A)
+        .query(&mut redis.connection())
+        .expect("HGET");
+    assert_eq!(
+        registered, None,
+        "the rotation brought the removed authorizer back"
+    );
+    let tombstone: bool = redis::cmd("HEXISTS")
+        .arg(format!("wechat-token-proxy:{COMPONENT}:removed"))
+        .arg(AUTH_A)
+        .query(&mut redis.connection())
+        .expect("HEXISTS");
+    assert!(tombstone);
+    let later = http
+        .get(&format!("{}/saas/{AUTH_A}/cgi-bin/user/get", second.url))
+        .await;
+    assert_eq!(later.status, 404, "{}", later.text());
+}
+
+#[tokio::test]
 async fn access_lines_name_the_platform_never_the_authorizer() {
     let fake = fake().await;
     let http = Http::new();

@@ -204,10 +204,18 @@ impl AuthorizerGrant {
                 appid: self.appid.clone(),
                 refresh_token: rotated.to_owned(),
             };
-            if let Err(e) = self.store.register(&[entry]).await {
-                return Err(FetchError::NotReady(format!(
-                    "WeChat rotated the refresh token and it cannot be saved ({e}); the token is held back until it is"
-                )));
+            match self.store.rotate(&entry).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(FetchError::NotReady(
+                        "the authorizer was removed from the registry while its token was fetched (on any replica); PUT it again if it authorized the platform again".into(),
+                    ))
+                }
+                Err(e) => {
+                    return Err(FetchError::NotReady(format!(
+                        "WeChat rotated the refresh token and it cannot be saved ({e}); the token is held back until it is"
+                    )))
+                }
             }
             tracing::info!(authorizer = %self.label, "refresh token rotated and saved");
         }

@@ -119,6 +119,24 @@ impl FileStore {
         .await
     }
 
+    /// Replaces the refresh token of `entry`'s authorizer if it is still
+    /// registered, and rewrites the file; says whether it was.
+    pub async fn rotate(&self, entry: &Registered) -> Result<bool, StoreError> {
+        let mut registered = false;
+        self.rewrite(|contents| {
+            let held = contents
+                .authorizers
+                .iter_mut()
+                .find(|a| a.component_appid == entry.component_appid && a.appid == entry.appid);
+            if let Some(held) = held {
+                held.refresh_token.clone_from(&entry.refresh_token);
+                registered = true;
+            }
+        })
+        .await?;
+        Ok(registered)
+    }
+
     /// Removes an authorizer and rewrites the file.
     pub async fn unregister(&self, component_appid: &str, appid: &str) -> Result<(), StoreError> {
         self.rewrite(|contents| {

@@ -252,6 +252,18 @@ impl Store {
         }
     }
 
+    /// Saves a refresh token WeChat rotated, if the authorizer is still
+    /// registered (it may have been removed, here or through another replica,
+    /// while its token was fetched); says whether it was. Memory: always, the
+    /// platform holds the registry.
+    pub async fn rotate(&self, entry: &Registered) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory => Ok(true),
+            Store::File(file) => file.rotate(entry).await,
+            Store::Redis(redis) => redis.rotate(entry).await,
+        }
+    }
+
     /// Removes an authorizer from the registry.
     pub async fn unregister(&self, component_appid: &str, appid: &str) -> Result<(), StoreError> {
         match self {

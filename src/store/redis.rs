@@ -60,6 +60,10 @@ for i = 1, #ARGV, 2 do
 end
 return n"#;
 
+/// Replaces an authorizer's refresh token (ARGV: appid, token) only while it
+/// is registered: never brings back one another replica removed.
+const ROTATE: &str = r#"if redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1 then redis.call("HSET", KEYS[1], ARGV[1], ARGV[2]) return 1 else return 0 end"#;
+
 /// How long a removed authorizer's tombstone keeps a recovery, on any
 /// replica, from bringing it back: longer than any recovery takes.
 const TOMBSTONE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -342,6 +346,22 @@ impl RedisStore {
             self.run::<i64>(&mut cmd).await?;
         }
         Ok(())
+    }
+
+    /// A refresh token WeChat rotated, saved if the authorizer is still
+    /// registered; says whether it was.
+    pub async fn rotate(&self, entry: &Registered) -> Result<bool, StoreError> {
+        let replaced: i64 = self
+            .run(
+                redis::cmd("EVAL")
+                    .arg(ROTATE)
+                    .arg(1)
+                    .arg(self.registry(&entry.component_appid))
+                    .arg(&entry.appid)
+                    .arg(&entry.refresh_token),
+            )
+            .await?;
+        Ok(replaced == 1)
     }
 
     /// `HDEL`, and a tombstone a recovery on any replica reads.

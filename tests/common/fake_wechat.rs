@@ -462,6 +462,12 @@ impl FakeWeChat {
         lock(&self.state).component.list_calls
     }
 
+    /// `api_authorizer_token` calls received so far, counted as they arrive
+    /// (before the token delay).
+    pub fn authorizer_token_arrivals(&self) -> usize {
+        lock(&self.state).component.authorizer_token_arrivals
+    }
+
     /// `api_query_auth` calls so far, refused ones included.
     pub fn query_auth_calls(&self) -> usize {
         lock(&self.state).component.query_auth_calls

@@ -40,6 +40,9 @@ pub(super) struct Component {
     pub start_push: usize,
     /// `api_get_authorizer_list` calls.
     pub list_calls: usize,
+    /// `api_authorizer_token` calls received, counted as they arrive (before
+    /// any token delay), so a test can act while one is answered.
+    pub authorizer_token_arrivals: usize,
     /// `api_query_auth` calls, refused ones included.
     pub query_auth_calls: usize,
     /// Wait before each `api_get_authorizer_list` answer.
@@ -77,7 +80,13 @@ pub(super) async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Resp
     {
         // Slow like an app token fetch when the test asks, so that requests
         // (across replicas) pile up while one fetch is under way.
-        let delay = lock(state).token_delay;
+        let delay = {
+            let mut st = lock(state);
+            if path == "/cgi-bin/component/api_authorizer_token" {
+                st.component.authorizer_token_arrivals += 1;
+            }
+            st.token_delay
+        };
         tokio::time::sleep(delay).await;
     }
     if path == "/cgi-bin/component/api_get_authorizer_list" {
