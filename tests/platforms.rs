@@ -1261,17 +1261,57 @@ fn authorizers_of_wechats_size(n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
-async fn recovery_reads_pages_of_wechats_size_and_undoes_no_removal_or_registration_made_meanwhile()
-{
+/// A fake whose platform has `n` authorizers listed besides A and B, its
+/// ticket pushed, every page of the list answered after `delay`.
+async fn listing(n: usize, ticket: &str, delay: Duration) -> (FakeWeChat, Vec<(String, String)>) {
     let fake = fake().await;
-    let authorizers = authorizers_of_wechats_size(1200);
+    let authorizers = authorizers_of_wechats_size(n);
     for (appid, refresh) in &authorizers {
         fake.add_authorizer(appid, refresh);
     }
-    fake.push_ticket(COMPONENT, "ticket-recover");
+    fake.push_ticket(COMPONENT, ticket);
+    fake.set_list_delay(delay);
+    (fake, authorizers)
+}
+
+/// While a recovery reads the list: removes the 8th authorizer through
+/// `proxy`, and has the 4th authorize again and registered through it
+/// (the first page, already read, holds its old refresh token). Their
+/// appids.
+async fn remove_and_register_again(
+    http: &Http,
+    proxy: &Proxy,
+    fake: &FakeWeChat,
+    authorizers: &[(String, String)],
+) -> (String, String) {
+    let (removed, again) = (authorizers[7].0.clone(), authorizers[3].0.clone());
+    remove_authorizer(http, proxy, &removed).await;
+    fake.reauthorize(&again, "REFRESH-AGAIN");
+    let put = put_authorizer(http, proxy, &again, "REFRESH-AGAIN").await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    (removed, again)
+}
+
+/// After a recovery: `removed` gets 404 through `proxy`, and each of
+/// `serving` (the last page's authorizer, the one registered again with
+/// the refresh token it was given) is served.
+async fn serves_as_recovered(http: &Http, proxy: &Proxy, removed: &str, serving: &[&str]) {
+    let gone = http
+        .get(&format!("{}/saas/{removed}/cgi-bin/user/get", proxy.url))
+        .await;
+    assert_eq!(gone.status, 404, "{}", gone.text());
+    for appid in serving {
+        http.get(&format!("{}/saas/{appid}/cgi-bin/user/get", proxy.url))
+            .await
+            .assert_ok();
+    }
+}
+
+#[tokio::test]
+async fn recovery_reads_pages_of_wechats_size_and_undoes_no_removal_or_registration_made_meanwhile()
+{
     // Slow pages: the removal arrives while the list is read.
-    fake.set_list_delay(Duration::from_millis(500));
+    let (fake, authorizers) = listing(1200, "ticket-recover", Duration::from_millis(500)).await;
     let dir = write_temp("platform-recover", "").with_extension("d");
     std::fs::create_dir_all(&dir).expect("dir");
     let store = format!(
@@ -1285,21 +1325,7 @@ async fn recovery_reads_pages_of_wechats_size_and_undoes_no_removal_or_registrat
         fake.authorizer_list_calls() >= 1
     })
     .await;
-    let (removed, _) = &authorizers[7];
-    let deleted = send(
-        &http,
-        Method::DELETE,
-        &format!("{}/platforms/saas/authorizers/{removed}", proxy.admin_url),
-        "",
-    )
-    .await;
-    assert_eq!(deleted.status, 200, "{}", deleted.text());
-    // And one authorizes again and is registered meanwhile: the first page,
-    // already read, holds its old refresh token.
-    let (again, _) = &authorizers[3];
-    fake.reauthorize(again, "REFRESH-AGAIN");
-    let put = put_authorizer(&http, &proxy, again, "REFRESH-AGAIN").await;
-    assert_eq!(put.status, 200, "{}", put.text());
+    let (removed, again) = remove_and_register_again(&http, &proxy, &fake, &authorizers).await;
     let recovered = proxy.wait_for_log("authorizer registry recovered").await;
     assert!(recovered.contains("authorizers=1200"), "{recovered}");
     let listed = admin_get(&http, &proxy, "/platforms/saas/authorizers")
@@ -1308,32 +1334,16 @@ async fn recovery_reads_pages_of_wechats_size_and_undoes_no_removal_or_registrat
     // The 1,200 and A and B of `fake()`, less the one removed.
     assert_eq!(listed.as_array().map(Vec::len), Some(1201));
     assert!(!listed.to_string().contains(removed.as_str()));
-    let gone = http
-        .get(&format!("{}/saas/{removed}/cgi-bin/user/get", proxy.url))
-        .await;
-    assert_eq!(gone.status, 404, "{}", gone.text());
-    // The last page's authorizer serves, and the one registered meanwhile
-    // with the refresh token it was given.
-    for (appid, _) in [&authorizers[1199], &authorizers[3]] {
-        http.get(&format!("{}/saas/{appid}/cgi-bin/user/get", proxy.url))
-            .await
-            .assert_ok();
-    }
+    serves_as_recovered(&http, &proxy, &removed, &[&authorizers[1199].0, &again]).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_recovery_undoes_no_removal_or_registration_made_through_another_replica() {
     let redis = RedisServer::start();
-    let fake = fake().await;
-    let authorizers = authorizers_of_wechats_size(1200);
-    for (appid, refresh) in &authorizers {
-        fake.add_authorizer(appid, refresh);
-    }
-    fake.push_ticket(COMPONENT, "ticket-fleet");
     // Slow pages: the second replica starts, removes and registers while
     // the first still reads the list.
-    fake.set_list_delay(Duration::from_millis(800));
+    let (fake, authorizers) = listing(1200, "ticket-fleet", Duration::from_millis(800)).await;
     let text = config(&fake, &redis.store_table());
     let http = Http::new();
     let first = Proxy::start(&text, &env());
@@ -1344,21 +1354,8 @@ async fn a_recovery_undoes_no_removal_or_registration_made_through_another_repli
     .await;
     let second = Proxy::start(&text, &env());
     wait_ready(&second, &http).await;
-    let (removed, _) = &authorizers[7];
-    let deleted = send(
-        &http,
-        Method::DELETE,
-        &format!("{}/platforms/saas/authorizers/{removed}", second.admin_url),
-        "",
-    )
-    .await;
-    assert_eq!(deleted.status, 200, "{}", deleted.text());
-    // Authorized again and registered through the second replica: the
-    // first page the first replica read holds its old refresh token.
-    let (again, _) = &authorizers[3];
-    fake.reauthorize(again, "REFRESH-AGAIN");
-    let put = put_authorizer(&http, &second, again, "REFRESH-AGAIN").await;
-    assert_eq!(put.status, 200, "{}", put.text());
+    let (removed, again) = remove_and_register_again(&http, &second, &fake, &authorizers).await;
+    let (removed, again) = (removed.as_str(), again.as_str());
     for proxy in [&first, &second] {
         proxy.wait_for_log("authorizer registry recovered").await;
     }
@@ -1374,15 +1371,7 @@ async fn a_recovery_undoes_no_removal_or_registration_made_through_another_repli
     assert_eq!(registry(again).as_deref(), Some("REFRESH-AGAIN"));
     assert!(registry(&authorizers[1199].0).is_some());
     for proxy in [&first, &second] {
-        let gone = http
-            .get(&format!("{}/saas/{removed}/cgi-bin/user/get", proxy.url))
-            .await;
-        assert_eq!(gone.status, 404, "{}", gone.text());
-        for (appid, _) in [&authorizers[1199], &authorizers[3]] {
-            http.get(&format!("{}/saas/{appid}/cgi-bin/user/get", proxy.url))
-                .await
-                .assert_ok();
-        }
+        serves_as_recovered(&http, proxy, removed, &[&authorizers[1199].0, again]).await;
     }
     // Registered again, it is no longer removed: a later recovery keeps it.
     let put = put_authorizer(&http, &first, removed, &authorizers[7].1).await;
