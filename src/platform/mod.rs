@@ -389,11 +389,11 @@ impl Platform {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_default();
-        let fresh = |found: &mut Vec<Registered>| {
+        let new_here = |found: &mut Vec<Registered>| {
             let held = self.authorizers.read();
             found.retain(|e| !removed.contains(&e.appid) && !held.contains_key(e.appid.as_str()));
         };
-        fresh(&mut found);
+        new_here(&mut found);
         if let Err(e) = self.store.recover(&found).await {
             tracing::warn!(platform = %self.name(), error = %e, "cannot save the recovered authorizers");
         } else if self.store.is_shared() {
@@ -401,7 +401,7 @@ impl Platform {
             // the shared registry, as the store kept it, is the truth.
             match self.store.authorizers(&self.app.appid).await {
                 Ok(mut all) => {
-                    fresh(&mut all);
+                    new_here(&mut all);
                     found = all;
                 }
                 Err(e) => {

@@ -231,7 +231,8 @@ impl Store {
     }
 
     /// Registers (or replaces the refresh token of) these authorizers, in one
-    /// write.
+    /// write (with Redis, one `HSET`, then their tombstones cleared: one
+    /// registered again is no longer removed).
     pub async fn register(&self, entries: &[Registered]) -> Result<(), StoreError> {
         match self {
             Store::Memory => Ok(()),
